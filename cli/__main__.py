@@ -1,0 +1,3 @@
+from mirage3d.cli.main import main
+
+main()

@@ -1,0 +1,51 @@
+"""The ``mirage3d`` command line: a thin shell over the library (one function call per command)."""
+
+from __future__ import annotations
+
+import typer
+
+from mirage3d import __version__
+
+app = typer.Typer(
+    name="mirage3d",
+    help="mirage3d: one photo of an object to a 3D asset, with no 3D or pose labels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mirage3d {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """mirage3d: one photo of an object to a 3D asset, with no 3D or pose labels."""
+
+
+def _register() -> None:
+    # Each command module adds its commands / sub-apps to `app` with a `register(app)` function.
+    # Only commands that work are registered, so `mirage3d --help` lists nothing that is not real.
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"mirage3d.cli.{name}").register(app)
+
+
+# One entry per command module in cli/ (keep this list sorted).
+COMMAND_MODULES: list[str] = []
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""mirage3d data."""
