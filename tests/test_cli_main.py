@@ -1,0 +1,59 @@
+"""The CLI shell: version, help, and the one-line error convention."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import typer
+from typer.testing import CliRunner
+
+from mirage3d import __version__
+from mirage3d.cli._errors import handle_errors
+from mirage3d.cli.main import COMMAND_MODULES, app
+from mirage3d.errors import InputError
+
+runner = CliRunner()
+
+
+def test_version_and_help():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and __version__ in r.stdout
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for name in COMMAND_MODULES:
+        # every registered module contributes at least one command shown in --help
+        assert name.replace("evaluate", "eval").replace("_", "-") in r.stdout
+
+
+def _toy_app() -> typer.Typer:
+    toy = typer.Typer()
+
+    @toy.command()
+    @handle_errors
+    def boom(kind: str) -> None:
+        if kind == "input":
+            raise InputError("image x.png does not exist\nsecond line never shown")
+        raise RuntimeError("a bug")
+
+    return toy
+
+
+def test_expected_error_is_one_line_exit_1(monkeypatch):
+    monkeypatch.delenv("MIRAGE3D_DEBUG", raising=False)
+    r = runner.invoke(_toy_app(), ["input"])
+    assert r.exit_code == 1
+    assert "error: image x.png does not exist" in r.stderr
+    assert "second line" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_debug_switch_gives_traceback(monkeypatch):
+    monkeypatch.setenv("MIRAGE3D_DEBUG", "1")
+    r = runner.invoke(_toy_app(), ["input"])
+    assert r.exit_code != 0 and isinstance(r.exception, InputError)
+
+
+def test_console_script_entry_point_runs():
+    # `python -m mirage3d.cli` is what `accelerate launch -m mirage3d.cli` uses.
+    out = subprocess.run([sys.executable, "-m", "mirage3d.cli", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and __version__ in out.stdout
