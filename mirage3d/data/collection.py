@@ -67,3 +67,23 @@ class ImageCollection(Dataset):
     def relative_names(self) -> list[str]:
         """File names relative to the collection folder (how poses files refer to images)."""
         return [str(p.relative_to(self.folder)) for p in self.files]
+
+
+def load_uint8_images(files: list[Path], res: int, workers: int = 8) -> torch.Tensor:
+    """Decode ``files`` once into one uint8 tensor (N, 4, res, res): RGB composited on white, then alpha.
+
+    Training keeps this whole tensor in memory (on the GPU when it fits) and draws batches from it, so no
+    PNG is decoded per step. Decoding runs in a thread pool (PIL releases the GIL while decoding).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(path: Path) -> np.ndarray:
+        rgb, alpha = load_model_image(path, res)
+        rgba = np.concatenate([rgb, alpha[..., None]], axis=-1)  # (res, res, 4)
+        return (rgba * 255.0 + 0.5).astype(np.uint8).transpose(2, 0, 1)  # (4, res, res)
+
+    out = torch.empty((len(files), 4, res, res), dtype=torch.uint8)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i, arr in enumerate(pool.map(one, files)):
+            out[i] = torch.from_numpy(arr)
+    return out
