@@ -1,13 +1,26 @@
 """``MiragePipeline``: the pose-conditioned pixel-space diffusion pipeline.
 
-Plain class-conditioned sampling (one image per requested pose, classifier-free guidance against the
-"no pose" class). Reference-image conditioning with cross-frame attention is layered on top in this module
-by the views work (see ``docs/``).
+Two ways to call it (design in ``docs/views.md``):
+
+- **Plain** (no ``image``, ``cross_frame`` unset): one independent sample per requested pose with the
+  model's own scheduler and classifier-free guidance against the "no pose" class. Training uses this for
+  sample grids.
+- **Views** (an ``image``, or ``cross_frame`` given): consistent views of one object. The reference view
+  sits at index 0 of every batch group; generated views attend to it through
+  :class:`~mirage3d.diffusion.attention.CrossFrameAttnProcessor2_0`. With an image, the reference is the
+  DDIM-inverted input, kept on its inverted trajectory at every step (so it reconstructs the input);
+  without one, the first requested pose is generated normally and serves as the reference.
+  Sampling is deterministic DDIM (η = 0) on the model's noise schedule.
+
+Hard-attention guidance (our definition; the paper gives none): a third batch group repeats the
+conditional pass with hard attention to the reference in the chosen layers, and
+``ε = ε_cfg + w·(ε_hard − ε_cond)``, which is ``ε_soft + w·(ε_hard − ε_soft)`` when ``guidance_scale == 1``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,36 +29,124 @@ from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from mirage3d.diffusion.attention import CROSS_FRAME_MODES, cross_frame_attention, select_layers
+from mirage3d.diffusion.inversion import alpha_bar, ddim_invert, ddim_move, ddim_timesteps, next_levels, to_eps
 from mirage3d.diffusion.labels import NULL_CLASS, pose_to_class
+from mirage3d.diffusion.preprocess import DEFAULT_FILL, PreparedImage, prepare_reference
+
+
+@dataclass
+class CrossFrameConfig:
+    """How generated views attend to the reference view."""
+
+    enabled: bool = True
+    """False: views are sampled independently (the baseline)."""
+    mode: str = "concat"
+    """"concat": keys/values = own + reference; "reference_only": the reference's only."""
+    layers: str | list[str] = "all"
+    """Attention layers that use it: "all", "down"/"mid"/"up" joined by "+", or module names."""
+
+
+@dataclass
+class HardAttentionConfig:
+    """The hard-attention pass of hard-attention guidance (used when ``hard_guidance_scale > 0``)."""
+
+    layers: str | list[str] = "all"
+    """Attention layers that attend hard to the reference in that pass (same syntax as CrossFrameConfig)."""
+    temperature: float = 0.0
+    """0: each query copies the value of its arg-max reference key; > 0: softmax(logits / temperature)."""
 
 
 @dataclass
 class MiragePipelineOutput(BaseOutput):
-    """images: PIL list or array (B, H, W, 3) in [0, 1]; poses: the pose label of each image."""
+    """images: the views, PIL list or array (N, H, W, 3) in [0, 1], in the order of ``poses``.
+
+    cameras: the camera of each view (from ``pipeline.cameras``, if set); reference: the preprocessed
+    reference image (views mode with an image); reference_index: which of ``images`` is the reference.
+    """
 
     images: list[Image.Image] | np.ndarray
     poses: list[int]
+    cameras: list[Any] | None = None
+    reference: Image.Image | np.ndarray | None = None
+    reference_index: int | None = None
+    reference_pose: int | None = None
+    reference_mask: np.ndarray | None = None
+    pose_confidence: float | None = None
+
+    @property
+    def views(self) -> list[Image.Image] | np.ndarray:
+        return self.images
+
+
+@dataclass
+class _Plan:
+    """What one views-mode call will do (resolved inputs)."""
+
+    out_poses: list[int]
+    reference_pose: int
+    gen_poses: list[int]
+    reference: torch.Tensor | None  # (1, 3, R, R) in [-1, 1], or None (unconditional)
+    reference_mask: np.ndarray | None = None
+    confidence: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class MiragePipeline(DiffusionPipeline):
     unet: UNet2DModel
     scheduler: SchedulerMixin
 
+    # Not registered modules (not saved by save_pretrained): set by mirage3d.diffusion.views.load_model
+    # from MODEL/poses/. pose_model: has .assign(images (B,3,H,W) in [-1,1], masks) -> (labels, confidence).
+    pose_model: Any = None
+    cameras: list[Any] | None = None
+    fill: float = DEFAULT_FILL
+
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
-    def check_inputs(self, poses: list[int], num_inference_steps: int, guidance_scale: float) -> None:
+    @property
+    def num_poses(self) -> int:
+        return int(self.unet.config.num_class_embeds) - 1
+
+    @property
+    def resolution(self) -> int:
+        res = self.unet.config.sample_size
+        return int(res if isinstance(res, int) else res[0])
+
+    def check_inputs(
+        self,
+        poses: list[int],
+        num_inference_steps: int,
+        guidance_scale: float,
+        reference_pose: int | None = None,
+        hard_guidance_scale: float = 0.0,
+        cross_frame: CrossFrameConfig | None = None,
+        hard_attention: HardAttentionConfig | None = None,
+    ) -> None:
         n_cls = self.unet.config.num_class_embeds
+        if not n_cls or n_cls < 2:
+            raise ValueError("this UNet has no pose classes (num_class_embeds); it is not a MiragePipeline UNet")
         if not poses:
             raise ValueError("poses must list at least one pose label")
-        for p in poses:
+        for p in [*poses, *([] if reference_pose is None else [reference_pose])]:
             if not 0 <= int(p) < n_cls - 1:
                 raise ValueError(f"pose {p} is out of range: this model knows poses 0..{n_cls - 2}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if hard_guidance_scale < 0:
+            raise ValueError(f"hard_guidance_scale must be >= 0, got {hard_guidance_scale}")
+        if cross_frame is not None:
+            if cross_frame.mode not in CROSS_FRAME_MODES:
+                raise ValueError(f"cross_frame mode {cross_frame.mode!r} is not one of {CROSS_FRAME_MODES}")
+            select_layers(self.unet, cross_frame.layers)
+        if hard_attention is not None:
+            if hard_attention.temperature < 0:
+                raise ValueError(f"hard attention temperature must be >= 0, got {hard_attention.temperature}")
+            select_layers(self.unet, hard_attention.layers)
 
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """Model output with classifier-free guidance: out_null + w·(out_cond − out_null); w = 1 is plain conditional."""
@@ -56,19 +157,67 @@ class MiragePipeline(DiffusionPipeline):
         cond, uncond = out.chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
+    def _to_output(self, x: torch.Tensor, output_type: str) -> list[Image.Image] | np.ndarray:
+        images = (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return self.numpy_to_pil(images) if output_type == "pil" else images
+
     @torch.no_grad()
     def __call__(
         self,
-        poses: list[int],
+        poses: list[int] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        image: Image.Image | np.ndarray | torch.Tensor | PreparedImage | None = None,
+        reference_pose: int | None = None,
+        cross_frame: CrossFrameConfig | str | None = None,
+        hard_guidance_scale: float = 0.0,
+        hard_attention: HardAttentionConfig | None = None,
     ) -> MiragePipelineOutput | tuple:
-        self.check_inputs(poses, num_inference_steps, guidance_scale)
-        res = self.unet.config.sample_size
-        res = res if isinstance(res, int) else res[0]
+        """Sample one view per pose in ``poses`` (default: every pose of the model).
+
+        image: the reference — PIL / array (raw photo, framed with :func:`prepare_reference`), a
+            :class:`PreparedImage`, or a tensor (3|1×3, R, R) in [-1, 1] already in the model's framing.
+        reference_pose: the reference's pose; None → ``self.pose_model`` estimates it.
+        cross_frame: CrossFrameConfig, or "concat" / "reference_only" / "off". Default: on ("concat", all
+            layers) when an image is given, off otherwise (plain independent sampling).
+        hard_guidance_scale: w of hard-attention guidance (0 disables); hard_attention: its layers / τ.
+        """
+        n_poses = self.num_poses
+        poses = list(range(n_poses)) if poses is None else [int(p) for p in poses]
+        if isinstance(cross_frame, str):
+            cross_frame = CrossFrameConfig(enabled=False) if cross_frame == "off" else CrossFrameConfig(mode=cross_frame)
+        hard_attention = hard_attention or HardAttentionConfig()
+        self.check_inputs(poses, num_inference_steps, guidance_scale, reference_pose, hard_guidance_scale, cross_frame, hard_attention)
+        if image is None and cross_frame is None and hard_guidance_scale == 0:
+            return self._plain(poses, num_inference_steps, guidance_scale, generator, output_type, return_dict)
+
+        cross_frame = cross_frame or CrossFrameConfig()
+        plan = self._plan(poses, image, reference_pose)
+        x = self._views(plan, cross_frame, hard_attention, hard_guidance_scale, num_inference_steps, guidance_scale, generator)
+        images = self._to_output(x, output_type)
+        ref_index = plan.out_poses.index(plan.reference_pose)
+        cams = [self.cameras[p] for p in plan.out_poses] if self.cameras is not None else None
+        reference = None
+        if plan.reference is not None:
+            reference = self._to_output(plan.reference, output_type)[0]
+        out = MiragePipelineOutput(
+            images=images,
+            poses=plan.out_poses,
+            cameras=cams,
+            reference=reference,
+            reference_index=ref_index,
+            reference_pose=plan.reference_pose,
+            reference_mask=plan.reference_mask,
+            pose_confidence=plan.confidence,
+        )
+        return out if return_dict else out.to_tuple()
+
+    # ----------------------------------------------------------------------------------------------
+    def _plain(self, poses, num_inference_steps, guidance_scale, generator, output_type, return_dict):
+        res = self.resolution
         b = len(poses)
         x = torch.randn((b, self.unet.config.in_channels, res, res), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         x = x.to(self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
@@ -78,9 +227,97 @@ class MiragePipeline(DiffusionPipeline):
             model_in = self.scheduler.scale_model_input(x, t)
             out = self.predict_noise(model_in, t, labels, guidance_scale)
             x = self.scheduler.step(out, t, x, generator=generator).prev_sample
-        images = (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        if output_type == "pil":
-            images = self.numpy_to_pil(images)
+        images = self._to_output(x, output_type)
         if not return_dict:
             return (images, list(poses))
         return MiragePipelineOutput(images=images, poses=[int(p) for p in poses])
+
+    def _reference_tensor(self, image: Any) -> tuple[torch.Tensor, np.ndarray | None]:
+        res = self.resolution
+        if isinstance(image, torch.Tensor):
+            ref = image if image.ndim == 4 else image[None]
+            if ref.shape[0] != 1 or ref.shape[1] != self.unet.config.in_channels or tuple(ref.shape[2:]) != (res, res):
+                raise ValueError(f"image tensor must be (1, {self.unet.config.in_channels}, {res}, {res}) in [-1, 1], got {tuple(image.shape)}")
+            return ref.float(), None
+        prepared = image if isinstance(image, PreparedImage) else prepare_reference(image, res, fill=self.fill)
+        if prepared.image.shape[:2] != (res, res):
+            raise ValueError(f"prepared image is {prepared.image.shape[:2]}, the model expects {res}x{res}")
+        return prepared.to_tensor(), prepared.mask
+
+    def _plan(self, poses: list[int], image: Any, reference_pose: int | None) -> _Plan:
+        if image is None:
+            ref_pose = poses[0] if reference_pose is None else reference_pose
+            out_poses = poses if ref_pose in poses else [ref_pose, *poses]
+            return _Plan(out_poses, ref_pose, [p for p in out_poses if p != ref_pose], None)
+        ref, mask = self._reference_tensor(image)
+        confidence = None
+        if reference_pose is None:
+            if self.pose_model is None:
+                raise ValueError("no pose model is loaded to estimate the reference pose; pass reference_pose (--pose K)")
+            m = torch.ones_like(ref[:, :1]) if mask is None else torch.from_numpy(mask)[None, None].float()
+            labels, conf = self.pose_model.assign(ref, m)
+            reference_pose = int(labels[0])
+            confidence = float(conf[0])
+        out_poses = poses if reference_pose in poses else [reference_pose, *poses]
+        gen = [p for p in out_poses if p != reference_pose]
+        return _Plan(out_poses, reference_pose, gen, ref, mask, confidence)
+
+    def _views(
+        self,
+        plan: _Plan,
+        cross_frame: CrossFrameConfig,
+        hard: HardAttentionConfig,
+        w_hard: float,
+        num_inference_steps: int,
+        guidance_scale: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Joint DDIM over [reference, generated views...]; returns the views in ``plan.out_poses`` order."""
+        device, dtype = self.device, self.unet.dtype
+        res, ch = self.resolution, self.unet.config.in_channels
+        ref_cls = pose_to_class(plan.reference_pose)
+        labels = torch.as_tensor([ref_cls, *(pose_to_class(p) for p in plan.gen_poses)], device=device)  # (V,)
+        n_views = len(labels)
+
+        def unet(x: torch.Tensor, t: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+            return self.unet(x.to(dtype), t, class_labels=cls).sample.float()
+
+        trajectory = None
+        if plan.reference is not None:
+            trajectory = ddim_invert(unet, self.scheduler, plan.reference.to(device), labels[:1], num_inference_steps, self.progress_bar)
+        noise = torch.randn((n_views, ch, res, res), generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
+        x = noise.clone()  # (V, C, R, R), float32 state
+        if trajectory is not None:
+            x[0] = trajectory.latents[0][0]
+
+        timesteps = ddim_timesteps(self.scheduler, num_inference_steps, device)
+        levels = next_levels(timesteps)
+        clip = bool(self.scheduler.config.get("clip_sample", False))
+        use_cfg = guidance_scale != 1.0
+        use_hard = w_hard > 0
+        groups = ["soft", *(["soft"] if use_cfg else []), *(["hard"] if use_hard else [])]
+        group_labels = [labels, *([torch.full_like(labels, NULL_CLASS)] if use_cfg else []), *([labels] if use_hard else [])]
+        batch_labels = torch.cat(group_labels)
+        soft_layers = cross_frame.layers if cross_frame.enabled else "none"
+        hard_layers = hard.layers if use_hard else "none"
+
+        with cross_frame_attention(self.unet, soft_layers, hard_layers) as state:
+            state.views_per_group, state.group_modes = n_views, groups
+            state.mode, state.temperature = cross_frame.mode, hard.temperature
+            for i, t in enumerate(self.progress_bar([int(t) for t in timesteps])):
+                t_batch = torch.full((len(batch_labels),), t, device=device, dtype=torch.long)
+                out = unet(torch.cat([x] * len(groups)), t_batch, batch_labels).chunk(len(groups))
+                cond = out[0]
+                pred = out[1] + guidance_scale * (cond - out[1]) if use_cfg else cond
+                if use_hard:
+                    pred = pred + w_hard * (out[-1] - cond)
+                eps = to_eps(self.scheduler, pred, x, t)
+                x_next = ddim_move(x, eps, alpha_bar(self.scheduler, t), alpha_bar(self.scheduler, levels[i]), clip=clip)
+                if trajectory is not None:
+                    x_next[0] = trajectory.latents[i + 1][0]  # the reference stays on its inverted trajectory
+                x = x_next
+        order = [0] * len(plan.out_poses)
+        gen_iter = iter(range(1, n_views))
+        for j, p in enumerate(plan.out_poses):
+            order[j] = 0 if p == plan.reference_pose else next(gen_iter)
+        return x[order]

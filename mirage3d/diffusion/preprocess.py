@@ -1,0 +1,169 @@
+"""Input photo → the model's framing: find the object, crop, pad, composite on white, resize.
+
+Object mask, in order of preference:
+1. the image's alpha channel, when it is non-trivial (some pixels transparent, some opaque);
+2. a plain background: the border strip (2 % of the short side) is nearly one colour (≥ 95 % of its pixels
+   within ``tolerance`` of the median border colour, per channel max-abs in [0, 1]); object = pixels
+   further than ``tolerance`` from that colour, specks removed and holes filled;
+3. ``rembg`` when it is importable (``pip install mirage3d[rembg]``);
+otherwise an :class:`InputError` ("busy background").
+
+Framing: training renders show the object centred at a fixed camera distance, so its bounding box spans a
+roughly constant fraction of the frame. We crop a square around the mask's bounding box so that its longer
+side is ``fill`` of the square (``fill`` from ``MODEL/framing.json`` {"bbox_fraction": f} when present —
+the median over the training collection, see :func:`bbox_fraction` — else :data:`DEFAULT_FILL`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from mirage3d.errors import DependencyError, InputError
+from mirage3d.io import rgba_to_array
+
+DEFAULT_FILL = 0.85
+"""Longer bbox side / frame side when the model folder has no framing.json: what a bounding sphere filling
+90 % of the field of view (the renderer's default) gives for car-like objects seen from the side."""
+DEFAULT_TOLERANCE = 0.1
+BORDER_PLAIN_FRACTION = 0.95
+
+
+@dataclass
+class PreparedImage:
+    """A reference image in the model's framing."""
+
+    image: np.ndarray  # (R, R, 3) float32 in [0, 1], object composited on white
+    mask: np.ndarray  # (R, R) float32 in [0, 1], object alpha
+    bbox: tuple[int, int, int, int]  # object bbox in the input image: x0, y0, x1, y1 (exclusive)
+    mask_source: str  # "alpha" | "plain-background" | "rembg"
+
+    def to_tensor(self) -> torch.Tensor:
+        """(1, 3, R, R) float32 in [-1, 1], the model's input range."""
+        return torch.from_numpy(self.image).permute(2, 0, 1)[None].float() * 2 - 1
+
+
+def _has_alpha(alpha: np.ndarray) -> bool:
+    transparent = (alpha < 0.5).mean()
+    return 0.001 < transparent < 0.999
+
+
+def _plain_background_mask(rgb: np.ndarray, tolerance: float) -> np.ndarray | None:
+    """Soft object mask (H, W) if the border is one plain colour, else None."""
+    h, w, _ = rgb.shape
+    b = max(1, round(0.02 * min(h, w)))
+    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)])
+    bg = np.median(border, axis=0)
+    if (np.abs(border - bg).max(axis=1) <= tolerance).mean() < BORDER_PLAIN_FRACTION:
+        return None
+    dist = np.abs(rgb - bg).max(axis=2)  # (H, W)
+    hard = ndimage.binary_opening(dist > tolerance, iterations=1)
+    hard = ndimage.binary_fill_holes(hard)
+    # Soft edge: ramp over [tol/2, 3·tol/2], solid inside the (eroded) filled object, nothing far outside.
+    soft = np.clip((dist - 0.5 * tolerance) / tolerance, 0.0, 1.0)
+    inner = ndimage.binary_erosion(hard, iterations=1)
+    outer = ndimage.binary_dilation(hard, iterations=1)
+    return np.where(inner, 1.0, soft * outer).astype(np.float32)
+
+
+def _rembg_mask(rgb: np.ndarray) -> np.ndarray | None:
+    try:
+        import rembg  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    out = rembg.remove(Image.fromarray((rgb * 255).astype(np.uint8)))
+    return np.asarray(out.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
+
+
+def object_mask(rgba: np.ndarray, tolerance: float = DEFAULT_TOLERANCE, name: str = "image") -> tuple[np.ndarray, str]:
+    """(H, W, 4) float RGBA in [0, 1] → soft object mask (H, W) and where it came from (see module doc)."""
+    alpha = rgba[..., 3]
+    if _has_alpha(alpha):
+        return alpha.astype(np.float32), "alpha"
+    rgb = rgba[..., :3]
+    mask = _plain_background_mask(rgb, tolerance)
+    if mask is not None:
+        return mask, "plain-background"
+    mask = _rembg_mask(rgb)
+    if mask is None:
+        raise DependencyError(f"{name}: busy background: install mirage3d[rembg] or give an RGBA cut-out")
+    return mask, "rembg"
+
+
+def bbox_fraction(mask: np.ndarray) -> float:
+    """Longer side of the object's bounding box (mask > 0.5) over the image's longer side."""
+    ys, xs = np.nonzero(mask > 0.5)
+    if len(xs) == 0:
+        return 0.0
+    return max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / max(mask.shape)
+
+
+def load_fill(model_dir: str | Path) -> float | None:
+    """``bbox_fraction`` from ``MODEL/framing.json`` if the model folder has one."""
+    path = Path(model_dir) / "framing.json"
+    if not path.exists():
+        return None
+    try:
+        value = float(json.loads(path.read_text())["bbox_fraction"])
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        raise InputError(f"{path} must be JSON with a number 'bbox_fraction' in (0, 1]") from None
+    if not 0 < value <= 1:
+        raise InputError(f"{path}: bbox_fraction must be in (0, 1], got {value}")
+    return value
+
+
+def prepare_reference(
+    image: Image.Image | np.ndarray,
+    resolution: int,
+    fill: float | None = DEFAULT_FILL,
+    tolerance: float = DEFAULT_TOLERANCE,
+    name: str = "image",
+) -> PreparedImage:
+    """Find the object, crop a square so its bbox spans ``fill`` of it, composite on white, resize.
+
+    ``fill=None`` keeps the input's framing (for inputs already framed like the training renders, e.g.
+    an orbit render): the whole image is used, only padded to a square and resized.
+    ``image``: PIL (any mode) or array (H, W, 3|4), uint8 or float in [0, 1].
+    """
+    if isinstance(image, Image.Image):
+        rgba = rgba_to_array(image)
+    else:
+        arr = np.asarray(image)
+        arr = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise InputError(f"{name}: expected an (H, W, 3) or (H, W, 4) image array, got shape {arr.shape}")
+        rgba = arr if arr.shape[2] == 4 else np.concatenate([arr, np.ones_like(arr[..., :1])], axis=2)
+    if fill is not None and not 0 < fill <= 1:
+        raise InputError(f"fill must be in (0, 1], got {fill}")
+    mask, source = object_mask(rgba, tolerance, name)
+    ys, xs = np.nonzero(mask > 0.5)
+    if len(xs) < 4:
+        raise InputError(f"{name}: no object found (the image is all background); give a photo of one object")
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    h, w = mask.shape
+    if fill is None:
+        cx, cy, side = w / 2, h / 2, max(h, w)
+    else:
+        cx, cy, side = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) / fill
+    rgb = rgba[..., :3] * mask[..., None] + (1 - mask[..., None])  # on white
+    # Crop box in input pixels (may reach outside the image: that part is white / transparent).
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    side_px = max(1, round(side))
+    canvas = np.ones((side_px, side_px, 4), dtype=np.float32)
+    canvas[..., 3] = 0
+    sx0, sy0 = max(0, left), max(0, top)
+    sx1, sy1 = min(w, left + side_px), min(h, top + side_px)
+    canvas[sy0 - top : sy1 - top, sx0 - left : sx1 - left, :3] = rgb[sy0:sy1, sx0:sx1]
+    canvas[sy0 - top : sy1 - top, sx0 - left : sx1 - left, 3] = mask[sy0:sy1, sx0:sx1]
+    # RGB (already on white) and mask resized separately: PIL's RGBA resize premultiplies by alpha.
+    size = (resolution, resolution)
+    u8 = (canvas * 255 + 0.5).astype(np.uint8)
+    out_rgb = np.asarray(Image.fromarray(u8[..., :3], "RGB").resize(size, Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    out_mask = np.asarray(Image.fromarray(u8[..., 3], "L").resize(size, Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    return PreparedImage(image=out_rgb, mask=out_mask, bbox=(x0, y0, x1, y1), mask_source=source)
