@@ -1,0 +1,511 @@
+"""Training the pose-conditioned pixel-space diffusion UNet with accelerate (CPU, one GPU or several).
+
+Phase 1 (``poses=None``): every image has class 0 ("no pose"); the result is the backbone that pose
+discovery reads features from. Phase 2 (``poses=POSES``, usually ``init=`` the phase-1 model): images carry
+their discovered pose classes, dropped to class 0 with probability ``p_uncond`` for classifier-free guidance.
+
+The output folder is a ``MiragePipeline.save_pretrained`` folder (EMA weights) plus ``checkpoints/``,
+``samples/``, ``loss.jsonl``/``loss.png``, ``train_config.json`` and (phase 2) ``poses/``. Running the same
+command again on a folder that holds checkpoints resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mirage3d.config import config_to_dict
+from mirage3d.data.collection import load_uint8_images
+from mirage3d.diffusion.ema import EMA
+from mirage3d.diffusion.labels import DEFAULT_MAX_POSES, NULL_CLASS
+from mirage3d.diffusion.loss_plot import draw_loss_curve, read_loss_log
+from mirage3d.diffusion.model import UNetConfig, build_unet, count_parameters, unet_config_from_preset, unet_config_of
+from mirage3d.diffusion.train_data import BatchSource, PoseLabels, class_tables, read_pose_labels
+from mirage3d.errors import InputError, ModelError
+from mirage3d.io import atomic_save_image, atomic_write_json, atomic_write_text, list_images
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``mirage3d train`` (saved as MODEL/train_config.json)."""
+
+    model: str = "small"
+    """UNet preset (mirage3d.diffusion.model.PRESETS): tiny, small, small64, base. Ignored with ``init``."""
+    res: int | None = None
+    """Training resolution; None = the preset's."""
+    channels: int | None = None
+    """3 = RGB on white, 4 = RGB + alpha; None = the preset's (3)."""
+    max_poses: int = DEFAULT_MAX_POSES
+    """Pose vocabulary of the class table (max_poses + 1 classes), shared by phase 1 and phase 2."""
+    batch_size: int = 64
+    """Images per process per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (effective batch = batch_size × grad_accum × processes)."""
+    lr: float = 2e-4
+    """Peak AdamW learning rate."""
+    lr_schedule: str = "constant"
+    """"constant" or "cosine" (to 10% of lr at max_steps), both after a linear warm-up."""
+    warmup_steps: int = 200
+    """Linear learning-rate warm-up, in optimizer steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 = off)."""
+    max_steps: int = 20_000
+    """Stop after this many optimizer steps (counted over resumes)."""
+    minutes: float | None = None
+    """Also stop after this many minutes of this invocation (checked every log_every steps)."""
+    prediction_type: str = "v_prediction"
+    """What the UNet predicts: "epsilon" (the noise) or "v_prediction" (v = α·ε − σ·x0)."""
+    beta_schedule: str = "squaredcos_cap_v2"
+    """Noise schedule: "squaredcos_cap_v2" (cosine) or "linear" (DDPM's 1e-4..0.02)."""
+    num_train_timesteps: int = 1000
+    """Diffusion steps of the training schedule."""
+    p_uncond: float = 0.1
+    """Probability of replacing a pose label by class 0 (classifier-free guidance); no effect in phase 1."""
+    flip: bool = True
+    """Random horizontal flips, with pose k relabelled mirror[k]."""
+    ema_max_decay: float = 0.9999
+    """Largest EMA decay; see ema.py for the warm-up."""
+    ema_power: float = 0.75
+    """EMA warm-up exponent: decay_n = 1 − (1 + n)^−power."""
+    mixed_precision: str = "auto"
+    """"auto" (bf16 on GPU, none on CPU), "no", "bf16" or "fp16"."""
+    compile: bool = False
+    """torch.compile the UNet (faster steps on GPU after a warm-up of a minute or two)."""
+    channels_last: bool = True
+    """channels-last memory format for the UNet and its inputs (faster convolutions on GPU)."""
+    data_on_device: str = "auto"
+    """Keep the uint8 collection on the GPU: "auto" (if it takes < 25% of GPU memory), "yes" or "no"."""
+    device: str = "auto"
+    """"auto" (what accelerate picks) or "cpu"."""
+    checkpoint_every: int = 1000
+    """Save a resumable checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    sample_every: int = 1000
+    """Write MODEL/samples/step-N.png every N steps (and at the end); 0 = only at the end."""
+    sample_steps: int = 50
+    """DDIM steps for the sample grids."""
+    sample_per_pose: int = 4
+    """Columns of the sample grid (phase 1: a 4-row grid of unconditional samples)."""
+    sample_guidance: float = 2.0
+    """Classifier-free guidance scale of the phase-2 sample grids."""
+    log_every: int = 25
+    """Log the loss (loss.jsonl, progress) every N steps."""
+    save_dtype: str = "fp32"
+    """Dtype of the exported pipeline's UNet: "fp32", "fp16" or "bf16" (checkpoints stay fp32)."""
+    workers: int = 8
+    """Threads decoding the collection once at start."""
+    seed: int = 0
+    """Seed of weights, batches, flips, label dropout and noise."""
+
+
+@dataclass
+class TrainProgress:
+    """Reported to the ``progress`` callback (main process only) every ``log_every`` steps."""
+
+    step: int
+    max_steps: int
+    loss: float
+    img_per_s: float
+    lr: float
+    elapsed_s: float
+    eta_s: float
+    event: str = ""
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    step: int
+    loss: float
+    img_per_s: float
+    num_parameters: int
+    resumed_from: int | None
+    num_images: int
+    num_poses: int | None
+
+
+# Options that must not change when a run is resumed (the model or its data would silently differ).
+_RESUME_KEYS = ("model", "res", "channels", "max_poses", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
+                "prediction_type", "beta_schedule", "num_train_timesteps", "p_uncond", "flip", "seed")
+_SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Reject absurd options with a one-line :class:`InputError`."""
+    checks = [
+        (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
+        (cfg.grad_accum >= 1, f"grad accumulation must be >= 1, got {cfg.grad_accum}"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"learning rate must be > 0, got {cfg.lr}"),
+        (cfg.max_steps >= 1, f"max steps must be >= 1, got {cfg.max_steps}"),
+        (cfg.minutes is None or cfg.minutes > 0, f"minutes must be > 0, got {cfg.minutes}"),
+        (0.0 <= cfg.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {cfg.p_uncond}"),
+        (cfg.prediction_type in ("epsilon", "v_prediction"), f"prediction type must be epsilon or v_prediction, got {cfg.prediction_type!r}"),
+        (cfg.beta_schedule in ("squaredcos_cap_v2", "linear"), f"beta schedule must be squaredcos_cap_v2 or linear, got {cfg.beta_schedule!r}"),
+        (cfg.num_train_timesteps >= 2, f"num_train_timesteps must be >= 2, got {cfg.num_train_timesteps}"),
+        (cfg.lr_schedule in ("constant", "cosine"), f"lr schedule must be constant or cosine, got {cfg.lr_schedule!r}"),
+        (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), f"mixed precision must be auto, no, bf16 or fp16, got {cfg.mixed_precision!r}"),
+        (cfg.data_on_device in ("auto", "yes", "no"), f"data_on_device must be auto, yes or no, got {cfg.data_on_device!r}"),
+        (cfg.device in ("auto", "cpu"), f"device must be auto or cpu, got {cfg.device!r}"),
+        (cfg.save_dtype in _SAVE_DTYPES, f"save dtype must be one of {', '.join(_SAVE_DTYPES)}, got {cfg.save_dtype!r}"),
+        (cfg.checkpoint_every >= 1, f"checkpoint every must be >= 1, got {cfg.checkpoint_every}"),
+        (cfg.keep_checkpoints >= 1, f"keep checkpoints must be >= 1, got {cfg.keep_checkpoints}"),
+        (cfg.sample_every >= 0, f"sample every must be >= 0, got {cfg.sample_every}"),
+        (cfg.sample_steps >= 1 and cfg.sample_per_pose >= 1, "sample steps and samples per pose must be >= 1"),
+        (cfg.log_every >= 1, f"log every must be >= 1, got {cfg.log_every}"),
+        (cfg.warmup_steps >= 0 and cfg.max_grad_norm >= 0 and cfg.weight_decay >= 0, "warmup, max_grad_norm and weight_decay must be >= 0"),
+        (0.0 < cfg.ema_max_decay < 1.0 and cfg.ema_power > 0, "ema_max_decay must be in (0, 1) and ema_power > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise InputError(msg)
+
+
+def make_noise_scheduler(cfg: TrainConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=True)
+
+
+def sampling_scheduler(train_scheduler):
+    """The DDIM scheduler shipped with the model ("trailing" spacing: the first step starts at t = T − 1)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(train_scheduler.config, timestep_spacing="trailing")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine to 10%."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.lr_schedule == "cosine":
+        frac = min(1.0, max(0, step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    return cfg.lr * warm
+
+
+# --------------------------------------------------------------------------------------------------
+# Output folder: fresh, resumed or refused
+# --------------------------------------------------------------------------------------------------
+def _latest_checkpoint(output: Path) -> Path | None:
+    folder = output / "checkpoints"
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if (p / "state.json").exists() and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _prepare_output(output: Path, record: dict, overwrite: bool) -> None:
+    """Main process: refuse foreign or incompatible folders, wipe with ``overwrite``, write train_config.json."""
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} exists and is a file; choose a folder path")
+    probe = output
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise InputError(f"cannot write to {probe}: permission denied; choose another -o")
+    saved_path = output / "train_config.json"
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        if not saved_path.exists():
+            raise InputError(f"output folder {output} is not empty and holds no training run; pass --overwrite or choose another -o")
+        saved = json.loads(saved_path.read_text())
+        diffs = [k for k in _RESUME_KEYS if saved.get("config", {}).get(k) != record["config"][k]]
+        diffs += [k for k in ("unet", "num_images", "poses_sha256", "init") if saved.get(k) != record[k]]
+        if diffs and _latest_checkpoint(output) is not None:
+            k = diffs[0]
+            old = saved.get("config", {}).get(k, saved.get(k))
+            new = record["config"].get(k, record.get(k))
+            raise InputError(f"{output} holds a run with {k}={old!r}, this command asks {k}={new!r}; use the same options to resume, or --overwrite to start again")
+    elif overwrite and output.is_dir():
+        for child in output.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved_path, record)
+
+
+def _copy_poses(poses: PoseLabels, output: Path) -> None:
+    dst = output / "poses"
+    tmp = output / ".poses.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(poses.folder, tmp, ignore=shutil.ignore_patterns("checkpoints", ".*"))
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports: pipeline, sample grids, loss curve
+# --------------------------------------------------------------------------------------------------
+def export_pipeline(output: Path, ema_unet: torch.nn.Module, train_scheduler, save_dtype: str) -> None:
+    """Write the MiragePipeline (EMA UNet in ``save_dtype`` + DDIM scheduler) into ``output`` component by component."""
+    from mirage3d.diffusion.pipeline import MiragePipeline
+
+    unet = copy.deepcopy(ema_unet).to("cpu")
+    for p in unet.parameters():  # cast by hand: ModelMixin.to(dtype) warns about fp32-only modules (there are none)
+        p.data = p.data.to(_SAVE_DTYPES[save_dtype])
+    pipe = MiragePipeline(unet=unet, scheduler=sampling_scheduler(train_scheduler))
+    tmp = output / ".pipeline.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    for name in ("unet", "scheduler"):
+        old = output / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (output / name).exists():
+            os.replace(output / name, old)
+        os.replace(tmp / name, output / name)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp / "model_index.json", output / "model_index.json")  # last: marks the folder loadable
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@torch.no_grad()
+def sample_grid(unet: torch.nn.Module, train_scheduler, num_poses: int | None, cfg: TrainConfig, seed: int, autocast: Callable) -> np.ndarray:
+    """uint8 grid (rows·H, cols·W, 3): one row per pose (guided), or 4 rows of class-0 samples in phase 1."""
+    from mirage3d.diffusion.pipeline import MiragePipeline
+
+    pipe = MiragePipeline(unet=unet, scheduler=sampling_scheduler(train_scheduler))
+    pipe.set_progress_bar_config(disable=True)
+    cols = cfg.sample_per_pose
+    g = torch.Generator().manual_seed(seed)
+    with autocast():
+        if num_poses is not None:
+            poses = [k for k in range(num_poses) for _ in range(cols)]
+            images = pipe(poses, num_inference_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, generator=g, output_type="np").images
+            rows = num_poses
+        else:  # class 0: the pipeline's __call__ takes pose labels only, so run its loop with the null class
+            rows, device, res = 4, unet.device, unet.config.sample_size
+            x = torch.randn((rows * cols, unet.config.in_channels, res, res), generator=g).to(device)
+            labels = torch.full((rows * cols,), NULL_CLASS, device=device)
+            pipe.scheduler.set_timesteps(cfg.sample_steps, device=device)
+            for t in pipe.scheduler.timesteps:
+                out = pipe.predict_noise(pipe.scheduler.scale_model_input(x, t), t, labels, 1.0)
+                x = pipe.scheduler.step(out.float(), t, x, generator=g).prev_sample
+            images = (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    images = (np.asarray(images, dtype=np.float32)[..., :3] * 255 + 0.5).astype(np.uint8)  # (B, H, W, 3)
+    b, h, w, _ = images.shape
+    return images.reshape(rows, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)
+
+
+def _write_loss(output: Path, record: dict) -> None:
+    with open(output / "loss.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_loss_log(output: Path, step: int) -> None:
+    """After a resume from ``step``, drop the records the killed run logged past it."""
+    recs = [r for r in read_loss_log(output / "loss.jsonl") if r.get("step", 0) <= step]
+    atomic_write_text(output / "loss.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _draw_loss(output: Path) -> None:
+    recs = read_loss_log(output / "loss.jsonl")
+    draw_loss_curve([r["step"] for r in recs], [r["loss"] for r in recs], output / "loss.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+def _load_init(init: Path) -> torch.nn.Module:
+    from diffusers import UNet2DModel
+
+    init = Path(init)
+    if not (init / "unet" / "config.json").exists():
+        raise ModelError(f"--init {init} is not a mirage3d model folder (no unet/config.json); give a folder written by `mirage3d train` or `mirage3d features train`")
+    return UNet2DModel.from_pretrained(init / "unet").float()
+
+
+def train(
+    collection: str | Path,
+    output: str | Path,
+    config: TrainConfig | None = None,
+    poses: str | Path | None = None,
+    init: str | Path | None = None,
+    overwrite: bool = False,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> TrainResult:
+    """Train (or resume training) the MIRAGE UNet on ``collection``; see the module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast
+
+    cfg = config or TrainConfig()
+    validate_config(cfg)
+    collection, output = Path(collection), Path(output)
+    files = list_images(collection)
+    names = [str(p.relative_to(collection)).replace("\\", "/") for p in files]
+    pose_labels = read_pose_labels(Path(poses), names) if poses is not None else None
+
+    init_unet = _load_init(Path(init)) if init is not None else None
+    if init_unet is not None:
+        ucfg = unet_config_of(init_unet)
+        if cfg.res is not None and cfg.res != ucfg.res:
+            raise InputError(f"--res {cfg.res} differs from the --init model's resolution {ucfg.res}; drop --res")
+    else:
+        ucfg = unet_config_from_preset(cfg.model, res=cfg.res, channels=cfg.channels, max_poses=cfg.max_poses)
+    num_classes = ucfg.max_poses + 1
+    classes, mirror_cls = class_tables(len(files), pose_labels, num_classes)
+
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and cfg.device != "cpu" else "no"
+    accelerator = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    if len(files) < world:
+        raise InputError(f"{len(files)} images cannot be shared by {world} processes; add images or use fewer processes")
+
+    record = {"config": config_to_dict(cfg), "unet": asdict(ucfg), "collection": str(collection), "num_images": len(files),
+              "poses": str(pose_labels.folder) if pose_labels else None, "poses_sha256": pose_labels.sha256 if pose_labels else None,
+              "num_poses": pose_labels.num_poses if pose_labels else None, "init": str(init) if init else None, "world_size": world}
+    record["unet"]["block_out_channels"] = list(ucfg.block_out_channels)
+    record["unet"]["attention"] = list(ucfg.attention)
+    if main:
+        _prepare_output(output, record, overwrite)
+        if pose_labels is not None:
+            _copy_poses(pose_labels, output)
+    accelerator.wait_for_everyone()
+
+    # Data: this process's shard, decoded once into uint8 (n, 4, res, res), on the GPU when it fits.
+    shard = list(range(rank, len(files), world))
+    images = load_uint8_images([files[i] for i in shard], ucfg.res, cfg.workers)
+    on_device = device.type != "cpu" and (
+        cfg.data_on_device == "yes"
+        or (cfg.data_on_device == "auto" and images.numel() < 0.25 * torch.cuda.get_device_properties(device).total_memory)
+    )
+    images = images.to(device) if on_device else (images.pin_memory() if device.type == "cuda" else images)
+    source = BatchSource(images, classes[shard], mirror_cls, batch_size=cfg.batch_size, channels=ucfg.channels,
+                         flip=cfg.flip, p_uncond=cfg.p_uncond if pose_labels is not None else 0.0, seed=cfg.seed, rank=rank)
+
+    # Model, EMA, optimizer.
+    torch.manual_seed(cfg.seed)
+    unet = init_unet if init_unet is not None else build_unet(ucfg)
+    n_params = count_parameters(unet)
+    if cfg.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    ema = EMA(unet, cfg.ema_max_decay, cfg.ema_power)
+    ema.model.to(device)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    model, optimizer = accelerator.prepare(unet, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+
+    step, resumed_from = 0, None
+    ckpt = _latest_checkpoint(output)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        ema.load(ckpt)
+        step = resumed_from = int(json.loads((ckpt / "state.json").read_text())["step"])
+        if main:
+            _truncate_loss_log(output, step)
+    elif main:
+        (output / "loss.jsonl").unlink(missing_ok=True)
+    forward = torch.compile(model) if cfg.compile else model
+
+    scheduler = make_noise_scheduler(cfg)
+    alphas = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    sqrt_a, sqrt_1ma = alphas.sqrt(), (1.0 - alphas).sqrt()  # (T,)
+    T, accum, B = cfg.num_train_timesteps, cfg.grad_accum, cfg.batch_size
+    memfmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def save_checkpoint(at: int) -> None:
+        folder = output / "checkpoints"
+        tmp, final = folder / f".checkpoint-{at}.tmp", folder / f"checkpoint-{at}"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if main:
+            ema.save(tmp)
+            atomic_write_json(tmp / "state.json", {"step": at, "images_seen": at * B * accum * world})
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            done = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()), key=lambda p: int(p.name.split("-")[-1]))
+            for old in done[: -cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            export_pipeline(output, ema.model, scheduler, cfg.save_dtype)
+        accelerator.wait_for_everyone()
+
+    def write_samples(at: int) -> None:
+        if main:
+            grid = sample_grid(ema.model, scheduler, pose_labels.num_poses if pose_labels else None, cfg, cfg.seed, accelerator.autocast)
+            atomic_save_image(output / "samples" / f"step-{at:06d}.png", grid)
+        accelerator.wait_for_everyone()
+
+    t_start = t_log = time.perf_counter()
+    steps_at_log, loss_sum, n_loss = step, torch.zeros((), device=device), 0
+    last_loss, last_ips, saved_at = float("nan"), 0.0, step
+    model.train()
+    while step < cfg.max_steps:
+        lr = lr_at(cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(accum):
+            counter = step * accum + micro
+            gen = source.generator(counter, device)
+            x0, cls = source.batch(counter, device, gen)  # (B, C, res, res) in [-1, 1], (B,)
+            noise = torch.randn(x0.shape, generator=gen, device=device)
+            t = torch.randint(0, T, (x0.shape[0],), generator=gen, device=device)
+            a, s = sqrt_a[t].view(-1, 1, 1, 1), sqrt_1ma[t].view(-1, 1, 1, 1)
+            noisy = (a * x0 + s * noise).contiguous(memory_format=memfmt)
+            target = noise if cfg.prediction_type == "epsilon" else a * noise - s * x0
+            sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+            with sync:
+                pred = forward(noisy, t, class_labels=cls).sample
+                loss = F.mse_loss(pred.float(), target)
+                accelerator.backward(loss / accum)
+            loss_sum += loss.detach()
+            n_loss += 1
+        if cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update(raw_model)
+        step += 1
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            last_loss = accelerator.reduce(loss_sum / max(1, n_loss), "mean").item()
+            now = time.perf_counter()
+            last_ips = (step - steps_at_log) * B * accum * world / max(1e-9, now - t_log)
+            t_log, steps_at_log, n_loss = now, step, 0
+            loss_sum.zero_()
+            elapsed = now - t_start
+            stop = torch.tensor([int(cfg.minutes is not None and elapsed >= cfg.minutes * 60)], device=device)
+            stop = bool(broadcast(stop).item())
+            if main:
+                _write_loss(output, {"step": step, "loss": last_loss, "lr": lr, "img_per_s": round(last_ips, 2), "elapsed_s": round(elapsed, 2)})
+                eta = (cfg.max_steps - step) * B * accum * world / max(last_ips, 1e-9)
+                if cfg.minutes is not None:
+                    eta = min(eta, max(0.0, cfg.minutes * 60 - elapsed))
+                if progress is not None:
+                    progress(TrainProgress(step, cfg.max_steps, last_loss, last_ips, lr, elapsed, eta))
+            if stop:
+                break
+        if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            save_checkpoint(step)
+            saved_at = step
+        if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.max_steps:
+            write_samples(step)
+
+    if saved_at != step or _latest_checkpoint(output) is None:
+        save_checkpoint(step)
+    write_samples(step)
+    if main:
+        export_pipeline(output, ema.model, scheduler, cfg.save_dtype)
+        _draw_loss(output)
+        if progress is not None:
+            progress(TrainProgress(step, cfg.max_steps, last_loss, last_ips, lr_at(cfg, step), time.perf_counter() - t_start, 0.0, "done"))
+    accelerator.wait_for_everyone()
+    return TrainResult(output, step, last_loss, last_ips, n_params, resumed_from, len(files), pose_labels.num_poses if pose_labels else None)

@@ -1,0 +1,160 @@
+"""Training data: pose labels from a POSES folder, and batches drawn from an in-memory uint8 collection.
+
+Every random choice of a training step (which images, flips, label dropout, noise, timesteps) comes from a
+generator seeded by (seed, rank, step, micro-step). A run resumed from a checkpoint therefore sees exactly
+the batches and noise the uninterrupted run would have seen, without saving any sampler state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mirage3d.diffusion.labels import NULL_CLASS
+from mirage3d.errors import InputError
+
+
+@dataclass
+class PoseLabels:
+    """Discovered poses for every collection image, in the collection's file order."""
+
+    folder: Path
+    """The POSES folder (copied into MODEL/poses/)."""
+    num_poses: int
+    labels: np.ndarray
+    """(N,) int pose 0..K-1 per collection image."""
+    mirror: np.ndarray
+    """(K,) int: the pose of the horizontally flipped image of pose k."""
+    sha256: str
+    """Hash of poses.json, to refuse resuming a run with different poses."""
+
+
+def read_pose_labels(path: Path, collection_names: list[str]) -> PoseLabels:
+    """Read ``POSES/poses.json`` (or the file itself) and align it to ``collection_names``.
+
+    ``files`` must be exactly the collection's images (paths relative to the collection folder), in any
+    order; labels must lie in 0..K-1 and ``mirror`` must be a K-entry table of poses.
+    """
+    path = Path(path)
+    file = path / "poses.json" if path.is_dir() else path
+    if not file.exists():
+        raise InputError(f"{file} does not exist; --poses takes the folder written by `mirage3d poses` (with poses.json)")
+    raw = file.read_bytes()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{file} is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not all(k in data for k in ("num_poses", "files", "labels", "mirror")):
+        raise InputError(f"{file} must be an object with num_poses, files, labels and mirror")
+    k, files, labels, mirror = data["num_poses"], data["files"], data["labels"], data["mirror"]
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"{file}: num_poses must be a positive integer, got {k!r}")
+    if not isinstance(files, list) or not isinstance(labels, list) or len(files) != len(labels):
+        raise InputError(f"{file}: files and labels must be lists of equal length")
+    if not isinstance(mirror, list) or len(mirror) != k:
+        raise InputError(f"{file}: mirror must list {k} poses (one per pose), got {len(mirror) if isinstance(mirror, list) else mirror!r}")
+    try:
+        labels_arr = np.asarray(labels, dtype=np.int64)
+        mirror_arr = np.asarray(mirror, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise InputError(f"{file}: labels and mirror must be integers") from None
+    for name, arr in (("labels", labels_arr), ("mirror", mirror_arr)):
+        bad = np.flatnonzero((arr < 0) | (arr >= k))
+        if bad.size:
+            raise InputError(f"{file}: {name}[{bad[0]}] = {arr[bad[0]]} is out of range 0..{k - 1}")
+    by_name = {str(f).replace("\\", "/"): i for i, f in enumerate(files)}
+    if len(by_name) != len(files):
+        raise InputError(f"{file}: files lists some image twice")
+    missing = [n for n in collection_names if n not in by_name]
+    extra = sorted(set(by_name) - set(collection_names))
+    if missing or extra:
+        what = f"{len(missing)} collection images have no label (e.g. {missing[0]})" if missing else f"{len(extra)} labelled files are not in the collection (e.g. {extra[0]})"
+        raise InputError(f"{file} does not match the collection: {what}; run pose discovery on this collection again")
+    aligned = labels_arr[[by_name[n] for n in collection_names]]
+    return PoseLabels(file.parent, k, aligned, mirror_arr, hashlib.sha256(raw).hexdigest())
+
+
+def class_tables(num_images: int, poses: PoseLabels | None, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) class per image and (num_classes,) class of the flipped image; phase 1 → all NULL_CLASS."""
+    mirror_cls = torch.arange(num_classes)
+    if poses is None:
+        return torch.full((num_images,), NULL_CLASS, dtype=torch.long), mirror_cls
+    if poses.num_poses > num_classes - 1:
+        raise InputError(f"poses has {poses.num_poses} poses but the model has room for {num_classes - 1}; raise max_poses")
+    mirror_cls[1 : poses.num_poses + 1] = torch.from_numpy(poses.mirror) + 1
+    return torch.from_numpy(poses.labels) + 1, mirror_cls
+
+
+def step_seed(seed: int, rank: int, counter: int) -> int:
+    """A well-mixed 63-bit seed for one (run seed, process, micro-step)."""
+    h = hashlib.blake2b(f"{seed}/{rank}/{counter}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+
+
+class BatchSource:
+    """Batches of one process's shard of the collection, held as uint8 (n, 4, res, res) on ``device``.
+
+    Sample order: an endless chain of per-epoch permutations of the shard, each seeded by (seed, rank,
+    epoch), read ``batch_size`` at a time; so micro-step c always gets the same images.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        classes: torch.Tensor,
+        mirror_cls: torch.Tensor,
+        *,
+        batch_size: int,
+        channels: int,
+        flip: bool,
+        p_uncond: float,
+        seed: int,
+        rank: int,
+    ):
+        self.images = images  # (n, 4, res, res) uint8, on the training device or pinned CPU memory
+        self.device = images.device
+        self.classes = classes.to(images.device)
+        self.mirror_cls = mirror_cls.to(images.device)
+        self.batch_size, self.channels, self.flip, self.p_uncond = batch_size, channels, flip, p_uncond
+        self.seed, self.rank = seed, rank
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(step_seed(self.seed, self.rank, -1 - epoch))
+            self._perms = {epoch: torch.randperm(len(self.images), generator=g).to(self.images.device)}
+        return self._perms[epoch]
+
+    def indices(self, counter: int) -> torch.Tensor:
+        n, b = len(self.images), self.batch_size
+        start, parts = counter * b, []
+        while b > 0:
+            epoch, offset = divmod(start, n)
+            take = min(b, n - offset)
+            parts.append(self._perm(epoch)[offset : offset + take])
+            start, b = start + take, b - take
+        return torch.cat(parts)
+
+    def generator(self, counter: int, device: torch.device) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(step_seed(self.seed, self.rank, counter))
+
+    def batch(self, counter: int, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, res, res) float in [-1, 1] and classes (B,) for micro-step ``counter``, on ``device``."""
+        idx = self.indices(counter)
+        x = self.images[idx].to(device, non_blocking=True)  # (B, 4, res, res) uint8
+        cls = self.classes[idx].to(device)
+        x = x[:, : self.channels].float().mul_(2.0 / 255.0).sub_(1.0)
+        b = x.shape[0]
+        if self.flip:
+            flipped = torch.rand(b, generator=gen, device=device) < 0.5
+            x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+            cls = torch.where(flipped, self.mirror_cls.to(device)[cls], cls)
+        if self.p_uncond > 0:
+            drop = torch.rand(b, generator=gen, device=device) < self.p_uncond
+            cls = torch.where(drop, torch.full_like(cls, NULL_CLASS), cls)
+        return x, cls
