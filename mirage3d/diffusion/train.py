@@ -90,7 +90,7 @@ class TrainConfig:
     data_on_device: str = "auto"
     """Keep the uint8 collection on the GPU: "auto" (if it takes < 25% of GPU memory), "yes" or "no"."""
     device: str = "auto"
-    """"auto" (what accelerate picks) or "cpu"."""
+    """"auto" (what accelerate picks: GPU of LOCAL_RANK if any), "cpu", "cuda" or "cuda:N" (single process)."""
     checkpoint_every: int = 1000
     """Save a resumable checkpoint every N steps (and at the end)."""
     keep_checkpoints: int = 2
@@ -137,6 +137,8 @@ class TrainResult:
     resumed_from: int | None
     num_images: int
     num_poses: int | None
+    main_process: bool = True
+    """False on the other ranks of a multi-process run (they should print nothing)."""
 
 
 # Options that must not change when a run is resumed (the model or its data would silently differ).
@@ -160,7 +162,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.lr_schedule in ("constant", "cosine"), f"lr schedule must be constant or cosine, got {cfg.lr_schedule!r}"),
         (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), f"mixed precision must be auto, no, bf16 or fp16, got {cfg.mixed_precision!r}"),
         (cfg.data_on_device in ("auto", "yes", "no"), f"data_on_device must be auto, yes or no, got {cfg.data_on_device!r}"),
-        (cfg.device in ("auto", "cpu"), f"device must be auto or cpu, got {cfg.device!r}"),
+        (cfg.device in ("auto", "cpu", "cuda") or cfg.device.removeprefix("cuda:").isdigit(), f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"),
         (cfg.save_dtype in _SAVE_DTYPES, f"save dtype must be one of {', '.join(_SAVE_DTYPES)}, got {cfg.save_dtype!r}"),
         (cfg.checkpoint_every >= 1, f"checkpoint every must be >= 1, got {cfg.checkpoint_every}"),
         (cfg.keep_checkpoints >= 1, f"keep checkpoints must be >= 1, got {cfg.keep_checkpoints}"),
@@ -359,6 +361,11 @@ def train(
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() and cfg.device != "cpu" else "no"
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {cfg.device} asked for but no CUDA GPU is visible; use --device cpu")
+        if ":" in cfg.device and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            torch.cuda.set_device(int(cfg.device.split(":")[1]))
     accelerator = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
@@ -508,4 +515,4 @@ def train(
         if progress is not None:
             progress(TrainProgress(step, cfg.max_steps, last_loss, last_ips, lr_at(cfg, step), time.perf_counter() - t_start, 0.0, "done"))
     accelerator.wait_for_everyone()
-    return TrainResult(output, step, last_loss, last_ips, n_params, resumed_from, len(files), pose_labels.num_poses if pose_labels else None)
+    return TrainResult(output, step, last_loss, last_ips, n_params, resumed_from, len(files), pose_labels.num_poses if pose_labels else None, main)
