@@ -1,0 +1,122 @@
+"""``mirage3d poses ...``: discover poses in a collection, assign them to new images, refit for another backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mirage3d.cli._errors import console, handle_errors
+from mirage3d.cli.features import BACKBONE_HELP, progress_bar
+from mirage3d.errors import InputError
+
+poses_app = typer.Typer(help="Discover poses (labels + cameras) in an unlabeled collection and assign them to images.", no_args_is_help=True)
+
+
+def _blocks(blocks: str) -> tuple[str, ...]:
+    return tuple(b.strip() for b in blocks.split(",") if b.strip())
+
+
+@poses_app.command("discover")
+@handle_errors
+def discover(
+    collection: Path = typer.Argument(..., help="Collection folder (images/ or a folder of images)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Poses folder to write (poses.json, cameras.json, pose model, sheets)."),
+    backbone: str = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    features: Path = typer.Option(None, "--features", help="Feature cache: reused if made by `features extract`, else made here (default COLLECTION/.cache/features/<hash>)."),
+    num_poses: int = typer.Option(8, "--poses", "-k", help="Number of poses K."),
+    num_parts: int = typer.Option(16, "--parts", "-p", help="Number of parts P."),
+    mode: str = typer.Option("parts", help="Descriptor: parts (visibility + location) or flat (pooled features, the HOG baseline)."),
+    timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
+    blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
+    image_size: int = typer.Option(None, help="Input size for hog / ViT backbones."),
+    flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
+    w_visibility: float = typer.Option(1.0, help="Descriptor weight of part visibility."),
+    w_location: float = typer.Option(1.0, help="Descriptor weight of part locations."),
+    w_box: float = typer.Option(0.5, help="Descriptor weight of the box aspect ratio."),
+    spacing: str = typer.Option("uniform", help="Azimuth spacing: uniform or sizes."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    workers: int = typer.Option(2, help="Image-decoding workers."),
+    seed: int = typer.Option(0, help="Seed of sampling and clustering."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Discover K poses: parts from patch features, per-image descriptors, mirror-consistent clusters, a camera ring."""
+    from mirage3d.io import check_output_dir, list_images
+    from mirage3d.poses.discover import DiscoverConfig, check_discovery_input, discover_poses
+    from mirage3d.poses.extract import MANIFEST, ExtractConfig, FeatureCache, default_cache_dir, extract_features
+    from mirage3d.poses.features import load_backbone
+
+    cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
+                         w_box=w_box, spacing=spacing, device=device, seed=seed)  # fmt: skip
+    check_discovery_input(len(list_images(collection)), cfg)
+    check_output_dir(output, overwrite)
+    if backbone is None:
+        if features is None or not (features / MANIFEST).exists():
+            raise InputError("give --backbone BACKBONE (or --features FOLDER made by `mirage3d features extract`)")
+        cache = FeatureCache.open(features)
+    else:
+        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=seed, image_size=image_size)
+        ecfg = ExtractConfig(batch_size=batch_size, flip=flip, device=device, num_workers=workers)
+        with progress_bar("features") as bar:
+            task = bar.add_task("features", total=None)
+            cache = extract_features(collection, features or default_cache_dir(collection, bb, flip), bb, ecfg, lambda d, t: bar.update(task, completed=d, total=t))
+    with progress_bar("descriptors") as bar:
+        task = bar.add_task("descriptors", total=cache.num_images)
+        result = discover_poses(cache, collection, output, cfg, overwrite=overwrite, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(f"found {result.num_poses} poses in {len(result.files)} images (features: {cache.folder})")
+    for k in range(result.num_poses):
+        console.print(f"  pose {k}: azimuth {result.azimuth_deg[k]:6.1f}, {int(result.counts[k])} images, mirror pose {int(result.mirror[k])}")
+    console.print(f"  flip agreement {result.flip_agreement:.2f}, mirror residual {result.mirror_residual_deg:.1f} deg")
+    console.print(f"wrote {output}/poses.json, cameras.json, transforms.json, pose_model.*, poses_sheet.png, config.json")
+
+
+@poses_app.command("assign")
+@handle_errors
+def assign(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG/JPEG; alpha, if any, is the object mask)."),
+    poses: Path = typer.Option(..., "--poses", help="Poses folder written by `mirage3d poses discover`."),
+    backbone: Path = typer.Option(None, "--backbone", "-b", help="Backbone folder to use instead of the one recorded in the pose model."),
+    output: Path = typer.Option(None, "-o", "--output", help="Write the assignments as JSON here."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Assign discovered poses to new images through the saved pose model."""
+    from mirage3d.poses.discover import assign_files
+
+    rows = assign_files(images, poses, backbone, device)
+    for r in rows:
+        console.print(f"{r['file']}: pose {r['pose']} (azimuth {r['azimuth_deg']:.1f}, confidence {r['confidence']:.2f})")
+    if output is not None:
+        from mirage3d.io import atomic_write_json
+
+        atomic_write_json(output, {"poses": str(poses), "assignments": rows})
+        console.print(f"wrote {output}")
+
+
+@poses_app.command("refit")
+@handle_errors
+def refit(
+    poses: Path = typer.Argument(..., help="Poses folder written by `mirage3d poses discover`."),
+    backbone: str = typer.Option(..., "--backbone", "-b", help=BACKBONE_HELP),
+    collection: Path = typer.Option(..., "--collection", help="The collection the poses were discovered on."),
+    output: Path = typer.Option(..., "-o", "--output", help="New poses folder (same labels and cameras, pose model for the new backbone)."),
+    timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
+    blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
+    features: Path = typer.Option(None, "--features", help="Feature cache folder for the new backbone."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Refit the pose model for another backbone (e.g. the final pose-conditioned UNet), keeping the labels."""
+    from mirage3d.io import check_output_dir
+    from mirage3d.poses.discover import refit_pose_model
+    from mirage3d.poses.extract import ExtractConfig
+    from mirage3d.poses.features import load_backbone
+
+    check_output_dir(output, overwrite)
+    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks))
+    res = refit_pose_model(poses, bb, collection, output, features, ExtractConfig(device=device), overwrite)
+    console.print(f"refitted the pose model for {backbone}: it gives the fixed label to {100 * res.agreement:.1f}% of the images; wrote {res.folder}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(poses_app, name="poses")

@@ -1,0 +1,137 @@
+"""Mirror-consistent k-means of pose descriptors.
+
+Every image i gives two descriptors: d_i of the image and f_i of its horizontal flip. The flip of a view
+from azimuth φ is the view from −φ, so if image i has pose k its flip must have the mirror pose m[k], with
+m an involution (m[m[k]] = k; m[k] = k for views on the symmetry plane, e.g. front and back). We minimise
+
+    J(l, c, m) = Σ_i ‖d_i − c_{l_i}‖² + ‖f_i − c_{m[l_i]}‖²
+
+by coordinate descent: labels l (each image with its flip, jointly), centres c (mean of the images of
+pose k and the flips of the images of pose m[k]), and the mirror map m (best involution, exact by dynamic
+programming for K ≤ 16). Each step cannot increase J, so it converges. Initialisation: plain k-means
+of all 2N descriptors or of the N image descriptors (alternating over restarts), with m from how the
+flips of each cluster's members fall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from mirage3d.errors import InputError
+from mirage3d.poses.parts import kmeans
+
+MAX_EXACT_INVOLUTION = 16
+
+
+def best_involution(w: np.ndarray) -> np.ndarray:
+    """Involution m maximising Σ_k w[k, m[k]] (w (K, K)); exact for K ≤ 16, greedy pairing beyond."""
+    w = np.asarray(w, dtype=np.float64)
+    k = w.shape[0]
+    pair = w + w.T
+    if k > MAX_EXACT_INVOLUTION:
+        m = np.arange(k)
+        free = set(range(k))
+        gains = sorted(((pair[i, j] - w[i, i] - w[j, j], i, j) for i in range(k) for j in range(i + 1, k)), reverse=True)
+        for g, i, j in gains:
+            if g > 0 and i in free and j in free:
+                m[i], m[j] = j, i
+                free -= {i, j}
+        return m
+
+    @lru_cache(maxsize=None)
+    def best(mask: int) -> tuple[float, tuple[tuple[int, int], ...]]:
+        if mask == 0:
+            return 0.0, ()
+        i = (mask & -mask).bit_length() - 1  # lowest unassigned pose
+        rest = mask & ~(1 << i)
+        score, pairs = best(rest)
+        out = (score + w[i, i], pairs + ((i, i),))
+        j_mask = rest
+        while j_mask:
+            j = (j_mask & -j_mask).bit_length() - 1
+            j_mask &= j_mask - 1
+            s, p = best(rest & ~(1 << j))
+            if s + pair[i, j] > out[0] + 1e-12:
+                out = (s + pair[i, j], p + ((i, j),))
+        return out
+
+    m = np.arange(k)
+    for i, j in best((1 << k) - 1)[1]:
+        m[i], m[j] = j, i
+    return m
+
+
+@dataclass
+class MirrorClusters:
+    centres: torch.Tensor  # (K, D)
+    labels: torch.Tensor  # (N,)
+    mirror: np.ndarray  # (K,) involution
+    cost: torch.Tensor  # (N, K) joint cost of each image for each pose
+    objective: float
+    flip_agreement: float  # fraction of images whose flip alone is nearest to the mirror pose of their label
+
+
+def joint_cost(d: torch.Tensor, f: torch.Tensor, centres: torch.Tensor, mirror: np.ndarray) -> torch.Tensor:
+    """(N, K): ‖d_i − c_k‖² + ‖f_i − c_{m[k]}‖²."""
+    dd = torch.cdist(d, centres) ** 2  # (N, K)
+    ff = torch.cdist(f, centres) ** 2
+    return dd + ff[:, torch.as_tensor(mirror, device=d.device)]
+
+
+def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100) -> MirrorClusters:
+    """Cluster descriptors ``d`` (N, D) with flipped descriptors ``f`` (N, D) into ``k`` mirror-consistent poses."""
+    n = d.shape[0]
+    if n < k:
+        raise InputError(f"cannot find {k} poses in {n} images; use at most {n} poses or add images")
+    d, f = d.float(), f.float()
+    best: MirrorClusters | None = None
+    for r in range(n_init):
+        # Alternate two starts: k-means of images and flips together (tends to flip-closed clusters), and of
+        # the images alone (can split mirror pairs); the joint objective decides between them.
+        if r % 2 == 0:
+            c, lab, _ = kmeans(torch.cat([d, f]), k, seed=seed * 1000 + r, n_init=1)
+            lab_d, lab_f = lab[:n], lab[n:]
+        else:
+            c, lab_d, _ = kmeans(d, k, seed=seed * 1000 + r, n_init=1)
+            lab_f = (torch.cdist(f, c) ** 2).argmin(1)
+        counts = np.zeros((k, k))
+        np.add.at(counts, (lab_d.cpu().numpy(), lab_f.cpu().numpy()), 1.0)
+        mirror = best_involution(counts)
+        labels = torch.full((n,), -1, dtype=torch.long, device=d.device)
+        for _ in range(iters):
+            cost = joint_cost(d, f, c, mirror)
+            new = cost.argmin(1)
+            m_t = torch.as_tensor(mirror, device=d.device)
+            sums = torch.zeros_like(c).index_add_(0, new, d).index_add_(0, m_t[new], f)
+            cnt = torch.bincount(new, minlength=k).float() + torch.bincount(m_t[new], minlength=k).float()
+            empty = cnt == 0
+            c = torch.where(empty[:, None], c, sums / cnt.clamp_min(1)[:, None])
+            if empty.any():  # re-seed at the worst-fitting images
+                worst = cost.gather(1, new[:, None])[:, 0].argsort(descending=True)[: int(empty.sum())]
+                c[empty] = d[worst]
+            # Mirror map: S[a, b] = Σ_{i: l_i = a} ‖f_i − c_b‖²; the best involution minimises Σ_a S[a, m[a]].
+            ff = torch.cdist(f, c) ** 2  # (N, K)
+            s = torch.zeros((k, k), dtype=torch.float64, device=d.device).index_add_(0, new, ff.double())
+            new_mirror = best_involution(-s.cpu().numpy())
+            if torch.equal(new, labels) and np.array_equal(new_mirror, mirror):
+                break
+            labels, mirror = new, new_mirror
+        cost = joint_cost(d, f, c, mirror)
+        labels = cost.argmin(1)
+        obj = float(cost.gather(1, labels[:, None]).sum())
+        if best is None or obj < best.objective:
+            flip_alone = (torch.cdist(f, c) ** 2).argmin(1)
+            agree = float((flip_alone == torch.as_tensor(mirror, device=d.device)[labels]).float().mean())
+            best = MirrorClusters(c, labels, mirror, cost, obj, agree)
+    assert best is not None
+    return best
+
+
+def confidence_from_cost(cost: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softmax weight of the chosen pose: exp(−cost / T) normalised over poses, at the arg-min."""
+    p = torch.softmax(-cost / max(temperature, 1e-8), dim=1)
+    return p.max(1).values

@@ -1,0 +1,336 @@
+"""Pose discovery: parts → per-image descriptors → mirror-consistent pose clusters → ring → cameras.
+
+``discover_poses(cache, out, config)`` works from a feature cache (``extract.py``) so that the collection's
+patch features are never all in memory: the part model is fitted on a sample of images, then the shards
+are streamed once to compute the (small) descriptors of every image and of its mirror image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mirage3d.config import save_config
+from mirage3d.errors import InputError
+from mirage3d.io import atomic_dir, atomic_write_json
+from mirage3d.poses.cameras import CameraConfig, make_cameras, write_cameras
+from mirage3d.poses.cluster import confidence_from_cost, mirror_kmeans
+from mirage3d.poses.descriptors import DescriptorConfig, fit_block_scales, flat_descriptors
+from mirage3d.poses.extract import ExtractConfig, FeatureCache, sample_indices
+from mirage3d.poses.features import Backbone
+from mirage3d.poses.model import MODES, DescriptorModel, PoseModel
+from mirage3d.poses.parts import fit_parts, fit_pca
+from mirage3d.poses.ring import ring_azimuths
+from mirage3d.poses.visual import parts_sheet, pose_sheet
+
+MIN_IMAGES = 8
+
+
+@dataclass
+class DiscoverConfig:
+    num_poses: int = 8
+    """K, the number of poses (clusters of descriptors)"""
+    num_parts: int = 16
+    """P, the number of parts (clusters of foreground patch features); 16 measured best in RESEARCH-NOTES"""
+    mode: str = "parts"
+    """descriptor: "parts" (part visibility + location) or "flat" (PCA of the pooled feature map, the HOG baseline)"""
+    pca_dim: int = 64
+    """patch features are PCA-reduced to this many dimensions before part clustering (0 = no reduction)"""
+    sample_images: int = 2000
+    """images whose patches fit the part model (and the flat-mode PCA)"""
+    max_patches: int = 200_000
+    """at most this many foreground patches go into the part k-means"""
+    w_visibility: float = 1.0
+    """descriptor weight of part visibility"""
+    w_location: float = 1.0
+    """descriptor weight of part locations"""
+    w_box: float = 0.5
+    """descriptor weight of the bounding box aspect ratio"""
+    flat_grid: int = 8
+    """flat mode: feature map average-pooled to grid x grid before PCA"""
+    flat_dim: int = 64
+    """flat mode: PCA dimensions of the descriptor"""
+    n_init: int = 8
+    """pose clusterings from different seeds; the lowest objective is kept"""
+    elevation_deg: float = 17.5
+    """camera elevation of every pose"""
+    fov_deg: float = 40.0
+    """camera field of view"""
+    fill: float = 0.85
+    """fraction of the half-frame spanned by the object's unit bounding sphere"""
+    spacing: str = "uniform"
+    """azimuth spacing: "uniform" or "sizes" (arcs proportional to cluster sizes)"""
+    sheet_per_pose: int = 12
+    """images per pose on the contact sheet"""
+    device: str = "auto"
+    """device for descriptor computation ("auto": CUDA when present)"""
+    seed: int = 0
+    """seed of sampling and k-means"""
+
+    def descriptor_config(self) -> DescriptorConfig:
+        return DescriptorConfig(self.w_visibility, self.w_location, self.w_box)
+
+    def camera_config(self) -> CameraConfig:
+        return CameraConfig(self.elevation_deg, self.fov_deg, self.fill, self.spacing)
+
+
+@dataclass
+class PoseSet:
+    """What ``discover_poses`` found (also written to ``folder``)."""
+
+    folder: Path
+    files: list[str]
+    labels: np.ndarray  # (N,)
+    confidence: np.ndarray  # (N,)
+    mirror: np.ndarray  # (K,)
+    azimuth_deg: np.ndarray  # (K,)
+    counts: np.ndarray  # (K,)
+    flip_agreement: float
+    mirror_residual_deg: float
+
+    @property
+    def num_poses(self) -> int:
+        return len(self.mirror)
+
+
+def check_discovery_input(num_images: int, cfg: DiscoverConfig) -> None:
+    """Refuse impossible settings before any work is done."""
+    if cfg.mode not in MODES:
+        raise InputError(f"descriptor mode {cfg.mode!r} is unknown; use one of {', '.join(MODES)}")
+    if cfg.num_poses < 2:
+        raise InputError(f"--poses {cfg.num_poses} is too small; use at least 2 poses")
+    if cfg.num_parts < 2:
+        raise InputError(f"--parts {cfg.num_parts} is too small; use at least 2 parts")
+    if cfg.spacing not in ("uniform", "sizes"):
+        raise InputError(f"spacing {cfg.spacing!r} is unknown; use uniform or sizes")
+    if num_images < MIN_IMAGES:
+        raise InputError(f"pose discovery needs at least {MIN_IMAGES} images; the collection has {num_images}")
+    if cfg.num_poses > num_images:
+        raise InputError(f"cannot find {cfg.num_poses} poses in {num_images} images; use --poses {num_images} or fewer, or add images")
+
+
+def _gather(cache: FeatureCache, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` (sorted) of every cached tensor, loading one shard at a time."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for s in np.unique(idx // cache.shard_size):
+        data = cache.load_shard(int(s))
+        local = torch.as_tensor(idx[idx // cache.shard_size == s] - s * cache.shard_size)
+        for k, v in data.items():
+            out.setdefault(k, []).append(v[local])
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def fit_descriptor_model(cache: FeatureCache, cfg: DiscoverConfig, device: torch.device) -> DescriptorModel:
+    """Part model (or flat PCA) from a sample of the cache; normalisation is fitted later."""
+    sample = _gather(cache, sample_indices(cache.num_images, cfg.sample_images, cfg.seed))
+    feats = sample["feats"].to(device).float()
+    if cfg.mode == "flat":
+        mean, proj = fit_pca(flat_descriptors(feats, cfg.flat_grid), cfg.flat_dim)
+        return DescriptorModel("flat", flat_mean=mean, flat_proj=proj, flat_grid=cfg.flat_grid)
+    pm = fit_parts(feats, sample["fg"].to(device).float(), sample["has_mask"].bool().to(device), cfg.num_parts, cfg.pca_dim, cfg.seed, cfg.max_patches)
+    return DescriptorModel("parts", parts=pm)
+
+
+def compute_descriptors(cache: FeatureCache, dm: DescriptorModel, device: torch.device, progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raw descriptors of every image and of its mirror image (None if the cache has no flips), streamed."""
+    dm = dm.to(device)
+    ds, fs = [], []
+    for start, data in cache.iter_shards():
+        fg, has_mask = data["fg"].to(device).float(), data["has_mask"].bool().to(device)
+        ds.append(dm.raw(data["feats"].to(device).float(), fg, has_mask).cpu())
+        if "feats_flip" in data:
+            fs.append(dm.raw(data["feats_flip"].to(device).float(), fg.flip(-1), has_mask).cpu())
+        if progress is not None:
+            progress(start + len(fg), cache.num_images)
+    return torch.cat(ds), (torch.cat(fs) if fs else None)
+
+
+def fit_normalisation(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor | None, cfg: DiscoverConfig) -> None:
+    both = d_raw if f_raw is None else torch.cat([d_raw, f_raw])
+    dm.desc_mean = both.mean(0)
+    if dm.mode == "flat":
+        dm.desc_scale = torch.full((both.shape[1],), 1.0 / float(both.var(0, unbiased=False).sum().clamp_min(1e-12).sqrt()))
+    else:
+        dm.desc_scale = fit_block_scales(both, dm.parts.num_parts, cfg.descriptor_config())
+
+
+def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path, cfg: DiscoverConfig | None = None, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> PoseSet:
+    """Discover ``cfg.num_poses`` poses in the cached collection and write the poses folder ``out``."""
+    from mirage3d.poses.extract import resolve_device
+
+    cfg = cfg or DiscoverConfig()
+    check_discovery_input(cache.num_images, cfg)
+    collection = Path(collection)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    dm = fit_descriptor_model(cache, cfg, device)
+    d_raw, f_raw = compute_descriptors(cache, dm, device, progress)
+    fit_normalisation(dm, d_raw, f_raw, cfg)
+    d = dm.normalise(d_raw)
+    f = dm.normalise(f_raw) if f_raw is not None else d  # no flips: f = d makes m = identity the best map
+    mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init)
+    if f_raw is None:
+        mc.mirror = np.arange(cfg.num_poses)
+    k = cfg.num_poses
+    counts = np.bincount(mc.labels.numpy(), minlength=k)
+    dist = torch.cdist(mc.centres.double(), mc.centres.double()).numpy()
+    ring = ring_azimuths(dist, mc.mirror, counts if cfg.spacing == "sizes" else None)
+
+    # Renumber poses by azimuth (pose 0 nearest azimuth 0, then counter-clockwise).
+    perm = np.argsort(ring.azimuth_deg, kind="stable")  # new → old
+    inv = np.argsort(perm)  # old → new
+    labels = inv[mc.labels.numpy()]
+    mirror = inv[mc.mirror[perm]]
+    azimuth = ring.azimuth_deg[perm]
+    centres = mc.centres[torch.as_tensor(perm)]
+    cost = mc.cost[:, torch.as_tensor(perm)]
+    best_cost = cost.gather(1, torch.as_tensor(labels)[:, None])[:, 0]
+    temperature = float(best_cost.median().clamp_min(1e-6))
+    confidence = confidence_from_cost(cost, temperature).numpy()
+    counts = counts[perm]
+
+    model = PoseModel(cache.backbone, dm.to("cpu"), centres, mirror, cache.flip if f_raw is not None else "none", temperature,
+                      extra={"grid": list(cache.grid), "image_size": cache.image_size})  # fmt: skip
+    cameras = make_cameras(azimuth, _image_res(collection, cache), cfg.camera_config())
+    files = [collection / p for p in cache.files]
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        atomic_write_json(tmp / "poses.json", {
+            "num_poses": k, "files": cache.files, "labels": [int(x) for x in labels],
+            "confidence": [round(float(x), 5) for x in confidence], "mirror": [int(x) for x in mirror],
+            "azimuth_deg": [float(a) for a in azimuth], "counts": [int(c) for c in counts],
+            "ring_order": [int(inv[o]) for o in ring.order], "flip_agreement": mc.flip_agreement,
+            "mirror_residual_deg": ring.mirror_residual_deg, "objective": mc.objective,
+        })  # fmt: skip
+        write_cameras(tmp, cameras)
+        model.save(tmp)
+        save_config(cfg, tmp / "config.json", features=str(cache.folder), collection=str(collection.resolve()), backbone=cache.backbone)
+        pose_sheet(files, labels, confidence, azimuth, cfg.sheet_per_pose).save(tmp / "poses_sheet.png")
+        if dm.mode == "parts":
+            _write_parts_image(tmp / "parts.png", cache, dm, files, labels, confidence, device)
+    return PoseSet(Path(out), cache.files, labels, confidence, mirror, azimuth, counts, mc.flip_agreement, ring.mirror_residual_deg)
+
+
+def _image_res(collection: Path, cache: FeatureCache) -> int:
+    from PIL import Image
+
+    with Image.open(collection / cache.files[0]) as im:
+        return int(max(im.size))
+
+
+def _write_parts_image(path: Path, cache: FeatureCache, dm: DescriptorModel, files: list[Path], labels: np.ndarray, confidence: np.ndarray, device: torch.device) -> None:
+    """The most confident image of each pose (up to 12), with its patches coloured by part."""
+    picks = []
+    for p in range(int(labels.max()) + 1):
+        members = np.flatnonzero(labels == p)
+        if len(members):
+            picks.append(int(members[np.argmax(confidence[members])]))
+    picks = np.array(sorted(picks[:12]))
+    data = _gather(cache, picks)
+    pm = dm.parts.to(device)
+    feats = data["feats"].to(device).float()
+    fg = pm.foreground(feats, data["fg"].to(device).float(), data["has_mask"].bool().to(device))
+    parts_sheet([files[i] for i in picks], pm.assign(feats).cpu().numpy(), fg.cpu().numpy(), pm.num_parts).save(path)
+
+
+@dataclass
+class RefitResult:
+    folder: Path
+    agreement: float  # fraction of collection images the refitted model labels as the fixed labels
+
+
+def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str | Path, out_dir: str | Path, features: str | Path | None = None,
+                     extract_config: ExtractConfig | None = None, overwrite: bool = False) -> RefitResult:  # fmt: skip
+    """Refit part centroids, descriptor normalisation and pose centres for another ``backbone``, labels fixed.
+
+    The poses (labels, mirror map, cameras) of ``poses_dir`` are kept; only the pose model is rebuilt so that
+    ``PoseModel.load(out_dir, backbone)`` assigns the same poses from the new backbone's features (e.g. the
+    final pose-conditioned UNet instead of the phase-1 one). Files other than the pose model are copied.
+    """
+    import json
+    import shutil
+
+    from mirage3d.config import load_config
+    from mirage3d.poses.cluster import joint_cost
+    from mirage3d.poses.extract import default_cache_dir, extract_features, resolve_device
+
+    poses_dir, collection = Path(poses_dir), Path(collection)
+    if not (poses_dir / "poses.json").exists():
+        raise InputError(f"{poses_dir} has no poses.json; run `mirage3d poses discover` first")
+    poses = json.loads((poses_dir / "poses.json").read_text())
+    cfg = load_config(DiscoverConfig, poses_dir / "config.json")
+    ecfg = extract_config or ExtractConfig()
+    labels = torch.as_tensor(poses["labels"], dtype=torch.long)
+    mirror = np.asarray(poses["mirror"], dtype=np.int64)
+    cache = extract_features(collection, features or default_cache_dir(collection, backbone, ecfg.flip), backbone, ecfg)
+    if cache.files != poses["files"]:
+        raise InputError(f"{collection} does not hold the {len(poses['files'])} images that {poses_dir} labels; pass the collection poses were discovered on")
+    device = resolve_device(cfg.device)
+    dm = fit_descriptor_model(cache, cfg, device)
+    d_raw, f_raw = compute_descriptors(cache, dm, device)
+    fit_normalisation(dm, d_raw, f_raw, cfg)
+    d = dm.normalise(d_raw)
+    f = dm.normalise(f_raw) if f_raw is not None else d
+    k = int(poses["num_poses"])
+    m_t = torch.as_tensor(mirror)
+    sums = torch.zeros(k, d.shape[1]).index_add_(0, labels, d).index_add_(0, m_t[labels], f)
+    cnt = torch.bincount(labels, minlength=k).float() + torch.bincount(m_t[labels], minlength=k).float()
+    centres = sums / cnt.clamp_min(1)[:, None]
+    cost = joint_cost(d, f, centres, mirror)
+    temperature = float(cost.gather(1, labels[:, None]).median().clamp_min(1e-6))
+    agreement = float((cost.argmin(1) == labels).float().mean())
+    model = PoseModel(backbone.reference(), dm.to("cpu"), centres, mirror, cache.flip if f_raw is not None else "none", temperature,
+                      extra={"grid": list(cache.grid), "image_size": cache.image_size, "refit_from": str(poses_dir.resolve()), "refit_agreement": agreement})  # fmt: skip
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for p in poses_dir.iterdir():
+            if p.is_file() and not p.name.startswith("pose_model") and not p.name.startswith("."):
+                shutil.copy2(p, tmp / p.name)
+        model.save(tmp)
+    return RefitResult(Path(out_dir), agreement)
+
+
+def assign_files(images: list[Path], poses_dir: str | Path, backbone: str | Path | None = None, device: str = "auto", batch_size: int = 32) -> list[dict]:
+    """Pose, azimuth and confidence of image files through the pose model of ``poses_dir``."""
+    from mirage3d.data.collection import load_model_image
+    from mirage3d.poses.cameras import load_cameras
+    from mirage3d.poses.extract import MASK_MIN_TRANSPARENT, resolve_device
+    from mirage3d.poses.features import load_backbone
+    from mirage3d.poses.model import PoseModel
+
+    if not images:
+        raise InputError("give at least one image to assign")
+    bb = None if backbone is None else load_backbone(str(backbone), **_unet_settings(poses_dir))
+    model = PoseModel.load(poses_dir, bb)
+    if model.backbone is None:
+        model.backbone = load_backbone(model.backbone_ref)
+    model.backbone.to(resolve_device(device))
+    azimuth = {c.pose: c.azimuth_deg for c in load_cameras(poses_dir)}
+    res = model.backbone.image_size
+    loaded = [load_model_image(Path(p), res) for p in images]  # validates every file before any work
+    rows: list[dict] = []
+    for s in range(0, len(loaded), batch_size):
+        chunk = loaded[s : s + batch_size]
+        x = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1) for rgb, _ in chunk]) * 2 - 1  # (B, 3, H, W)
+        a = torch.stack([torch.from_numpy(alpha)[None] for _, alpha in chunk])  # (B, 1, H, W)
+        masked = (a < 0.5).float().mean(dim=(1, 2, 3)) >= MASK_MIN_TRANSPARENT
+        labels, conf = np.zeros(len(chunk), dtype=np.int64), np.zeros(len(chunk))
+        for sel, m in ((masked, a), (~masked, None)):
+            if bool(sel.any()):
+                lab, c = model.assign(x[sel], None if m is None else m[sel])
+                labels[sel.numpy()], conf[sel.numpy()] = lab, c
+        for j, (lab, c) in enumerate(zip(labels, conf, strict=True)):
+            rows.append({"file": str(images[s + j]), "pose": int(lab), "azimuth_deg": float(azimuth[int(lab)]), "confidence": float(c)})
+    return rows
+
+
+def _unet_settings(poses_dir: str | Path) -> dict:
+    """Timestep / blocks / seed recorded in the pose model, so a replacement UNet is read the same way."""
+    import json
+
+    ref = json.loads((Path(poses_dir) / "pose_model.json").read_text()).get("backbone", {}) if (Path(poses_dir) / "pose_model.json").exists() else {}
+    if ref.get("kind") != "unet":
+        return {}
+    return {"timestep": ref.get("timestep", 100), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": ref.get("seed", 0)}

@@ -1,0 +1,165 @@
+"""The saved pose model: backbone reference, part model, descriptor normalisation and pose centres.
+
+Files (in a poses folder): ``pose_model.safetensors`` (tensors) and ``pose_model.json`` (everything else).
+``PoseModel.assign`` labels new images exactly as discovery labelled the collection (joint cost of the
+image and its flip against the mirror-consistent pose centres).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mirage3d.errors import InputError, ModelError
+from mirage3d.io import atomic_path, atomic_write_json
+from mirage3d.poses.cluster import confidence_from_cost, joint_cost
+from mirage3d.poses.descriptors import flat_descriptors, part_descriptors
+from mirage3d.poses.features import Backbone, load_backbone
+from mirage3d.poses.parts import PartModel
+
+MODES = ("parts", "flat")
+
+
+@dataclass
+class DescriptorModel:
+    """Maps features of a batch to normalised descriptors (N, D)."""
+
+    mode: str  # "parts" or "flat"
+    parts: PartModel | None = None
+    flat_mean: torch.Tensor | None = None  # (G·G·C,) flat mode: PCA of the pooled feature map
+    flat_proj: torch.Tensor | None = None  # (G·G·C, d)
+    flat_grid: int = 8
+    fg_threshold: float = 0.5
+    desc_mean: torch.Tensor | None = None  # (D,) set once fitted
+    desc_scale: torch.Tensor | None = None  # (D,)
+
+    def raw(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+        """Unnormalised descriptors (N, D) of features (N, h, w, C) with alpha coverage (N, h, w)."""
+        if self.mode == "flat":
+            x = flat_descriptors(feats, self.flat_grid)
+            return (x - self.flat_mean.to(x.device)) @ self.flat_proj.to(x.device)
+        pm = self.parts
+        fg = pm.foreground(feats, fg_alpha.to(feats.device), has_mask.to(feats.device))
+        return part_descriptors(pm.assign(feats), fg, pm.num_parts, self.fg_threshold)
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.desc_mean.to(raw.device)) * self.desc_scale.to(raw.device)
+
+    def __call__(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.raw(feats, fg_alpha, has_mask))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        t = {"desc_mean": self.desc_mean, "desc_scale": self.desc_scale}
+        if self.parts is not None:
+            t.update(self.parts.tensors())
+        if self.flat_proj is not None:
+            t.update({"flat_mean": self.flat_mean, "flat_proj": self.flat_proj})
+        return t
+
+    def to(self, device: torch.device | str) -> DescriptorModel:
+        mv = lambda x: None if x is None else x.to(device)  # noqa: E731
+        return DescriptorModel(self.mode, None if self.parts is None else self.parts.to(device), mv(self.flat_mean), mv(self.flat_proj), self.flat_grid, self.fg_threshold, mv(self.desc_mean), mv(self.desc_scale))
+
+
+@dataclass
+class PoseModel:
+    """Assigns discovered poses to images. Load with :meth:`PoseModel.load`."""
+
+    backbone_ref: dict[str, Any]
+    descriptor: DescriptorModel
+    centres: torch.Tensor  # (K, D) pose centres in descriptor space
+    mirror: np.ndarray  # (K,) mirror pose of each pose
+    flip: str  # "image", "features" or "none": how the flipped descriptor is made
+    temperature: float  # softmax temperature of the confidence (median joint cost at discovery)
+    backbone: Backbone | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_poses(self) -> int:
+        return int(self.centres.shape[0])
+
+    def pose_costs(self, d: torch.Tensor, f: torch.Tensor | None) -> torch.Tensor:
+        """(N, K) cost of each pose for descriptors ``d`` and flipped descriptors ``f`` (None: no flips)."""
+        c = self.centres.to(d.device)
+        if f is None:
+            return 2 * torch.cdist(d, c) ** 2
+        return joint_cost(d, f, c, self.mirror)
+
+    @torch.no_grad()
+    def assign(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pose labels (B,) and confidences (B,) in (0, 1] for images (B, 3, H, W) in [-1, 1], masks (B, 1, H, W)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        if self.backbone is None:
+            self.backbone = load_backbone(self.backbone_ref)
+        bb = self.backbone
+        x = images.to(bb.device, torch.float32)
+        m = None if masks is None else masks.to(bb.device, torch.float32)
+        feats = bb(x, m)  # (B, h, w, C)
+        b, gh, gw, _ = feats.shape
+        if masks is None:
+            fg_alpha, has_mask = torch.ones(b, gh, gw, device=feats.device), torch.zeros(b, dtype=torch.bool, device=feats.device)
+        else:
+            fg_alpha = F.adaptive_avg_pool2d(masks.to(feats.device, torch.float32), (gh, gw))[:, 0]
+            has_mask = torch.ones(b, dtype=torch.bool, device=feats.device)
+        dm = self.descriptor.to(feats.device)
+        d = dm(feats, fg_alpha, has_mask)
+        f = None
+        if self.flip == "image":
+            f = dm(bb(x.flip(-1), None if m is None else m.flip(-1)), fg_alpha.flip(-1), has_mask)
+        elif self.flip == "features":
+            f = dm(feats.flip(2), fg_alpha.flip(-1), has_mask)
+        cost = self.pose_costs(d, f)
+        labels = cost.argmin(1)
+        conf = confidence_from_cost(cost, self.temperature)
+        return labels.cpu().numpy(), conf.cpu().numpy()
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.descriptor.tensors().items() if v is not None}
+        tensors["pose_centres"] = self.centres.detach().float().cpu().contiguous()
+        with atomic_path(folder / "pose_model.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+        meta = {
+            "format": "mirage3d-pose-model/1",
+            "backbone": self.backbone_ref,
+            "mode": self.descriptor.mode,
+            "num_poses": self.num_poses,
+            "num_parts": None if self.descriptor.parts is None else self.descriptor.parts.num_parts,
+            "mirror": [int(m) for m in self.mirror],
+            "flip": self.flip,
+            "temperature": self.temperature,
+            "flat_grid": self.descriptor.flat_grid,
+            "descriptor_fg_threshold": self.descriptor.fg_threshold,
+            "feature_fg_threshold": 0.0 if self.descriptor.parts is None else self.descriptor.parts.fg_threshold,
+            **self.extra,
+        }
+        atomic_write_json(folder / "pose_model.json", meta)
+
+    @classmethod
+    def load(cls, folder: str | Path, backbone: Backbone | None = None) -> PoseModel:
+        """Load ``folder/pose_model.*``. ``backbone`` None: rebuild the recorded one when first needed."""
+        folder = Path(folder)
+        meta_path, tensor_path = folder / "pose_model.json", folder / "pose_model.safetensors"
+        if not meta_path.exists() or not tensor_path.exists():
+            raise ModelError(f"{folder} holds no pose model (pose_model.json + pose_model.safetensors); run `mirage3d poses discover`")
+        try:
+            meta = json.loads(meta_path.read_text())
+            t = load_file(tensor_path)
+            mode = meta["mode"]
+            parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0)) if mode == "parts" else None
+            dm = DescriptorModel(mode, parts, t.get("flat_mean"), t.get("flat_proj"), int(meta.get("flat_grid", 8)), float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"])
+            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold"}
+            model = cls(meta["backbone"], dm, t["pose_centres"], np.asarray(meta["mirror"], dtype=np.int64), meta["flip"], float(meta["temperature"]), backbone, {k: v for k, v in meta.items() if k not in known})
+        except (KeyError, json.JSONDecodeError, TypeError) as e:
+            raise ModelError(f"pose model in {folder} is incomplete or corrupt ({type(e).__name__}: {e})") from None
+        if len(model.mirror) != model.num_poses:
+            raise ModelError(f"pose model in {folder} has {len(model.mirror)} mirror entries for {model.num_poses} poses")
+        return model
