@@ -6,7 +6,7 @@ world +Z turns the front to +X, then the bounding-box centre moves to the origin
 (about that centre) is scaled to radius 1. One 4×4 matrix ``mesh_to_world`` holds all of it.
 
 Appearance: an ``appearance_seed`` of 0 is the mesh's own colours; any other seed recolours the "paint"
-(the most-covering colour that is not near-black) and jitters the hue and brightness of every other
+(the most-covering saturated colour, else the most-covering one that is not near-black) and jitters the hue and brightness of every other
 colour a little. Flat-colour materials and palette textures are both handled (textures texel by texel).
 """
 
@@ -211,9 +211,13 @@ def load_normalised(path: str | Path, info: MeshInfo | None = None) -> Normalise
                     uniq, inv = np.unique(arr[..., :3].reshape(-1, 3), axis=0, return_inverse=True)
                     by_content[key] = (arr, (uniq, inv.reshape(-1)))
                 nm.textures[id(mat)], nm.palettes[id(mat)] = by_content[key]
-    # Paint = the most-covering colour that is not near-black (black is tyres, windows, trim).
-    paint = [s for s in _colour_areas(nm) if max(s.rgb) > 0.15]
-    nm.paint_rgb = paint[0].rgb if paint else None
+    # Paint = the most-covering saturated colour (if it covers at least a quarter of what the most-covering
+    # colour does, so tail lights never count); failing that (white/grey/black cars) the most-covering
+    # colour that is not near-black. Greys are tyres, bumpers and trim on coloured cars, black is windows.
+    slots = [s for s in _colour_areas(nm) if max(s.rgb) > 0.15]
+    hsv = rgb_to_hsv(np.array([s.rgb for s in slots])) if slots else np.zeros((0, 3))
+    saturated = [s for s, c in zip(slots, hsv, strict=True) if c[1] > 0.25 and s.area >= 0.25 * slots[0].area]  # not lights
+    nm.paint_rgb = saturated[0].rgb if saturated else (slots[0].rgb if slots else None)
     return nm
 
 
@@ -288,7 +292,7 @@ def _recolour(rgb: np.ndarray, paint_rgb: np.ndarray | None, p: AppearanceParams
             is_paint = (v >= 0.15) & (s < 0.15) & (np.abs(v - pv) < 0.12)
         else:
             dh = np.minimum(np.abs(h - ph), 1.0 - np.abs(h - ph))
-            is_paint = (v >= 0.15) & (dh < 0.06) & (np.abs(s - ps) < 0.3)
+            is_paint = (v >= 0.15) & (dh < 0.025) & (np.abs(s - ps) < 0.3)
         # Keep the shade relation (e.g. DarkOrange vs Orange) by scaling the new value.
         nv = np.minimum(1.0, p.paint_hsv[2] * v / max(pv, 1e-6))
         painted = hsv_to_rgb(np.stack([np.full_like(h, p.paint_hsv[0]), np.full_like(h, p.paint_hsv[1]), nv], axis=1))
