@@ -185,3 +185,15 @@ def test_bad_inputs(tmp_path: Path) -> None:
         R.check_config(R.RenderConfig(elev_min=40.0, elev_max=10.0))
     assert not (tmp_path / "o").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]  # no temporary folder left behind
+
+
+@needs_shared
+def test_mesh_missing_from_table_is_front_z_unverified(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shutil.copy(COP, tmp_path / "my-new-car.glb")
+    with caplog.at_level("WARNING"):
+        R.render_collection(tmp_path / "my-new-car.glb", tmp_path / "c", R.RenderConfig(n_per_mesh=1, res=32))
+    (g,) = [json.loads(x) for x in (tmp_path / "c" / "ground_truth.jsonl").read_text().splitlines()]
+    assert g["mesh_id"] == "my-new-car" and g["front_verified"] is False
+    assert "not in mirage3d/data/meshes.json" in caplog.text
+    cfg = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert cfg["meshes"]["my-new-car"]["front_axis"] == "+Z" and cfg["meshes"]["my-new-car"]["verified"] is False
