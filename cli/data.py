@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -25,7 +26,7 @@ def render(
     orbits: int = typer.Option(0, help="Also write an orbit of this many views per mesh to orbits/<mesh_id>/ (0 = none)."),
     orbit_elev: float = typer.Option(20.0, help="Elevation of the orbit views (degrees)."),
     supersample: int = typer.Option(1, help="Render at this multiple of --res and filter down (slower, smoother edges)."),
-    workers: int = typer.Option(1, help="Render processes (one renderer each)."),
+    workers: int = typer.Option(min(os.cpu_count() or 1, 16), help="Render processes (one renderer each); default: one per CPU."),
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical images for any --workers."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:

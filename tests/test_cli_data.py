@@ -26,7 +26,7 @@ def test_data_render_writes_collection(tmp_path: Path) -> None:
     shutil.copytree(SHARED / "cars" / "kenney" / "Textures", src / "kenney" / "Textures")
     (src / "notes.txt").write_text("ignored: not a mesh")
     out = tmp_path / "coll"
-    r = runner.invoke(app, ["data", "render", str(src), "-o", str(out), "--n-per-mesh", "3", "--res", "32", "--orbits", "4", "--seed", "3"])
+    r = runner.invoke(app, ["data", "render", str(src), "-o", str(out), "--n-per-mesh", "3", "--res", "32", "--orbits", "4", "--seed", "3", "--workers", "1"])
     assert r.exit_code == 0, r.output
     assert "wrote 6 images of 2 meshes" in r.output
     images = sorted((out / "images").iterdir())
