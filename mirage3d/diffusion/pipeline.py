@@ -107,8 +107,9 @@ class MiragePipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
 
     @property
-    def num_poses(self) -> int:
-        return int(self.unet.config.num_class_embeds) - 1
+    def num_poses(self) -> int | None:
+        """Poses the model was trained with (from its cameras), None if no cameras are loaded."""
+        return None if self.cameras is None else len(self.cameras)
 
     @property
     def resolution(self) -> int:
@@ -130,9 +131,10 @@ class MiragePipeline(DiffusionPipeline):
             raise ValueError("this UNet has no pose classes (num_class_embeds); it is not a MiragePipeline UNet")
         if not poses:
             raise ValueError("poses must list at least one pose label")
+        limit = min(n_cls - 1, self.num_poses or n_cls - 1)
         for p in [*poses, *([] if reference_pose is None else [reference_pose])]:
-            if not 0 <= int(p) < n_cls - 1:
-                raise ValueError(f"pose {p} is out of range: this model knows poses 0..{n_cls - 2}")
+            if not 0 <= int(p) < limit:
+                raise ValueError(f"pose {p} is out of range: this model knows poses 0..{limit - 1}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if guidance_scale < 0:
@@ -185,8 +187,11 @@ class MiragePipeline(DiffusionPipeline):
             layers) when an image is given, off otherwise (plain independent sampling).
         hard_guidance_scale: w of hard-attention guidance (0 disables); hard_attention: its layers / τ.
         """
-        n_poses = self.num_poses
-        poses = list(range(n_poses)) if poses is None else [int(p) for p in poses]
+        if poses is None:
+            if self.num_poses is None:
+                raise ValueError("poses not given and no cameras loaded to say how many poses the model has; pass poses=[...]")
+            poses = list(range(self.num_poses))
+        poses = [int(p) for p in poses]
         if isinstance(cross_frame, str):
             cross_frame = CrossFrameConfig(enabled=False) if cross_frame == "off" else CrossFrameConfig(mode=cross_frame)
         hard_attention = hard_attention or HardAttentionConfig()
@@ -242,7 +247,10 @@ class MiragePipeline(DiffusionPipeline):
         prepared = image if isinstance(image, PreparedImage) else prepare_reference(image, res, fill=self.fill)
         if prepared.image.shape[:2] != (res, res):
             raise ValueError(f"prepared image is {prepared.image.shape[:2]}, the model expects {res}x{res}")
-        return prepared.to_tensor(), prepared.mask
+        ref = prepared.to_tensor()
+        if self.unet.config.in_channels == 4:  # RGB on white + alpha, all in [-1, 1]
+            ref = torch.cat([ref, torch.from_numpy(prepared.mask)[None, None].float() * 2 - 1], dim=1)
+        return ref, prepared.mask
 
     def _plan(self, poses: list[int], image: Any, reference_pose: int | None) -> _Plan:
         if image is None:
@@ -255,7 +263,7 @@ class MiragePipeline(DiffusionPipeline):
             if self.pose_model is None:
                 raise ValueError("no pose model is loaded to estimate the reference pose; pass reference_pose (--pose K)")
             m = torch.ones_like(ref[:, :1]) if mask is None else torch.from_numpy(mask)[None, None].float()
-            labels, conf = self.pose_model.assign(ref, m)
+            labels, conf = self.pose_model.assign(ref[:, :3], m)
             reference_pose = int(labels[0])
             confidence = float(conf[0])
         out_poses = poses if reference_pose in poses else [reference_pose, *poses]

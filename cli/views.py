@@ -1,0 +1,45 @@
+"""``mirage3d views``: one photo → consistent views with cameras (a nerfstudio folder for ``mirage3d recon``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mirage3d.cli._errors import console, handle_errors
+
+
+@handle_errors
+def views(
+    input: Path | None = typer.Argument(None, help="Photo of one object (RGBA cut-out, or RGB on a plain background). Leave out for unconditional views."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder from `mirage3d train` (with poses/)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output views folder (created; must not exist unless --overwrite)."),
+    poses: str = typer.Option("all", "--poses", help="Poses to generate: all, or comma-separated indices like 0,2,5."),
+    pose: int | None = typer.Option(None, "--pose", help="The input's pose index (default: estimated with MODEL/poses' pose model)."),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps (also used to invert the input)."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale against 'no pose' (1 = off)."),
+    hard_guidance: float = typer.Option(0.0, "--hard-guidance", help="Hard-attention guidance weight w (0 = off)."),
+    cross_frame: str = typer.Option("concat", "--cross-frame", help="concat, reference_only, or off (independent views)."),
+    layers: str = typer.Option("all", "--layers", help="Attention layers with cross-frame attention: all, or down/mid/up joined by '+'."),
+    hard_layers: str = typer.Option("all", "--hard-layers", help="Attention layers used by the hard-guidance pass."),
+    fill: float | None = typer.Option(None, "--fill", help="Object bbox / frame side for the input (default: MODEL/framing.json or 0.85)."),
+    no_reframe: bool = typer.Option(False, "--no-reframe", help="The input is already framed like the training renders: only pad and resize."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Generate consistent views of the object in INPUT, with cameras, ready for `mirage3d recon`."""
+    from mirage3d.diffusion.views import ViewsConfig, generate_views
+
+    cfg = ViewsConfig(poses=poses, reference_pose=pose, num_inference_steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance,
+                      cross_frame=cross_frame, cross_frame_layers=layers, hard_layers=hard_layers, fill=fill, reframe=not no_reframe, seed=seed, device=device)
+    with console.status("generating views..."):
+        res = generate_views(input, model, output, cfg, overwrite=overwrite)
+    ref = "" if res.reference_pose is None else f", reference pose {res.reference_pose}"
+    if res.pose_confidence is not None:
+        ref += f" (estimated, confidence {res.pose_confidence:.2f})"
+    console.print(f"wrote {len(res.poses)} views{ref} to {res.out_dir} in {res.seconds:.1f} s: images/, transforms.json, contact_sheet.png, turntable.gif, config.json")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("views")(views)
