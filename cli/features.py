@@ -32,6 +32,7 @@ def train(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     mixed_precision: str = typer.Option("auto", help="auto, no, bf16 or fp16."),
     workers: int = typer.Option(8, help="Image-decoding workers."),
+    sample_steps: int = typer.Option(50, help="DDIM steps of the sample grids written while training."),
     seed: int = typer.Option(0, help="Seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing output folder."),
 ) -> None:
@@ -40,7 +41,7 @@ def train(
     from mirage3d.diffusion.train import train as run_training
 
     cfg = TrainConfig(model=model, res=res, batch_size=batch_size, max_steps=max_steps, minutes=minutes, lr=lr, device=device,
-                      mixed_precision=mixed_precision, workers=workers, seed=seed)  # fmt: skip
+                      mixed_precision=mixed_precision, workers=workers, sample_steps=sample_steps, seed=seed)  # fmt: skip
     with progress_bar("training") as bar:
         task = bar.add_task("train", total=max_steps)
         result = run_training(collection, output, cfg, poses=None, overwrite=overwrite, progress=lambda p: bar.update(task, completed=p.step, total=p.max_steps))

@@ -165,15 +165,15 @@ def extract_features(
         "dtype": "float16",
     }
     cache = FeatureCache(out, files, cfg.shard_size, (gh, gw), channels, cfg.flip, manifest["backbone"], backbone.image_size)
-    if (out / MANIFEST).exists():
-        old = json.loads((out / MANIFEST).read_text())
-        keys = ("files", "backbone", "shard_size", "flip", "grid", "image_size")
-        diff = [k for k in keys if old.get(k) != manifest[k]]
-        if diff:
-            raise InputError(f"{out} holds features made with other settings ({', '.join(diff)} differ); choose another output folder")
-    elif out.exists() and any(out.iterdir()):
-        raise InputError(f"output folder {out} exists and is not a feature cache; choose another -o")
-    if rank == 0:
+    if rank == 0:  # only rank 0 checks and writes the manifest; the others wait for it
+        if (out / MANIFEST).exists():
+            old = json.loads((out / MANIFEST).read_text())
+            keys = ("files", "backbone", "shard_size", "flip", "grid", "image_size")
+            diff = [k for k in keys if old.get(k) != manifest[k]]
+            if diff:
+                raise InputError(f"{out} holds features made with other settings ({', '.join(diff)} differ); choose another output folder")
+        elif out.exists() and any(out.iterdir()):
+            raise InputError(f"output folder {out} exists and is not a feature cache; choose another -o")
         atomic_write_json(out / MANIFEST, manifest)
     barrier()
 

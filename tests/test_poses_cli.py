@@ -1,0 +1,151 @@
+"""End-to-end CLI: features train/extract, poses discover/assign/refit, eval poses (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_features import make_collection, make_unet_folder
+from typer.testing import CliRunner
+
+from mirage3d.cli.main import app
+from mirage3d.io import read_transforms
+from mirage3d.poses import PoseModel, load_cameras
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("poses")
+    return {"root": root, "coll": make_collection(root / "coll", n=16), "unet": make_unet_folder(root / "bb")}
+
+
+def _ok(result) -> None:
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_discover_assign_eval_end_to_end(setup):
+    root, coll = setup["root"], setup["coll"]
+    out = root / "poses"
+    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(out), "--backbone", str(setup["unet"]), "--poses", "4", "--parts", "4",
+                            "--features", str(root / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"])  # fmt: skip
+    _ok(r)
+    for name in ("poses.json", "cameras.json", "transforms.json", "pose_model.json", "pose_model.safetensors", "config.json", "poses_sheet.png", "parts.png"):
+        assert (out / name).exists(), name
+    poses = json.loads((out / "poses.json").read_text())
+    assert poses["num_poses"] == 4 and len(poses["files"]) == 16 and poses["files"][0] == "images/000000.png"
+    assert len(poses["labels"]) == 16 and set(poses["labels"]) <= set(range(4)) and len(poses["confidence"]) == 16
+    mirror = poses["mirror"]
+    assert len(mirror) == 4 and all(mirror[mirror[k]] == k for k in range(4))
+    assert all(0 < c <= 1 for c in poses["confidence"])
+    cams = load_cameras(out)
+    assert [c.pose for c in cams] == [0, 1, 2, 3] and cams[0].w == 32
+    az = np.array([c.azimuth_deg for c in cams])
+    assert np.all(np.diff(az) > 0)  # poses are numbered by azimuth
+    t = read_transforms(out / "transforms.json", check_images=False)
+    assert [f.file_path for f in t.frames] == [f"images/pose_{k:02d}.png" for k in range(4)]
+    np.testing.assert_allclose(t.frames[2].transform_matrix, cams[2].c2w)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_poses"] == 4 and cfg["backbone"]["kind"] == "unet"
+
+    # The saved model reproduces the discovery labels on the collection's own images.
+    model = PoseModel.load(out)
+    assert model.num_poses == 4 and list(model.mirror) == mirror
+    from mirage3d.data.collection import ImageCollection
+
+    ds = ImageCollection(coll, 32)
+    items = [ds[i] for i in range(16)]
+    x, m = torch.stack([it["pixel_values"] for it in items]), torch.stack([it["mask"] for it in items])
+    labels, conf = model.assign(x, m)
+    assert (labels == np.array(poses["labels"])).mean() >= 0.9  # fp16 cache vs fp32 here: near-ties may flip
+    assert conf.shape == (16,)
+
+    # poses assign on files, JSON output
+    r = runner.invoke(app, ["poses", "assign", str(coll / "images/000001.png"), str(coll / "images/000002.png"), "--poses", str(out), "-o", str(root / "a.json"), "--device", "cpu"])
+    _ok(r)
+    rows = json.loads((root / "a.json").read_text())["assignments"]
+    assert [Path(r["file"]).name for r in rows] == ["000001.png", "000002.png"]
+    assert rows[0]["azimuth_deg"] == pytest.approx(az[rows[0]["pose"]])
+
+    # eval poses
+    r = runner.invoke(app, ["eval", "poses", str(out), "--collection", str(coll)])
+    _ok(r)
+    metrics = json.loads((out / "eval.json").read_text())
+    assert -1 <= metrics["ari"] <= 1 and 0 <= metrics["median_error_deg"] <= 180 and metrics["num_images"] == 16
+    assert "ARI" in r.output
+
+    # discovery again from the cache alone, hog baseline and flat mode, and refit for another backbone
+    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "p2"), "--features", str(root / "feats"), "--poses", "4", "--parts", "4"])
+    _ok(r)
+    assert json.loads((root / "p2" / "poses.json").read_text())["labels"] == poses["labels"]  # deterministic
+    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "p3"), "--backbone", "hog", "--mode", "flat", "--poses", "3", "--workers", "0", "--image-size", "32"])
+    _ok(r)
+    assert (coll / ".cache" / "features").is_dir()
+    r = runner.invoke(app, ["poses", "refit", str(out), "--backbone", "hog", "--collection", str(coll), "-o", str(root / "refit"), "--features", str(root / "hogfeats")])
+    _ok(r)
+    assert json.loads((root / "refit" / "poses.json").read_text())["labels"] == poses["labels"]
+    refit = PoseModel.load(root / "refit")
+    assert refit.backbone_ref["kind"] == "hog" and 0 <= refit.extra["refit_agreement"] <= 1
+
+
+def test_features_extract_cli(setup):
+    out = setup["root"] / "hog_cache"
+    r = runner.invoke(app, ["features", "extract", str(setup["coll"]), "-o", str(out), "--backbone", "hog", "--image-size", "32", "--shard-size", "5", "--workers", "0"])
+    _ok(r)
+    assert len(list(out.glob("shard_*.safetensors"))) == 4 and "16 images" in r.output
+    # Running again resumes (nothing to do) and succeeds.
+    _ok(runner.invoke(app, ["features", "extract", str(setup["coll"]), "-o", str(out), "--backbone", "hog", "--image-size", "32", "--shard-size", "5", "--workers", "0"]))
+
+
+def test_features_train_cli(setup, tmp_path):
+    coll = make_collection(tmp_path / "c", n=8)
+    r = runner.invoke(app, ["features", "train", str(coll), "-o", str(tmp_path / "bb"), "--model", "tiny", "--max-steps", "2", "--batch-size", "4",
+                            "--workers", "0", "--device", "cpu", "--sample-steps", "2"])  # fmt: skip
+    _ok(r)
+    assert (tmp_path / "bb" / "unet" / "config.json").exists()
+    from mirage3d.poses.features import UNetBackbone, load_backbone
+
+    assert isinstance(load_backbone(str(tmp_path / "bb")), UNetBackbone)
+
+
+def _last_line(result) -> str:
+    return [line for line in result.output.splitlines() if line.strip()][0]
+
+
+def test_too_few_images_is_one_line_error(tmp_path):
+    coll = make_collection(tmp_path / "c", n=3)
+    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(tmp_path / "p"), "--backbone", "hog"])
+    assert r.exit_code == 1
+    assert "at least 8 images" in r.output and "has 3" in r.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_more_poses_than_images_is_one_line_error(tmp_path):
+    coll = make_collection(tmp_path / "c", n=9)
+    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(tmp_path / "p"), "--backbone", "hog", "--poses", "12"])
+    assert r.exit_code == 1
+    assert "cannot find 12 poses in 9 images" in r.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_bad_inputs_one_line(tmp_path):
+    coll = make_collection(tmp_path / "c", n=8)
+    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(tmp_path / "p")])
+    assert r.exit_code == 1 and "give --backbone" in r.output
+    r = runner.invoke(app, ["features", "extract", str(coll), "-o", str(tmp_path / "f"), "--backbone", "nonsense"])
+    assert r.exit_code == 1 and "neither a folder" in r.output
+    r = runner.invoke(app, ["features", "extract", str(coll), "-o", str(tmp_path / "f"), "--backbone", "hog", "--flip", "sideways"])
+    assert r.exit_code == 1 and "flip mode 'sideways'" in r.output
+    r = runner.invoke(app, ["eval", "poses", str(tmp_path / "missing"), "--collection", str(coll)])
+    assert r.exit_code == 1 and "poses discover" in r.output
+    r = runner.invoke(app, ["poses", "assign", str(coll / "images/000000.png"), "--poses", str(tmp_path)])
+    assert r.exit_code == 1 and "holds no pose model" in r.output
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    r = runner.invoke(app, ["poses", "assign", str(tmp_path / "bad.png"), "--poses", str(tmp_path)])
+    assert r.exit_code == 1
+    for res in (r,):
+        assert "Traceback" not in res.output
