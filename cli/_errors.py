@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mirage3d.errors import MirageError
 
@@ -51,7 +52,7 @@ def handle_errors(fn: F) -> F:
         except _EXPECTED as e:
             if debug_enabled():
                 raise
-            err_console.print(f"[bold red]error:[/bold red] {one_line(e)}")
+            err_console.print(f"[bold red]error:[/bold red] {escape(one_line(e))}")
             err_console.print("[dim](set MIRAGE3D_DEBUG=1 for a traceback)[/dim]")
             raise typer.Exit(1) from None
         except MemoryError:
