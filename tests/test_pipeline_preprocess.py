@@ -1,0 +1,84 @@
+"""Reference preprocessing: object mask sources, framing, errors."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mirage3d.diffusion.preprocess import bbox_fraction, load_fill, object_mask, prepare_reference
+from mirage3d.errors import DependencyError, InputError
+
+
+def square_rgba(h: int = 60, w: int = 80, box: tuple[int, int, int, int] = (10, 20, 30, 60)) -> np.ndarray:
+    """Float RGBA with an opaque blue box (y0, x0, y1, x1) on transparency."""
+    im = np.zeros((h, w, 4), np.float32)
+    y0, x0, y1, x1 = box
+    im[y0:y1, x0:x1] = (0.1, 0.2, 0.9, 1.0)
+    return im
+
+
+@pytest.mark.parametrize("fill", [0.5, 0.85])
+def test_alpha_cutout_framed_to_fill(fill: float) -> None:
+    p = prepare_reference(square_rgba(), 32, fill=fill)
+    assert p.mask_source == "alpha" and p.bbox == (20, 10, 60, 30)
+    assert p.image.shape == (32, 32, 3) and p.mask.shape == (32, 32)
+    assert bbox_fraction(p.mask) == pytest.approx(fill, abs=2 / 32)
+    ys, xs = np.nonzero(p.mask > 0.5)
+    assert abs((xs.min() + xs.max()) / 2 - 15.5) <= 1 and abs((ys.min() + ys.max()) / 2 - 15.5) <= 1  # centred
+    assert p.image[0, 0].min() > 0.99  # composited on white
+    t = p.to_tensor()
+    assert t.shape == (1, 3, 32, 32) and float(t.min()) >= -1 and float(t.max()) <= 1
+
+
+def test_plain_background_found_and_removed() -> None:
+    rgba = square_rgba()
+    rgba[rgba[..., 3] == 0] = (0.5, 0.45, 0.4, 1.0)
+    rgba[..., :3] += np.random.default_rng(0).normal(0, 0.01, rgba[..., :3].shape).astype(np.float32)  # sensor noise
+    mask, source = object_mask(np.clip(rgba, 0, 1))
+    assert source == "plain-background"
+    truth = np.zeros(mask.shape, bool)
+    truth[10:30, 20:60] = True
+    assert ((mask > 0.5) == truth).mean() > 0.99
+
+
+def test_busy_background_without_rembg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rembg", None)  # import fails even if installed
+    busy = np.random.default_rng(1).random((40, 40, 3)).astype(np.float32)
+    with pytest.raises(DependencyError, match=r"busy background: install mirage3d\[rembg\] or give an RGBA cut-out"):
+        prepare_reference(busy, 16, name="photo.jpg")
+
+
+def test_busy_background_uses_rembg_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("rembg")
+
+    def remove(im: Image.Image) -> Image.Image:
+        a = np.zeros((im.size[1], im.size[0]), np.uint8)
+        a[5:15, 5:25] = 255
+        return Image.fromarray(np.dstack([np.asarray(im), a]), "RGBA")
+
+    fake.remove = remove  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "rembg", fake)
+    busy = (np.random.default_rng(2).random((30, 30, 3)) * 255).astype(np.uint8)
+    p = prepare_reference(busy, 16, fill=0.8)
+    assert p.mask_source == "rembg" and p.bbox == (5, 5, 25, 15)
+
+
+def test_keep_framing_and_errors(tmp_path) -> None:
+    p = prepare_reference(square_rgba(h=40, w=40, box=(10, 10, 30, 30)), 20, fill=None)
+    assert bbox_fraction(p.mask) == pytest.approx(0.5, abs=0.06)  # framing unchanged, only resized
+    with pytest.raises(InputError, match="no object found"):
+        prepare_reference(np.ones((30, 30, 3), np.float32), 16)
+    with pytest.raises(InputError, match="fill must be"):
+        prepare_reference(square_rgba(), 16, fill=1.5)
+    with pytest.raises(InputError, match="image array"):
+        prepare_reference(np.zeros((4, 4)), 16)
+    assert load_fill(tmp_path) is None
+    (tmp_path / "framing.json").write_text('{"bbox_fraction": 0.7}')
+    assert load_fill(tmp_path) == 0.7
+    (tmp_path / "framing.json").write_text('{"bbox_fraction": 7}')
+    with pytest.raises(InputError, match="bbox_fraction"):
+        load_fill(tmp_path)
