@@ -339,6 +339,7 @@ def train(
 ) -> TrainResult:
     """Train (or resume training) the MIRAGE UNet on ``collection``; see the module docstring."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import broadcast
 
     cfg = config or TrainConfig()
@@ -366,6 +367,11 @@ def train(
             raise InputError(f"device {cfg.device} asked for but no CUDA GPU is visible; use --device cpu")
         if ":" in cfg.device and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             torch.cuda.set_device(int(cfg.device.split(":")[1]))
+    state = AcceleratorState._shared_state
+    if state.get("_mixed_precision") not in (None, mp):
+        # A second train() in one process (tests, benchmarks) with other precision: accelerate refuses to
+        # change its process-wide state, so drop it (keeping the distributed state) and start again.
+        AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
