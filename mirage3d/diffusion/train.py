@@ -374,6 +374,9 @@ def train(
         AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mp, cpu=cfg.device == "cpu")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes every step: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     main = accelerator.is_main_process
     if len(files) < world:
         raise InputError(f"{len(files)} images cannot be shared by {world} processes; add images or use fewer processes")
