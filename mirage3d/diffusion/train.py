@@ -12,7 +12,6 @@ command again on a folder that holds checkpoints resumes from the newest one.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -22,19 +21,28 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mirage3d.config import config_to_dict
 from mirage3d.data.collection import load_uint8_images
 from mirage3d.diffusion.ema import EMA
-from mirage3d.diffusion.labels import DEFAULT_MAX_POSES, NULL_CLASS
-from mirage3d.diffusion.loss_plot import draw_loss_curve, read_loss_log
-from mirage3d.diffusion.model import UNetConfig, build_unet, count_parameters, unet_config_from_preset, unet_config_of
-from mirage3d.diffusion.train_data import BatchSource, PoseLabels, class_tables, read_pose_labels
+from mirage3d.diffusion.labels import DEFAULT_MAX_POSES
+from mirage3d.diffusion.model import build_unet, count_parameters, unet_config_from_preset, unet_config_of
+from mirage3d.diffusion.train_data import BatchSource, class_tables, read_pose_labels
+from mirage3d.diffusion.train_outputs import (
+    SAVE_DTYPES,
+    append_loss,
+    copy_poses,
+    draw_loss,
+    export_pipeline,
+    latest_checkpoint,
+    prepare_output,
+    sample_grid,
+    truncate_loss_log,
+)
 from mirage3d.errors import InputError, ModelError
-from mirage3d.io import atomic_save_image, atomic_write_json, atomic_write_text, list_images
+from mirage3d.io import atomic_save_image, atomic_write_json, list_images
 
 
 @dataclass
@@ -142,9 +150,6 @@ class TrainResult:
 
 
 # Options that must not change when a run is resumed (the model or its data would silently differ).
-_RESUME_KEYS = ("model", "res", "channels", "max_poses", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
-                "prediction_type", "beta_schedule", "num_train_timesteps", "p_uncond", "flip", "seed")
-_SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -163,7 +168,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), f"mixed precision must be auto, no, bf16 or fp16, got {cfg.mixed_precision!r}"),
         (cfg.data_on_device in ("auto", "yes", "no"), f"data_on_device must be auto, yes or no, got {cfg.data_on_device!r}"),
         (cfg.device in ("auto", "cpu", "cuda") or cfg.device.removeprefix("cuda:").isdigit(), f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"),
-        (cfg.save_dtype in _SAVE_DTYPES, f"save dtype must be one of {', '.join(_SAVE_DTYPES)}, got {cfg.save_dtype!r}"),
+        (cfg.save_dtype in SAVE_DTYPES, f"save dtype must be one of {', '.join(SAVE_DTYPES)}, got {cfg.save_dtype!r}"),
         (cfg.checkpoint_every >= 1, f"checkpoint every must be >= 1, got {cfg.checkpoint_every}"),
         (cfg.keep_checkpoints >= 1, f"keep checkpoints must be >= 1, got {cfg.keep_checkpoints}"),
         (cfg.sample_every >= 0, f"sample every must be >= 0, got {cfg.sample_every}"),
@@ -183,12 +188,6 @@ def make_noise_scheduler(cfg: TrainConfig):
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=True)
 
 
-def sampling_scheduler(train_scheduler):
-    """The DDIM scheduler shipped with the model ("trailing" spacing: the first step starts at t = T − 1)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(train_scheduler.config, timestep_spacing="trailing")
-
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine to 10%."""
@@ -197,123 +196,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         frac = min(1.0, max(0, step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
         return cfg.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
     return cfg.lr * warm
-
-
-# --------------------------------------------------------------------------------------------------
-# Output folder: fresh, resumed or refused
-# --------------------------------------------------------------------------------------------------
-def _latest_checkpoint(output: Path) -> Path | None:
-    folder = output / "checkpoints"
-    if not folder.is_dir():
-        return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "state.json").exists() and p.name.split("-")[-1].isdigit()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-def _prepare_output(output: Path, record: dict, overwrite: bool) -> None:
-    """Main process: refuse foreign or incompatible folders, wipe with ``overwrite``, write train_config.json."""
-    if output.exists() and not output.is_dir():
-        raise InputError(f"output {output} exists and is a file; choose a folder path")
-    probe = output
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"cannot write to {probe}: permission denied; choose another -o")
-    saved_path = output / "train_config.json"
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        if not saved_path.exists():
-            raise InputError(f"output folder {output} is not empty and holds no training run; pass --overwrite or choose another -o")
-        saved = json.loads(saved_path.read_text())
-        diffs = [k for k in _RESUME_KEYS if saved.get("config", {}).get(k) != record["config"][k]]
-        diffs += [k for k in ("unet", "num_images", "poses_sha256", "init") if saved.get(k) != record[k]]
-        if diffs and _latest_checkpoint(output) is not None:
-            k = diffs[0]
-            old = saved.get("config", {}).get(k, saved.get(k))
-            new = record["config"].get(k, record.get(k))
-            raise InputError(f"{output} holds a run with {k}={old!r}, this command asks {k}={new!r}; use the same options to resume, or --overwrite to start again")
-    elif overwrite and output.is_dir():
-        for child in output.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved_path, record)
-
-
-def _copy_poses(poses: PoseLabels, output: Path) -> None:
-    dst = output / "poses"
-    tmp = output / ".poses.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(poses.folder, tmp, ignore=shutil.ignore_patterns("checkpoints", ".*"))
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
-
-
-# --------------------------------------------------------------------------------------------------
-# Exports: pipeline, sample grids, loss curve
-# --------------------------------------------------------------------------------------------------
-def export_pipeline(output: Path, ema_unet: torch.nn.Module, train_scheduler, save_dtype: str) -> None:
-    """Write the MiragePipeline (EMA UNet in ``save_dtype`` + DDIM scheduler) into ``output`` component by component."""
-    from mirage3d.diffusion.pipeline import MiragePipeline
-
-    unet = copy.deepcopy(ema_unet).to("cpu")
-    for p in unet.parameters():  # cast by hand: ModelMixin.to(dtype) warns about fp32-only modules (there are none)
-        p.data = p.data.to(_SAVE_DTYPES[save_dtype])
-    pipe = MiragePipeline(unet=unet, scheduler=sampling_scheduler(train_scheduler))
-    tmp = output / ".pipeline.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    for name in ("unet", "scheduler"):
-        old = output / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if (output / name).exists():
-            os.replace(output / name, old)
-        os.replace(tmp / name, output / name)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(tmp / "model_index.json", output / "model_index.json")  # last: marks the folder loadable
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@torch.no_grad()
-def sample_grid(unet: torch.nn.Module, train_scheduler, num_poses: int | None, cfg: TrainConfig, seed: int, autocast: Callable) -> np.ndarray:
-    """uint8 grid (rows·H, cols·W, 3): one row per pose (guided), or 4 rows of class-0 samples in phase 1."""
-    from mirage3d.diffusion.pipeline import MiragePipeline
-
-    pipe = MiragePipeline(unet=unet, scheduler=sampling_scheduler(train_scheduler))
-    pipe.set_progress_bar_config(disable=True)
-    cols = cfg.sample_per_pose
-    g = torch.Generator().manual_seed(seed)
-    with autocast():
-        if num_poses is not None:
-            poses = [k for k in range(num_poses) for _ in range(cols)]
-            images = pipe(poses, num_inference_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, generator=g, output_type="np").images
-            rows = num_poses
-        else:  # class 0: the pipeline's __call__ takes pose labels only, so run its loop with the null class
-            rows, device, res = 4, unet.device, unet.config.sample_size
-            x = torch.randn((rows * cols, unet.config.in_channels, res, res), generator=g).to(device)
-            labels = torch.full((rows * cols,), NULL_CLASS, device=device)
-            pipe.scheduler.set_timesteps(cfg.sample_steps, device=device)
-            for t in pipe.scheduler.timesteps:
-                out = pipe.predict_noise(pipe.scheduler.scale_model_input(x, t), t, labels, 1.0)
-                x = pipe.scheduler.step(out.float(), t, x, generator=g).prev_sample
-            images = (x.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    images = (np.asarray(images, dtype=np.float32)[..., :3] * 255 + 0.5).astype(np.uint8)  # (B, H, W, 3)
-    b, h, w, _ = images.shape
-    return images.reshape(rows, cols, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)
-
-
-def _write_loss(output: Path, record: dict) -> None:
-    with open(output / "loss.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _truncate_loss_log(output: Path, step: int) -> None:
-    """After a resume from ``step``, drop the records the killed run logged past it."""
-    recs = [r for r in read_loss_log(output / "loss.jsonl") if r.get("step", 0) <= step]
-    atomic_write_text(output / "loss.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
-
-
-def _draw_loss(output: Path) -> None:
-    recs = read_loss_log(output / "loss.jsonl")
-    draw_loss_curve([r["step"] for r in recs], [r["loss"] for r in recs], output / "loss.png")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -387,9 +269,9 @@ def train(
     record["unet"]["block_out_channels"] = list(ucfg.block_out_channels)
     record["unet"]["attention"] = list(ucfg.attention)
     if main:
-        _prepare_output(output, record, overwrite)
+        prepare_output(output, record, overwrite)
         if pose_labels is not None:
-            _copy_poses(pose_labels, output)
+            copy_poses(pose_labels, output)
     accelerator.wait_for_everyone()
 
     # Data: this process's shard, decoded once into uint8 (n, 4, res, res), on the GPU when it fits.
@@ -417,13 +299,13 @@ def train(
     raw_model = accelerator.unwrap_model(model)
 
     step, resumed_from = 0, None
-    ckpt = _latest_checkpoint(output)
+    ckpt = latest_checkpoint(output)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         ema.load(ckpt)
         step = resumed_from = int(json.loads((ckpt / "state.json").read_text())["step"])
         if main:
-            _truncate_loss_log(output, step)
+            truncate_loss_log(output, step)
     elif main:
         (output / "loss.jsonl").unlink(missing_ok=True)
     forward = torch.compile(model) if cfg.compile else model
@@ -501,7 +383,7 @@ def train(
             stop = torch.tensor([int(cfg.minutes is not None and elapsed >= cfg.minutes * 60)], device=device)
             stop = bool(broadcast(stop).item())
             if main:
-                _write_loss(output, {"step": step, "loss": last_loss, "lr": lr, "img_per_s": round(last_ips, 2), "elapsed_s": round(elapsed, 2)})
+                append_loss(output, {"step": step, "loss": last_loss, "lr": lr, "img_per_s": round(last_ips, 2), "elapsed_s": round(elapsed, 2)})
                 eta = (cfg.max_steps - step) * B * accum * world / max(last_ips, 1e-9)
                 if cfg.minutes is not None:
                     eta = min(eta, max(0.0, cfg.minutes * 60 - elapsed))
@@ -515,12 +397,12 @@ def train(
         if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.max_steps:
             write_samples(step)
 
-    if saved_at != step or _latest_checkpoint(output) is None:
+    if saved_at != step or latest_checkpoint(output) is None:
         save_checkpoint(step)
     write_samples(step)
     if main:
         export_pipeline(output, ema.model, scheduler, cfg.save_dtype)
-        _draw_loss(output)
+        draw_loss(output)
         if progress is not None:
             progress(TrainProgress(step, cfg.max_steps, last_loss, last_ips, lr_at(cfg, step), time.perf_counter() - t_start, 0.0, "done"))
     accelerator.wait_for_everyone()
