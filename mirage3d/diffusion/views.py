@@ -101,10 +101,15 @@ def load_model(model_dir: str | Path, device: str = "auto", need_pose_model: boo
         raise InputError(f"model folder {model_dir} does not exist")
     if not (model_dir / "model_index.json").exists() or not (model_dir / "unet").is_dir():
         raise ModelError(f"{model_dir} is not a mirage3d model (needs model_index.json and unet/ from `mirage3d train`)")
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # the CLI shows its own progress
     try:
         pipe = MiragePipeline.from_pretrained(str(model_dir))
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise ModelError(f"cannot load the model in {model_dir} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        diffusers_logging.enable_progress_bar()
     if not getattr(pipe.unet.config, "num_class_embeds", None):
         raise ModelError(f"{model_dir}: the UNet has no pose classes; it is not a MiragePipeline model")
     pipe.to(resolve_device(device))
