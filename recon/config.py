@@ -1,0 +1,102 @@
+"""``ReconConfig``: every setting of ``mirage3d recon`` (saved as ``config.json`` beside the mesh)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mirage3d.errors import InputError
+
+FORMATS = ("glb", "obj", "ply")
+
+
+@dataclass
+class ReconConfig:
+    """Settings of the views → radiance field → textured mesh stage (defaults: 16 views at 128² on a CPU)."""
+
+    seed: int = 0
+    """Seed for ray batches and sample jitter."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    iters: int = 1200
+    """Optimisation steps of the radiance field."""
+    res: int = 128
+    """Voxels along the longest side of the object's box at the finest level."""
+    res_levels: tuple[float, ...] = (0.5, 0.75, 1.0)
+    """Coarse-to-fine: grid resolution as a fraction of ``res`` for each level."""
+    level_starts: tuple[float, ...] = (0.0, 0.25, 0.5)
+    """Fraction of ``iters`` at which each level starts."""
+    batch_rays: int = 4096
+    """Rays per step, drawn at random from pixels whose ray meets the object's box."""
+    step_ratio: float = 0.5
+    """Distance between samples along a ray, in voxels of the current level."""
+    lr_density: float = 0.1
+    """Adam learning rate of the density grid (decays ×0.1 over the run)."""
+    lr_color: float = 0.1
+    """Adam learning rate of the colour grid."""
+    alpha_init: float = 0.01
+    """Opacity of a one-voxel step inside the visual hull at the start."""
+    w_mask: float = 1.0
+    """Weight of the mask loss (rendered opacity vs the views' alpha)."""
+    w_tv_density: float = 1e-4
+    """Weight of total variation on the density grid."""
+    w_tv_color: float = 1e-5
+    """Weight of total variation on the colour grid."""
+    w_distortion: float = 1e-2
+    """Weight of the distortion loss on ray weights (pulls each ray's weight into one surface)."""
+    hull: bool = True
+    """Carve the visual hull from the alpha masks and never place density outside it."""
+    hull_dilate_px: int = 2
+    """Mask dilation (pixels) before carving, to tolerate approximate cameras and soft edges."""
+    hull_misses: int = 0
+    """Views a point may fall outside the mask of and still be kept (inconsistent generated views)."""
+    prune_every: int = 200
+    """Steps between prunings of the occupancy grid (voxels whose one-voxel opacity is below ``prune_alpha``)."""
+    prune_alpha: float = 3e-3
+    """Opacity under which a voxel (and its neighbours) counts as empty space when pruning."""
+    refine_cameras: bool = False
+    """Learn a small SE(3) correction per view jointly with the field (approximate cameras)."""
+    lr_camera: float = 1e-3
+    """Adam learning rate of the camera corrections (radians / world units)."""
+    camera_start: float = 0.1
+    """Fraction of ``iters`` after which camera corrections start learning (the field settles first)."""
+    level: float = 0.5
+    """Marching-cubes iso-level on the one-voxel opacity grid."""
+    faces: int = 20000
+    """Target face count after decimation."""
+    smooth_iters: int = 3
+    """Taubin smoothing iterations on the extracted mesh (0 = none)."""
+    texture_size: int = 512
+    """Side of the square base-colour texture in pixels."""
+    format: str | None = None
+    """'glb', 'obj' or 'ply'; None = from the output suffix."""
+    preview: bool = False
+    """Also write a turntable strip (``OUT.preview.png``) and GIF of the exported mesh."""
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` (one line) for absurd settings."""
+        checks = [
+            (self.iters >= 1 and self.iters <= 1_000_000, f"--iters {self.iters} must be between 1 and 1000000"),
+            (8 <= self.res <= 1024, f"--res {self.res} must be between 8 and 1024 voxels"),
+            (16 <= self.batch_rays <= 1 << 22, f"batch_rays {self.batch_rays} must be between 16 and 4194304"),
+            (4 <= self.faces <= 10_000_000, f"--faces {self.faces} must be between 4 and 10000000"),
+            (16 <= self.texture_size <= 8192, f"--texture-size {self.texture_size} must be between 16 and 8192"),
+            (0.0 < self.level < 1.0, f"--level {self.level} must be in (0, 1)"),
+            (0.05 <= self.step_ratio <= 4.0, f"step_ratio {self.step_ratio} must be in [0.05, 4]"),
+            (len(self.res_levels) == len(self.level_starts) and len(self.res_levels) > 0, "res_levels and level_starts must have the same, non-zero length"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"--device {self.device!r} must be auto, cpu or cuda"),
+            (self.format is None or self.format in FORMATS, f"--format {self.format!r} must be one of {', '.join(FORMATS)}"),
+            (self.hull_misses >= 0 and self.hull_dilate_px >= 0, "hull_misses and hull_dilate_px must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"--device {self.device} asked for, but no CUDA GPU is available; use --device cpu or auto")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
