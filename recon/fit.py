@@ -230,7 +230,8 @@ def prune_by_weights(field: VoxelField, o: torch.Tensor, d: torch.Tensor, step_r
     for s in range(0, o.shape[0], chunk):
         out = field.render(o[s : s + chunk], d[s : s + chunk], step=step_ratio * field.voxel, cull_eps=1e-4)
         max_w.scatter_reduce_(0, out["vox_id"], out["weights"], reduce="amax")
-    seen = (max_w > thresh).reshape(field.occupancy.shape)
+    # Early in a short run every weight is small: then keep what carries a tenth of the largest weight.
+    seen = (max_w > min(thresh, 0.1 * float(max_w.max()))).reshape(field.occupancy.shape)
     field.occupancy &= F.max_pool3d(seen[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0.5
 
 

@@ -158,7 +158,7 @@ def dilate_texture(tex: np.ndarray, filled: np.ndarray, passes: int = 8) -> np.n
 
 @torch.no_grad()
 def surface_colors(field: VoxelField, points: np.ndarray, normals: np.ndarray, chunk: int = 65536,
-                   start: float = 2.0, depth: float = 4.0, n_samples: int = 8) -> np.ndarray:
+                   start: float = 4.0, depth: float = 4.0, n_samples: int = 12) -> np.ndarray:
     """Colour seen at surface points (P, 3) → (P, 3) in [0, 1].
 
     A short ray per point, from ``start`` voxels outside along the normal to ``depth`` voxels inside,

@@ -1,0 +1,150 @@
+"""``mirage3d recon`` end to end, export round trips and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pygltflib
+import pytest
+import torch
+import trimesh
+import xatlas
+from PIL import Image
+from typer.testing import CliRunner
+
+from mirage3d.cli.main import app
+from mirage3d.errors import InputError
+from mirage3d.recon.mesh import TexturedMesh, export, rasterize_uv
+from mirage3d.recon.synthetic import write_sphere_views
+
+runner = CliRunner()
+FAST = ["--iters", "60", "--res", "24", "--faces", "600", "--texture-size", "64"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These fits move many small tensors; on the shared 2-core machine one thread was 2-5x faster than two.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    return write_sphere_views(tmp_path_factory.mktemp("views"), n_views=6, res=32)
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.iterdir() if ".tmp" in p.name]
+
+
+def test_cli_end_to_end_glb_with_preview(views, tmp_path):
+    out = tmp_path / "asset.glb"
+    r = runner.invoke(app, ["recon", str(views), "-o", str(out), *FAST, "--preview", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert "wrote" in r.output and out.exists()
+    scene = trimesh.load(out)
+    geom = list(scene.geometry.values())[0]
+    assert isinstance(geom.visual, trimesh.visual.TextureVisuals) and geom.visual.material.baseColorTexture is not None
+    assert 0 < len(geom.faces) <= 600
+    g = pygltflib.GLTF2().load(str(out))
+    assert len(g.images) == 1 and g.materials[0].pbrMetallicRoughness.baseColorTexture is not None
+    cfg = json.loads((tmp_path / "asset.glb.config.json").read_text())
+    assert cfg["iters"] == 60 and cfg["seed"] == 1
+    strip = Image.open(tmp_path / "asset.preview.png")
+    assert strip.width > strip.height
+    assert Image.open(tmp_path / "asset.preview.gif").n_frames == 8
+    assert not _leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["obj", "ply"])
+def test_cli_other_formats(views, tmp_path, suffix):
+    out = tmp_path / f"asset.{suffix}"
+    r = runner.invoke(app, ["recon", str(views), "-o", str(out), *FAST, "--iters", "10"])
+    assert r.exit_code == 0, r.output
+    m = trimesh.load(out, force="mesh")
+    assert len(m.faces) > 0
+    if suffix == "obj":
+        assert (tmp_path / "asset.mtl").exists()
+
+
+def _write_bad(views, tmp_path, mutate):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(views, bad)
+    mutate(bad)
+    return bad
+
+
+def _no_foreground(d):
+    for p in (d / "images").glob("*.png"):
+        im = np.asarray(Image.open(p)).copy()
+        im[..., 3] = 0
+        Image.fromarray(im).save(p)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: (d / "transforms.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "transforms.json").write_text(json.dumps({"frames": []})), "no 'frames'"),
+        (lambda d: Image.new("RGBA", (40, 40)).save(d / "images" / "0001.png"), "different sizes"),
+        (lambda d: (d / "images" / "0002.png").unlink(), "does not exist"),
+        (_no_foreground, "no foreground"),
+    ],
+    ids=["bad-json", "no-frames", "size-mismatch", "missing-image", "no-foreground"],
+)
+def test_cli_bad_views_one_line_error_and_no_output(views, tmp_path, mutate, message):
+    bad = _write_bad(views, tmp_path, mutate)
+    out = tmp_path / "out" / "asset.glb"
+    r = runner.invoke(app, ["recon", str(bad), "-o", str(out), *FAST])
+    assert r.exit_code == 1
+    err = r.stderr if hasattr(r, "stderr") else r.output
+    assert message in err and "Traceback" not in err
+    assert err.strip().splitlines()[0].startswith("error:")
+    assert not out.exists()
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--iters", "0"], "--iters"), (["--res", "4"], "--res"), (["--format", "fbx"], "--format"), (["--device", "tpu"], "--device")],
+)
+def test_cli_absurd_options(views, tmp_path, args, message):
+    r = runner.invoke(app, ["recon", str(views), "-o", str(tmp_path / "a.glb"), *args])
+    assert r.exit_code == 1 and message in r.output
+    assert not (tmp_path / "a.glb").exists()
+
+
+def test_bad_output_suffix(views, tmp_path):
+    r = runner.invoke(app, ["recon", str(views), "-o", str(tmp_path / "a.fbx")])
+    assert r.exit_code == 1 and ".glb, .obj or .ply" in r.output
+
+
+def test_export_axes_and_texture_round_trip(tmp_path):
+    mesh = trimesh.creation.box(extents=(1.0, 2.0, 3.0))  # world: tallest along +Z
+    vmap, faces, uv = xatlas.parametrize(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+    tex = np.zeros((32, 32, 3), np.uint8)
+    tex[..., 0] = 200
+    tm = TexturedMesh(mesh.vertices[vmap], faces.astype(np.int64), uv.astype(np.float64), tex)
+    export(tm, tmp_path / "box.glb")
+    loaded = list(trimesh.load(tmp_path / "box.glb").geometry.values())[0]
+    np.testing.assert_allclose(np.ptp(loaded.vertices, axis=0), [2.0, 3.0, 1.0], atol=1e-6)  # glTF: +Y up
+    img = np.asarray(loaded.visual.material.baseColorTexture.convert("RGB"))
+    assert img.shape == (32, 32, 3) and img[..., 0].min() == 200
+
+
+def test_rasterize_uv_covers_unit_square_once():
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    rc, fid, bary = rasterize_uv(uv, faces, 16)
+    covered = np.zeros((16, 16), int)
+    np.add.at(covered, (rc[:, 0], rc[:, 1]), 1)
+    assert (covered >= 1).all()
+    np.testing.assert_allclose(bary.sum(1), 1.0)
+    with pytest.raises(InputError):
+        export(TexturedMesh(uv, faces, uv, np.zeros((4, 4, 3), np.uint8)), tmp := __import__("pathlib").Path("x.fbx"))
+    assert not tmp.exists()
