@@ -35,6 +35,7 @@ from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig  #
 from mirage3d.diffusion.preprocess import PreparedImage  # noqa: E402
 from mirage3d.diffusion.views import contact_sheet, load_model, white_alpha  # noqa: E402
 from mirage3d.io import atomic_save_image, read_transforms  # noqa: E402
+from mirage3d.poses.evaluate import best_alignment  # noqa: E402
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -127,7 +128,7 @@ def main() -> None:
         objects.append({"name": folder.name, "rgb": rgb, "alpha": alpha, "az": frame_azimuths(t), "labels": np.asarray(labels)})
     all_pred = np.concatenate([pose_az[o["labels"]] for o in objects])
     all_true = np.concatenate([o["az"] for o in objects])
-    med_err, rotation, reflected = __import__("mirage3d.poses.evaluate", fromlist=["best_alignment"]).best_alignment(all_pred, all_true)
+    med_err, rotation, reflected = best_alignment(all_pred, all_true)
     sign = -1.0 if reflected else 1.0
     print(f"pose model on {len(all_true)} orbit frames: median azimuth error {med_err:.1f}° after alignment (reflected={reflected})")
 
