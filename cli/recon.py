@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 def recon(
     views: Path = typer.Argument(..., help="Views folder: transforms.json (nerfstudio) + RGBA images (alpha = object mask)."),
     output: Path = typer.Option(..., "-o", "--output", help="Mesh file to write: .glb (default choice), .obj or .ply."),
-    iters: int = typer.Option(1200, "--iters", help="Optimisation steps of the radiance field."),
+    iters: int = typer.Option(600, "--iters", help="Optimisation steps of the radiance field."),
     res: int = typer.Option(128, "--res", help="Voxels along the longest side of the object's box."),
     faces: int = typer.Option(20000, "--faces", help="Target face count after decimation."),
     texture_size: int = typer.Option(512, "--texture-size", help="Side of the base-colour texture in pixels."),

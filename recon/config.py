@@ -19,7 +19,7 @@ class ReconConfig:
     """Seed for ray batches and sample jitter."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
-    iters: int = 1200
+    iters: int = 600
     """Optimisation steps of the radiance field."""
     res: int = 128
     """Voxels along the longest side of the object's box at the finest level."""
