@@ -67,7 +67,7 @@ def extract(
     seed: int = typer.Option(0, help="Seed of the UNet noise map / random-init ViT."),
 ) -> None:
     """Extract patch features of every image into a resumable cache (multi-GPU with `accelerate launch`)."""
-    from mirage3d.poses.extract import ExtractConfig, extract_features
+    from mirage3d.poses.extract import ExtractConfig, extract_features, is_main_process
     from mirage3d.poses.features import load_backbone
 
     bb = load_backbone(backbone, timestep=timestep, blocks=tuple(b.strip() for b in blocks.split(",") if b.strip()), seed=seed, image_size=image_size)
@@ -75,6 +75,8 @@ def extract(
     with progress_bar("extracting") as bar:
         task = bar.add_task("extract", total=None)
         cache = extract_features(collection, output, bb, cfg, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    if not is_main_process():
+        return
     h, w = cache.grid
     console.print(f"wrote features of {cache.num_images} images ({h}x{w} patches x {cache.channels} channels, {cache.num_shards} shards) to {cache.folder}")
 

@@ -31,9 +31,9 @@ def discover(
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
     image_size: int = typer.Option(None, help="Input size for hog / ViT backbones."),
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
-    w_visibility: float = typer.Option(1.0, help="Descriptor weight of part visibility."),
+    w_visibility: float = typer.Option(0.25, help="Descriptor weight of part visibility."),
     w_location: float = typer.Option(1.0, help="Descriptor weight of part locations."),
-    w_box: float = typer.Option(0.5, help="Descriptor weight of the box aspect ratio."),
+    w_box: float = typer.Option(0.25, help="Descriptor weight of the box aspect ratio."),
     spacing: str = typer.Option("uniform", help="Azimuth spacing: uniform or sizes."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -44,7 +44,7 @@ def discover(
     """Discover K poses: parts from patch features, per-image descriptors, mirror-consistent clusters, a camera ring."""
     from mirage3d.io import check_output_dir, list_images
     from mirage3d.poses.discover import DiscoverConfig, check_discovery_input, discover_poses
-    from mirage3d.poses.extract import MANIFEST, ExtractConfig, FeatureCache, default_cache_dir, extract_features
+    from mirage3d.poses.extract import MANIFEST, ExtractConfig, FeatureCache, default_cache_dir, extract_features, is_main_process
     from mirage3d.poses.features import load_backbone
 
     cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
@@ -61,6 +61,8 @@ def discover(
         with progress_bar("features") as bar:
             task = bar.add_task("features", total=None)
             cache = extract_features(collection, features or default_cache_dir(collection, bb, flip), bb, ecfg, lambda d, t: bar.update(task, completed=d, total=t))
+        if not is_main_process():  # multi-GPU: the other ranks only helped extract
+            return
     with progress_bar("descriptors") as bar:
         task = bar.add_task("descriptors", total=cache.num_images)
         result = discover_poses(cache, collection, output, cfg, overwrite=overwrite, progress=lambda d, t: bar.update(task, completed=d, total=t))

@@ -49,6 +49,9 @@ def test_discover_assign_eval_end_to_end(setup):
     t = read_transforms(out / "transforms.json", check_images=False)
     assert [f.file_path for f in t.frames] == [f"images/pose_{k:02d}.png" for k in range(4)]
     np.testing.assert_allclose(t.frames[2].transform_matrix, cams[2].c2w)
+    from mirage3d.diffusion.train_data import read_pose_labels  # the training stage reads this contract
+
+    read_pose_labels(out, [f"images/{i:06d}.png" for i in range(16)])
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_poses"] == 4 and cfg["backbone"]["kind"] == "unet"
 

@@ -6,9 +6,10 @@ m an involution (m[m[k]] = k; m[k] = k for views on the symmetry plane, e.g. fro
 
     J(l, c, m) = Σ_i ‖d_i − c_{l_i}‖² + ‖f_i − c_{m[l_i]}‖²
 
-by coordinate descent: labels l (each image with its flip, jointly), centres c (mean of the images of
-pose k and the flips of the images of pose m[k]), and the mirror map m (best involution, exact by dynamic
-programming for K ≤ 16). Each step cannot increase J, so it converges. Initialisation: plain k-means
+by alternating over labels l (each image with its flip, jointly), centres c (mean of the images of pose k;
+optionally also of the flips of the images of pose m[k], which makes it exact coordinate descent on J),
+and the mirror map m (best involution, exact by dynamic
+programming for K ≤ 16); at most ``iters`` rounds. Initialisation: plain k-means
 of all 2N descriptors or of the N image descriptors (alternating over restarts), with m from how the
 flips of each cluster's members fall.
 """
@@ -82,8 +83,13 @@ def joint_cost(d: torch.Tensor, f: torch.Tensor, centres: torch.Tensor, mirror: 
     return dd + ff[:, torch.as_tensor(mirror, device=d.device)]
 
 
-def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100) -> MirrorClusters:
-    """Cluster descriptors ``d`` (N, D) with flipped descriptors ``f`` (N, D) into ``k`` mirror-consistent poses."""
+def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, flip_centres: bool = False) -> MirrorClusters:
+    """Cluster descriptors ``d`` (N, D) with flipped descriptors ``f`` (N, D) into ``k`` mirror-consistent poses.
+
+    ``flip_centres`` False (default): centres are means of real images only (the flips constrain the labels
+    and the mirror map but cannot pull a centre off the real images; measured more robust when flipped
+    features are unlike real ones). True: exact coordinate descent on J (centres also average the flips).
+    """
     n = d.shape[0]
     if n < k:
         raise InputError(f"cannot find {k} poses in {n} images; use at most {n} poses or add images")
@@ -106,18 +112,23 @@ def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_ini
             cost = joint_cost(d, f, c, mirror)
             new = cost.argmin(1)
             m_t = torch.as_tensor(mirror, device=d.device)
-            sums = torch.zeros_like(c).index_add_(0, new, d).index_add_(0, m_t[new], f)
-            cnt = torch.bincount(new, minlength=k).float() + torch.bincount(m_t[new], minlength=k).float()
-            empty = cnt == 0
-            c = torch.where(empty[:, None], c, sums / cnt.clamp_min(1)[:, None])
-            if empty.any():  # re-seed at the worst-fitting images
+            sums = torch.zeros_like(c).index_add_(0, new, d)
+            cnt = torch.bincount(new, minlength=k).float()
+            if flip_centres:
+                sums.index_add_(0, m_t[new], f)
+                cnt = cnt + torch.bincount(m_t[new], minlength=k).float()
+            c = torch.where(cnt[:, None] == 0, c, sums / cnt.clamp_min(1)[:, None])
+            # A pose that no real image takes (only flips: happens when flipped features are unlike any real
+            # image's, e.g. chiral parts) is re-seeded at the worst-fitting images.
+            empty = torch.bincount(new, minlength=k) == 0
+            if empty.any():
                 worst = cost.gather(1, new[:, None])[:, 0].argsort(descending=True)[: int(empty.sum())]
                 c[empty] = d[worst]
             # Mirror map: S[a, b] = Σ_{i: l_i = a} ‖f_i − c_b‖²; the best involution minimises Σ_a S[a, m[a]].
             ff = torch.cdist(f, c) ** 2  # (N, K)
             s = torch.zeros((k, k), dtype=torch.float64, device=d.device).index_add_(0, new, ff.double())
             new_mirror = best_involution(-s.cpu().numpy())
-            if torch.equal(new, labels) and np.array_equal(new_mirror, mirror):
+            if torch.equal(new, labels) and np.array_equal(new_mirror, mirror) and not empty.any():
                 break
             labels, mirror = new, new_mirror
         cost = joint_cost(d, f, c, mirror)

@@ -24,11 +24,11 @@ BLOCKS = ("visibility", "location", "box")
 
 @dataclass
 class DescriptorConfig:
-    w_visibility: float = 1.0
+    w_visibility: float = 0.25
     """weight of the part-visibility block"""
     w_location: float = 1.0
     """weight of the part-location block"""
-    w_box: float = 0.5
+    w_box: float = 0.25
     """weight of the bounding-box aspect-ratio block"""
     fg_threshold: float = 0.5
     """a patch counts as foreground (for the bounding box) when its foreground weight is at least this"""

@@ -44,11 +44,11 @@ class DiscoverConfig:
     """images whose patches fit the part model (and the flat-mode PCA)"""
     max_patches: int = 200_000
     """at most this many foreground patches go into the part k-means"""
-    w_visibility: float = 1.0
-    """descriptor weight of part visibility"""
+    w_visibility: float = 0.25
+    """descriptor weight of part visibility (visibility is mirror-blind for achiral parts: weighted low, docs/poses.md)"""
     w_location: float = 1.0
     """descriptor weight of part locations"""
-    w_box: float = 0.5
+    w_box: float = 0.25
     """descriptor weight of the bounding box aspect ratio"""
     flat_grid: int = 8
     """flat mode: feature map average-pooled to grid x grid before PCA"""

@@ -115,6 +115,11 @@ def resolve_device(device: str) -> torch.device:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of an ``accelerate launch`` / ``torchrun`` job."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _distributed() -> tuple[int, int, Callable[[], None]]:
     """(rank, world size, barrier); a single process unless launched by accelerate/torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
