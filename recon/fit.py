@@ -113,6 +113,16 @@ def fit_field(views: ViewSet, cfg: ReconConfig, progress: Progress | None = None
     """Fit a :class:`VoxelField` to ``views`` (white background, alpha as mask) and return it."""
     cfg.validate()
     device = resolve_device(cfg.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _fit(views, cfg, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progress | None) -> FitResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     lo, hi = scene_box(views, cfg)
