@@ -26,6 +26,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_IMAGE_SIDE = 16
 MAX_IMAGE_SIDE = 8192
 MAX_IMAGE_PIXELS = 64_000_000
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,6 +48,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -105,9 +109,14 @@ def check_output_dir(path: Path, overwrite: bool) -> None:
         raise InputError(f"output {path} exists and is a file; choose a folder path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise InputError(f"output folder {path} already exists and is not empty; pass --overwrite or choose another -o")
-    parent = path.parent if str(path.parent) else Path(".")
+    check_writable_parent(path)
+
+
+def check_writable_parent(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputError` if ``path`` could not be created (its nearest existing parent is read-only)."""
+    parent = Path(path).parent
     probe = parent
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not os.access(probe, os.W_OK):
         raise InputError(f"cannot write to {parent}: permission denied; choose another -o")

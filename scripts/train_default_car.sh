@@ -2,15 +2,15 @@
 # The recipe of the shipped default car model (assets/models/car), one stage per call, on one GPU.
 # Every stage is resumable: after an interruption run the same line again.
 #   scripts/train_default_car.sh WORK STAGE [MINUTES]
-# Stages: render | phase1 | sweep | discover | phase2 | export
+# Stages: render | phase1 | sweep | discover | phase2
 # MESHES defaults to ../shared/meshes/cars. On the offline GPU machine: `source scripts/device_env.sh` first.
 set -euo pipefail
 WORK=$1; STAGE=$2; MIN=${3:-8}
 MESHES=${MESHES:-../shared/meshes/cars}
 K=${K:-8}; P=${P:-16}; T=${T:-100}; BLOCKS=${BLOCKS:-up0}
-# The UNet: "small" preset (19.4 M parameters), 128², epsilon prediction with the linear schedule in both
-# phases (RESEARCH-NOTES measured pose features of an epsilon/linear UNet; phase 2 continues phase 1).
-COMMON=(--model small --batch-size 128 --prediction-type epsilon --beta-schedule linear --seed 0
+# The UNet: "small" preset (19.4 M parameters), 128², v-prediction with the cosine schedule in both phases
+# (phase 2 continues phase 1). An epsilon/linear phase 1 of 2.1k steps gave noisy, grey samples.
+COMMON=(--model small --batch-size 128 --seed 0
         --checkpoint-every 500 --keep-checkpoints 2 --sample-every 1500 --sample-steps 50 --max-steps 200000 --compile)
 case "$STAGE" in
   render)
@@ -22,7 +22,7 @@ case "$STAGE" in
     mirage3d train "$WORK/cars" -o "$WORK/backbone" "${COMMON[@]}" --minutes "$MIN" ;;
   sweep)
     python3 benchmarks/bench_poses.py --collection "$WORK/cars" --backbone "$WORK/backbone" --out "$WORK/sweep" \
-      --poses "$K" --parts 8,16,24 --timesteps 50,100,200 --baselines --device cuda ;;
+      --poses "$K" --parts 8,16,24 --timesteps 50,100,200,400 --baselines --device cuda ;;
   discover)
     mirage3d poses discover "$WORK/cars" -o "$WORK/poses" --backbone "$WORK/backbone" -k "$K" -p "$P" --timestep "$T" --blocks "$BLOCKS" --seed 0 --overwrite
     mirage3d eval poses "$WORK/poses" --collection "$WORK/cars" ;;

@@ -157,7 +157,12 @@ class PoseModel:
             parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0)) if mode == "parts" else None
             dm = DescriptorModel(mode, parts, t.get("flat_mean"), t.get("flat_proj"), int(meta.get("flat_grid", 8)), float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"])
             known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold"}
-            model = cls(meta["backbone"], dm, t["pose_centres"], np.asarray(meta["mirror"], dtype=np.int64), meta["flip"], float(meta["temperature"]), backbone, {k: v for k, v in meta.items() if k not in known})
+            ref = dict(meta["backbone"])
+            # A relative backbone path is relative to the pose-model folder (a shipped model refers to its own
+            # UNet as ".."), so the model folder can move.
+            if isinstance(ref.get("path"), str) and not Path(ref["path"]).is_absolute() and (folder / ref["path"]).exists():
+                ref["path"] = str((folder / ref["path"]).resolve())
+            model = cls(ref, dm, t["pose_centres"], np.asarray(meta["mirror"], dtype=np.int64), meta["flip"], float(meta["temperature"]), backbone, {k: v for k, v in meta.items() if k not in known})
         except (KeyError, json.JSONDecodeError, TypeError) as e:
             raise ModelError(f"pose model in {folder} is incomplete or corrupt ({type(e).__name__}: {e})") from None
         if len(model.mirror) != model.num_poses:

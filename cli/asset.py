@@ -1,0 +1,51 @@
+"""``mirage3d make-asset``: one photo → textured GLB, through views and reconstruction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mirage3d.cli._errors import console, handle_errors
+
+
+@handle_errors
+def make_asset(
+    image: Path = typer.Argument(..., help="Photo of one object: an RGBA cut-out, or RGB on a plain background."),
+    output: Path = typer.Option(..., "--output", "-o", help="Mesh to write: .glb (default choice), .obj or .ply."),
+    model: str = typer.Option("default", "--model", "-m", help="Model folder from `mirage3d train`, or 'default' (the shipped car model)."),
+    views: int | None = typer.Option(None, "--views", help="Number of views to generate (default: every pose of the model)."),
+    steps: int = typer.Option(20, "--steps", help="DDIM steps (20 fits the CPU time target; use 50 on a GPU)."),
+    pose: int | None = typer.Option(None, "--pose", help="The input's pose index if known (default: estimated)."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = off)."),
+    hard_guidance: float = typer.Option(0.0, "--hard-guidance", help="Hard-attention guidance weight (0 = off)."),
+    iters: int = typer.Option(600, "--iters", help="Radiance-field optimisation steps."),
+    faces: int = typer.Option(20000, "--faces", help="Target face count of the mesh."),
+    preview: bool = typer.Option(False, "--preview", help="Also write OUT.preview.png/.gif turntables."),
+    keep_views: Path | None = typer.Option(None, "--keep-views", help="Keep the generated views folder here."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the views and the reconstruction."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+) -> None:
+    """Turn one photo of an object into a textured 3D mesh (GLB)."""
+    from mirage3d.asset import AssetConfig, make_asset as run
+
+    cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance, reference_pose=pose,
+                      recon_iters=iters, faces=faces, preview=preview, seed=seed, device=device)
+    with console.status("checking inputs...") as status:
+        res = run(image, output, cfg, keep_views=keep_views, overwrite=overwrite,
+                  stage=lambda name: status.update({"views": "generating views...", "recon": "reconstructing the mesh..."}.get(name, name)))
+    table = Table(title=f"wrote {res.mesh_path}", show_header=True)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for k, v in res.timings.items():
+        table.add_row(k, f"{v:.1f}")
+    console.print(table)
+    est = "given" if pose is not None else f"estimated, confidence {res.pose_confidence:.2f}" if res.pose_confidence is not None else "estimated"
+    console.print(f"input pose {res.reference_pose} ({est}); {len(res.poses)} views: poses {res.poses}")
+    console.print("files: " + ", ".join(str(p) for p in res.files) + (f"; views: {res.views_dir}" if res.views_dir else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("make-asset")(make_asset)
