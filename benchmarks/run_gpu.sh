@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU figures in docs/, in two calls of < 10 minutes each (the offline device machine: `source
+# scripts/device_env.sh` first). WORK is scratch space; OUTDIR receives tables (results.md) and artifacts.
+#   benchmarks/run_gpu.sh WORK OUTDIR A|B
+# A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
+# B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
+set -uo pipefail
+W=$1; O=$2; PART=$3
+MESHES=${MESHES:-../shared/meshes/cars}; MODEL=${MODEL:-assets/models/car}
+mkdir -p "$W" "$O"
+log() { echo; echo "## $*"; } >> "$O/results.md"
+run() { local t=$1; shift; timeout "$t" "$@" 2>&1 | grep -E "^\|" >> "$O/results.md"; }
+nvidia-smi --query-gpu=name --format=csv,noheader >> "$O/results.md"
+if [ "$PART" = A ]; then
+  [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null
+  [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null
+  # pose model on the final UNet's features (same labels/cameras); the model refers to its own UNet as ".."
+  mirage3d poses refit "$MODEL/poses" --backbone "$MODEL" --collection "$W/cars" -o "$W/refit" --timestep 200 --blocks up0 --overwrite | tail -2
+  python3 - "$W/refit/pose_model.json" <<'PY'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p)); d["backbone"]["path"] = ".."; json.dump(d, open(p, "w"), indent=2)
+PY
+  cp "$W/refit/pose_model.json" "$W/refit/pose_model.safetensors" "$MODEL/poses/"
+  tar cf "$O/refit.tar" -C "$W" refit
+  log "make-asset end to end on held-out appearances (orbit frame 1 as input, 50 steps)"
+  run 170 python3 benchmarks/eval_asset.py --collection "$W/heldout" --model "$MODEL" --out "$W/asset" --objects 5 --steps 50 --device cuda
+  cp "$W/asset/eval_asset.json" "$O/"
+  log "make-asset on assets/examples/sportscar.png (GPU)"
+  timeout 60 mirage3d make-asset assets/examples/sportscar.png -o "$W/sportscar.glb" --model "$MODEL" --steps 50 --preview --keep-views "$W/sc_views" --overwrite 2>&1 | tail -12 >> "$O/results.md"
+  tar cf "$O/gallery.tar" -C "$W" sportscar.glb sportscar.preview.png sc_views/contact_sheet.png asset
+  log "views fidelity (3 rows)"
+  run 120 python3 benchmarks/eval_views.py --model "$MODEL" --orbits-dir "$W/heldout/orbits" --input-frame 1 --steps 50 --hard 1.0 --max-objects 6 --device cuda --out "$W/ev"
+else
+  log "views speed (H100, random weights, bf16)"
+  run 60 python3 benchmarks/bench_views.py --views 8,16 --steps 25,50 --hard 0,1 --device cuda --repeats 2
+  log "recon on orbit renders"
+  [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null
+  run 90 python3 benchmarks/bench_recon.py --collection "$W/heldout" --views 16 8 --limit 3 --device cuda --out "$W/br"
+fi
