@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mirage3d.cameras import circular_difference
 from mirage3d.config import save_config
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import check_output_dir, check_writable_parent, load_image
@@ -95,19 +96,26 @@ class AssetResult:
 
 
 def spread_poses(azimuths: list[float], count: int, must_include: int | None = None) -> list[int]:
-    """``count`` pose indices spread as evenly as possible in azimuth (always including ``must_include``)."""
+    """``count`` pose indices whose azimuths are closest to ``count`` evenly spaced targets around the ring,
+    starting at ``must_include``'s azimuth (so it is always picked)."""
     k = len(azimuths)
     if count >= k:
         return list(range(k))
-    order = list(np.argsort(np.mod(azimuths, 360.0)))
-    start = order.index(must_include) if must_include is not None else 0
-    picks = [order[(start + round(i * k / count)) % k] for i in range(count)]
-    return sorted(dict.fromkeys(int(p) for p in picks))
+    az = np.mod(np.asarray(azimuths, dtype=np.float64), 360.0)
+    start = az[must_include] if must_include is not None else az[0]
+    picks: list[int] = []
+    for i in range(count):
+        dist = circular_difference(az, start + 360.0 * i / count)
+        dist[picks] = np.inf
+        picks.append(int(np.argmin(dist)))
+    return sorted(picks)
 
 
 def check_asset_inputs(image: Path, output: Path, views: int | None, steps: int) -> None:
     """Everything that can be checked before a model is loaded (one-line errors)."""
-    load_image(image)  # missing, corrupt, tiny, huge → InputError
+    rgba = load_image(image)  # missing, corrupt, tiny, huge → InputError
+    if rgba.getextrema()[3][1] == 0:
+        raise InputError(f"{image} is fully transparent: there is no object in it")
     if Path(output).suffix.lower() not in MESH_SUFFIXES:
         raise InputError(f"output {output} must end in .glb, .obj or .ply")
     if Path(output).is_dir():

@@ -171,3 +171,20 @@ def test_images_without_alpha_have_no_mask(tmp_path):
     cache = extract_features(coll, tmp_path / "f", HogBackbone(32), ExtractConfig(num_workers=0, device="cpu", flip="none"))
     s = cache.load_shard(0)
     assert s["has_mask"].tolist() == [0, 0, 0, 0] and "feats_flip" not in s
+
+
+def test_cache_of_a_retrained_unet_is_refused(tmp_path):
+    """Same folder, new weights (e.g. training resumed): the old features must not be reused silently."""
+    from diffusers import UNet2DModel
+
+    coll = make_collection(tmp_path / "c", n=4)
+    folder = make_unet_folder(tmp_path / "m")
+    cfg = ExtractConfig(batch_size=4, shard_size=4, num_workers=0, device="cpu")
+    extract_features(coll, tmp_path / "f", load_backbone(str(folder)), cfg)
+    extract_features(coll, tmp_path / "f", load_backbone(str(folder)), cfg)  # unchanged weights: reused
+    unet = UNet2DModel.from_pretrained(folder / "unet")
+    with torch.no_grad():
+        unet.conv_in.weight.add_(0.1)
+    unet.save_pretrained(folder / "unet")
+    with pytest.raises(InputError, match="other settings"):
+        extract_features(coll, tmp_path / "f", load_backbone(str(folder)), cfg)

@@ -152,3 +152,24 @@ def test_bad_inputs_one_line(tmp_path):
     assert r.exit_code == 1
     for res in (r,):
         assert "Traceback" not in res.output
+
+
+def test_refit_into_the_model_folder_is_relocatable(setup, tmp_path):
+    """A pose model refit into MODEL/poses refers to MODEL as "..", so the model folder can be moved."""
+    import shutil
+
+    root, coll = setup["root"], setup["coll"]
+    poses = root / "poses_for_refit"
+    _ok(runner.invoke(app, ["poses", "discover", str(coll), "-o", str(poses), "--backbone", str(setup["unet"]), "--poses", "4", "--parts", "4",
+                            "--batch-size", "8", "--workers", "0", "--device", "cpu"]))  # fmt: skip
+    model = tmp_path / "model"
+    shutil.copytree(setup["unet"], model)
+    _ok(runner.invoke(app, ["poses", "refit", str(poses), "--backbone", str(model), "--collection", str(coll), "-o", str(model / "poses"),
+                            "--features", str(tmp_path / "f"), "--device", "cpu"]))  # fmt: skip
+    meta = json.loads((model / "poses" / "pose_model.json").read_text())
+    assert meta["backbone"]["path"] == ".."
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.move(str(model), moved)
+    pm = PoseModel.load(moved / "poses")
+    labels, _ = pm.assign(torch.zeros(2, 3, 32, 32), None)
+    assert labels.shape == (2,) and set(labels.tolist()) <= set(range(4))

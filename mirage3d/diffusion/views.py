@@ -120,9 +120,17 @@ def load_model(model_dir: str | Path, device: str = "auto", need_pose_model: boo
         from mirage3d.poses.model import PoseModel
 
         try:
-            pipe.pose_model = PoseModel.load(model_dir / "poses")
+            pose_model = PoseModel.load(model_dir / "poses")
         except ModelError:
             raise InputError(f"{model_dir / 'poses'} has no pose model to estimate the input's pose; pass --pose K") from None
+        ref = pose_model.backbone_ref
+        if ref.get("kind") == "unet" and Path(str(ref.get("path", ""))).resolve() == model_dir.resolve():
+            # The pose model reads this model's own UNet (a shipped model): share it rather than load a copy.
+            from mirage3d.poses.features import UNetBackbone
+
+            pose_model.backbone = UNetBackbone(pipe.unet, pipe.scheduler.alphas_cumprod, int(ref.get("timestep", 100)), tuple(ref.get("blocks", ("up0",))),
+                                               int(ref.get("seed", 0)), folder=str(model_dir.resolve())).to(pipe.device)  # fmt: skip
+        pipe.pose_model = pose_model
     return pipe
 
 

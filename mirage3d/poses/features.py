@@ -14,6 +14,7 @@ saved pose model can re-create the exact feature extractor it was fitted with.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,19 @@ class Backbone(torch.nn.Module):
 # --------------------------------------------------------------------------------------------------
 # UNet (the offline backbone)
 # --------------------------------------------------------------------------------------------------
+def weights_fingerprint(folder: str | Path) -> str | None:
+    """SHA-1 (16 hex digits) of a UNet folder's safetensors files; None when there are none."""
+    files = sorted(_unet_folder(Path(folder)).glob("*.safetensors"))
+    if not files:
+        return None
+    h = hashlib.sha1()
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def _unet_folder(folder: Path) -> Path:
     folder = Path(folder)
     if (folder / "unet" / "config.json").exists():
@@ -116,7 +130,11 @@ class UNetBackbone(Backbone):
         return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()))
 
     def reference(self) -> dict[str, Any]:
-        return {"kind": "unet", "path": self.folder, "timestep": self.timestep, "blocks": list(self.blocks), "seed": self.seed}
+        # "weights" fingerprints the UNet's files, so a feature cache made from the same folder before it was
+        # retrained (same path, other weights) is refused instead of silently reused.
+        return {"kind": "unet", "path": self.folder, "timestep": self.timestep, "blocks": list(self.blocks), "seed": self.seed,
+                "weights": weights_fingerprint(self.folder) if self.folder else None}
+
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:

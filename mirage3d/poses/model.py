@@ -8,6 +8,7 @@ image and its flip against the mirror-consistent pose centres).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,18 @@ class PoseModel:
         tensors["pose_centres"] = self.centres.detach().float().cpu().contiguous()
         with atomic_path(folder / "pose_model.safetensors") as tmp:
             save_file(tensors, str(tmp))
+        ref = dict(self.backbone_ref)
+        if isinstance(ref.get("path"), str) and Path(ref["path"]).is_absolute():
+            # A pose model saved inside its backbone's folder (MODEL/poses of a trained model) records the
+            # backbone relative to itself ("..") so the model folder can be moved or shipped.
+            try:
+                Path(folder).resolve().relative_to(Path(ref["path"]).resolve())
+                ref["path"] = os.path.relpath(Path(ref["path"]).resolve(), Path(folder).resolve())
+            except ValueError:
+                pass
         meta = {
             "format": "mirage3d-pose-model/1",
-            "backbone": self.backbone_ref,
+            "backbone": ref,
             "mode": self.descriptor.mode,
             "num_poses": self.num_poses,
             "num_parts": None if self.descriptor.parts is None else self.descriptor.parts.num_parts,

@@ -1,0 +1,119 @@
+"""`mirage3d make-asset` end to end on a tiny model, and its bad-input errors (no partial GLB)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pygltflib
+import pytest
+import torch
+import trimesh
+from diffusers import DDIMScheduler, UNet2DModel
+from PIL import Image
+from typer.testing import CliRunner
+
+from mirage3d.asset import spread_poses
+from mirage3d.cameras import orbit_c2w
+from mirage3d.cli.main import app
+from mirage3d.diffusion.pipeline import MiragePipeline
+
+runner = CliRunner()
+NUM_POSES = 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       num_class_embeds=NUM_POSES + 1, norm_num_groups=4, attention_head_dim=4)
+    folder = tmp_path_factory.mktemp("asset") / "model"
+    MiragePipeline(unet, DDIMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
+    cams = []
+    for k in range(NUM_POSES):
+        az = 360.0 * k / NUM_POSES
+        cams.append({"pose": k, "azimuth_deg": az, "elevation_deg": 17.5, "radius": 3.38, "fl_x": 22.0, "fl_y": 22.0, "cx": 8.0, "cy": 8.0,
+                     "w": 16, "h": 16, "transform_matrix": orbit_c2w(az, 17.5, 3.38).tolist()})
+    (folder / "poses").mkdir()
+    (folder / "poses" / "cameras.json").write_text(json.dumps({"num_poses": NUM_POSES, "cameras": cams}))
+    return folder
+
+
+def cutout(path: Path) -> Path:
+    im = np.zeros((48, 48, 4), np.uint8)
+    im[14:34, 10:38] = (40, 60, 200, 255)
+    Image.fromarray(im, "RGBA").save(path)
+    return path
+
+
+FAST = ["--steps", "2", "--iters", "60", "--faces", "2000", "--device", "cpu", "--pose", "1"]
+
+
+def test_make_asset_end_to_end(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "out" / "car.glb"
+    r = runner.invoke(app, ["make-asset", str(cutout(tmp_path / "in.png")), "-o", str(out), "--model", str(model_dir), "--keep-views", str(tmp_path / "views"), *FAST])
+    assert r.exit_code == 0, r.output
+    mesh = trimesh.load(out, force="mesh")
+    assert len(mesh.faces) > 0
+    gltf = pygltflib.GLTF2().load(str(out))
+    assert gltf.materials and gltf.materials[0].pbrMetallicRoughness.baseColorTexture is not None
+    record = json.loads((tmp_path / "out" / "car.glb.make-asset.json").read_text())
+    assert record["reference_pose"] == 1 and record["poses"] == [0, 1, 2, 3]
+    assert set(record["timings"]) >= {"views", "recon", "total"}
+    views = json.loads((tmp_path / "views" / "transforms.json").read_text())
+    assert len(views["frames"]) == NUM_POSES
+    # nothing temporary left beside the output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["car.glb", "car.glb.config.json", "car.glb.make-asset.json"]
+
+
+def test_views_option_spreads_poses(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "car.glb"
+    r = runner.invoke(app, ["make-asset", str(cutout(tmp_path / "in.png")), "-o", str(out), "--model", str(model_dir), "--views", "2", *FAST])
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "car.glb.make-asset.json").read_text())
+    assert record["poses"] == [1, 3]  # the input's pose and the one opposite
+
+
+def test_spread_poses_wraps_around() -> None:
+    az = [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0]
+    assert spread_poses(az, 4, must_include=7) == [1, 3, 5, 7]
+    assert spread_poses(az, 8) == list(range(8))
+    assert spread_poses([350.0, 10.0, 170.0, 190.0], 2, must_include=0) == [0, 2]  # 170 is opposite 350
+    assert spread_poses([0.0, 100.0, 200.0, 300.0, 330.0], 3, must_include=4) == [1, 2, 4]
+
+
+def _error(result) -> str:  # noqa: ANN001
+    assert result.exit_code == 1, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_and_no_glb(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "o" / "car.glb"
+    args = ["-o", str(out), "--model", str(model_dir), *FAST]
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert "cannot read" in _error(runner.invoke(app, ["make-asset", str(tmp_path / "notes.txt"), *args]))
+    Image.new("RGB", (1, 1)).save(tmp_path / "one.png")
+    assert "at least" in _error(runner.invoke(app, ["make-asset", str(tmp_path / "one.png"), *args]))
+    Image.new("L", (9000, 16)).save(tmp_path / "huge.png")
+    assert "largest" in _error(runner.invoke(app, ["make-asset", str(tmp_path / "huge.png"), *args]))
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert "transparent" in _error(runner.invoke(app, ["make-asset", str(tmp_path / "clear.png"), *args])).lower()
+    good = cutout(tmp_path / "in.png")
+    assert "does not exist" in _error(runner.invoke(app, ["make-asset", str(good), "-o", str(out), "--model", str(tmp_path / "nope"), *FAST]))
+    (tmp_path / "empty_model").mkdir()
+    assert "not a mirage3d model" in _error(runner.invoke(app, ["make-asset", str(good), "-o", str(out), "--model", str(tmp_path / "empty_model"), *FAST]))
+    assert ".glb" in _error(runner.invoke(app, ["make-asset", str(good), "-o", str(tmp_path / "car.txt"), "--model", str(model_dir), *FAST]))
+    assert "--views" in _error(runner.invoke(app, ["make-asset", str(good), *args, "--views", "1"]))
+    assert not out.exists() and (not out.parent.exists() or not any(out.parent.iterdir()))
