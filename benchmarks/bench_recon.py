@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")

@@ -11,7 +11,6 @@ the file names, and recorded in examples.json with the true azimuth/elevation fo
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

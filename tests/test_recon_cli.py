@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pygltflib
 import pytest
-import torch
 import trimesh
 import xatlas
 from PIL import Image
@@ -22,13 +21,7 @@ runner = CliRunner()
 FAST = ["--iters", "60", "--res", "24", "--faces", "600", "--texture-size", "64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These fits move many small tensors; on the shared 2-core machine one thread was 2-5x faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,7 @@ from mirage3d.recon.synthetic import write_sphere_views
 CENTRE = np.array([0.1, -0.05, 0.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These fits move many small tensors; on the shared 2-core machine one thread was 2-5x faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -53,13 +53,7 @@ def make_poses(folder: Path, collection: Path, labels: list[int] | None = None, 
     return folder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny UNet gains nothing from a second thread, and a busy 2-core machine makes OpenMP threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
