@@ -95,11 +95,19 @@ def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 
 
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
-    """Quadric decimation to about ``target_faces`` (open3d); without open3d, the mesh is returned as is."""
+    """Quadric decimation to about ``target_faces``: open3d when installed (the extra mirage3d[mesh]), else
+    fast-simplification (a core dependency: without any decimation the texture step of an undecimated
+    ~80k-face mesh took 18-20 s on the GPU machine, against ~2.6 s decimated)."""
+    if len(mesh.faces) <= target_faces:
+        return mesh
     try:
         import open3d as o3d
-    except Exception:  # noqa: BLE001 - optional extra (mirage3d[mesh]); a missing libusb also lands here
-        return mesh
+    except Exception:  # noqa: BLE001 - optional extra; a missing libusb also lands here
+        import fast_simplification
+
+        v, f = fast_simplification.simplify(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32),
+                                            target_reduction=1.0 - target_faces / len(mesh.faces))
+        return trimesh.Trimesh(np.asarray(v, np.float64), np.asarray(f, np.int64), process=True)
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(mesh.vertices), o3d.utility.Vector3iVector(mesh.faces.astype(np.int32)))
     m = m.simplify_quadric_decimation(target_number_of_triangles=int(target_faces))
     m.remove_degenerate_triangles()

@@ -63,3 +63,28 @@ def test_psnr_ssim():
     assert ssim(x, x) == pytest.approx(1.0)
     assert psnr(x, np.clip(x + 0.1, 0, 1)) == pytest.approx(20.0, abs=0.8)
     assert ssim(x, rng.uniform(size=(32, 32, 3))) < 0.2
+
+
+@pytest.mark.parametrize("with_open3d", [True, False])
+def test_decimate_reaches_target_with_or_without_open3d(monkeypatch, with_open3d):
+    import builtins
+
+    import trimesh
+
+    from mirage3d.recon.mesh import decimate
+
+    if not with_open3d:
+        real_import = builtins.__import__
+
+        def no_open3d(name, *args, **kwargs):
+            if name == "open3d":
+                raise ImportError("open3d hidden by the test")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_open3d)
+    sphere = trimesh.creation.icosphere(subdivisions=5)  # 20,480 faces
+    small = decimate(sphere, 2000)
+    assert 1500 <= len(small.faces) <= 2100
+    # still a closed sphere of the same size
+    assert abs(np.linalg.norm(small.vertices, axis=1).mean() - 1.0) < 0.02
+    assert decimate(small, 5000) is small  # already below the target: untouched
