@@ -153,7 +153,7 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
         poses = ",".join(str(p) for p in spread_poses([c.azimuth_deg for c in cams], cfg.views, cfg.reference_pose))
     timings["checks"] = time.perf_counter() - t0
 
-    work = Path(tempfile.mkdtemp(prefix=".mirage3d-views-", dir=output.parent if output.parent.exists() else None))
+    work = Path(tempfile.mkdtemp(prefix="mirage3d-views-"))  # system temp: a hard kill leaves nothing beside the output
     try:
         say("views")
         t = time.perf_counter()

@@ -99,9 +99,3 @@ class ReconConfig:
                 raise InputError(msg)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"--device {self.device} asked for, but no CUDA GPU is available; use --device cpu or auto")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

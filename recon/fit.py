@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mirage3d.errors import InputError
-from mirage3d.recon.config import ReconConfig, resolve_device
+from mirage3d.devices import resolve_device
+from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.field import VoxelField, distortion_loss
 from mirage3d.recon.views import ViewSet, generate_rays, pixel_centres, ray_aabb, se3_exp
 

@@ -20,6 +20,7 @@ from PIL import Image
 from mirage3d.config import save_config
 from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline, MiragePipelineOutput
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_fill, prepare_reference
+from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_save_image, load_image, write_transforms
 
@@ -68,18 +69,6 @@ class ViewsResult:
     pose_confidence: float | None
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
-    return dev
 
 
 def load_cameras_json(model_dir: Path) -> list[Any] | None:

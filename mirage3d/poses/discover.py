@@ -160,7 +160,7 @@ def fit_normalisation(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Ten
 
 def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path, cfg: DiscoverConfig | None = None, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> PoseSet:
     """Discover ``cfg.num_poses`` poses in the cached collection and write the poses folder ``out``."""
-    from mirage3d.poses.extract import resolve_device
+    from mirage3d.devices import resolve_device
 
     cfg = cfg or DiscoverConfig()
     check_discovery_input(cache.num_images, cfg)
@@ -255,7 +255,8 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
 
     from mirage3d.config import load_config
     from mirage3d.poses.cluster import joint_cost
-    from mirage3d.poses.extract import default_cache_dir, extract_features, resolve_device
+    from mirage3d.devices import resolve_device
+    from mirage3d.poses.extract import default_cache_dir, extract_features
 
     poses_dir, collection = Path(poses_dir), Path(collection)
     if not (poses_dir / "poses.json").exists():
@@ -296,7 +297,8 @@ def assign_files(images: list[Path], poses_dir: str | Path, backbone: str | Path
     """Pose, azimuth and confidence of image files through the pose model of ``poses_dir``."""
     from mirage3d.data.collection import load_model_image
     from mirage3d.poses.cameras import load_cameras
-    from mirage3d.poses.extract import MASK_MIN_TRANSPARENT, resolve_device
+    from mirage3d.devices import resolve_device
+    from mirage3d.poses.extract import MASK_MIN_TRANSPARENT
     from mirage3d.poses.features import load_backbone
     from mirage3d.poses.model import PoseModel
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
 from mirage3d.data.collection import ImageCollection
+from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError
 from mirage3d.io import atomic_path, atomic_write_json, list_images
 from mirage3d.poses.features import Backbone
@@ -102,17 +103,6 @@ class FeatureCache:
         if missing:
             raise InputError(f"feature cache {folder} is incomplete ({len(missing)} of {cache.num_shards} shards missing); run `mirage3d features extract` again to resume")
         return cache
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def is_main_process() -> bool:
