@@ -8,16 +8,13 @@ from pathlib import Path
 import numpy as np
 import pygltflib
 import pytest
-import torch
 import trimesh
-from diffusers import DDIMScheduler, UNet2DModel
 from PIL import Image
+from test_views_cli import make_tiny_model
 from typer.testing import CliRunner
 
 from mirage3d.asset import spread_poses
-from mirage3d.cameras import orbit_c2w
 from mirage3d.cli.main import app
-from mirage3d.diffusion.pipeline import MiragePipeline
 
 runner = CliRunner()
 NUM_POSES = 4
@@ -28,20 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       num_class_embeds=NUM_POSES + 1, norm_num_groups=4, attention_head_dim=4)
-    folder = tmp_path_factory.mktemp("asset") / "model"
-    MiragePipeline(unet, DDIMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
-    cams = []
-    for k in range(NUM_POSES):
-        az = 360.0 * k / NUM_POSES
-        cams.append({"pose": k, "azimuth_deg": az, "elevation_deg": 17.5, "radius": 3.38, "fl_x": 22.0, "fl_y": 22.0, "cx": 8.0, "cy": 8.0,
-                     "w": 16, "h": 16, "transform_matrix": orbit_c2w(az, 17.5, 3.38).tolist()})
-    (folder / "poses").mkdir()
-    (folder / "poses" / "cameras.json").write_text(json.dumps({"num_poses": NUM_POSES, "cameras": cams}))
-    return folder
+    return make_tiny_model(tmp_path_factory.mktemp("asset") / "model", NUM_POSES, num_class_embeds=NUM_POSES + 1, radius=3.38, focal=22.0, size=16)
 
 
 def cutout(path: Path) -> Path:

@@ -21,22 +21,26 @@ runner = CliRunner()
 NUM_POSES = 4
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_tiny_model(folder: Path, num_poses: int = NUM_POSES, num_class_embeds: int = 9, radius: float = 3.0, focal: float = 88.0, size: int = 64) -> Path:
+    """A tiny random MiragePipeline folder (16² UNet) with ``poses/cameras.json`` for ``num_poses`` poses on a ring."""
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
                        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       num_class_embeds=9, norm_num_groups=4, attention_head_dim=4)
-    folder = tmp_path_factory.mktemp("views") / "model"
+                       num_class_embeds=num_class_embeds, norm_num_groups=4, attention_head_dim=4)
     MiragePipeline(unet, DDIMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
     cams = []
-    for k in range(NUM_POSES):
-        az = 360.0 * k / NUM_POSES
-        cams.append({"pose": k, "azimuth_deg": az, "elevation_deg": 17.5, "radius": 3.0, "fl_x": 88.0, "fl_y": 88.0, "cx": 32.0, "cy": 32.0,
-                     "w": 64, "h": 64, "transform_matrix": orbit_c2w(az, 17.5, 3.0).tolist()})
+    for k in range(num_poses):
+        az = 360.0 * k / num_poses
+        cams.append({"pose": k, "azimuth_deg": az, "elevation_deg": 17.5, "radius": radius, "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2,
+                     "w": size, "h": size, "transform_matrix": orbit_c2w(az, 17.5, radius).tolist()})
     (folder / "poses").mkdir()
-    (folder / "poses" / "cameras.json").write_text(json.dumps({"num_poses": NUM_POSES, "cameras": cams}))
+    (folder / "poses" / "cameras.json").write_text(json.dumps({"num_poses": num_poses, "cameras": cams}))
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("views") / "model")
 
 
 def cutout(path: Path, background: tuple[int, int, int] | None = None) -> Path:
