@@ -36,30 +36,7 @@ from mirage3d.diffusion.preprocess import PreparedImage  # noqa: E402
 from mirage3d.diffusion.views import contact_sheet, load_model, white_alpha  # noqa: E402
 from mirage3d.io import atomic_save_image, read_transforms  # noqa: E402
 from mirage3d.poses.evaluate import best_alignment  # noqa: E402
-
-
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]  # (1, 1, size, size)
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Mean SSIM (Wang et al. 2004: 11×11 Gaussian window σ = 1.5, K1 = 0.01, K2 = 0.03) of (B, C, H, W) → (B,)."""
-    c = a.shape[1]
-    w = gaussian_window().to(a).expand(c, 1, -1, -1)
-    blur = lambda x: F.conv2d(x, w, groups=c)  # noqa: E731  valid convolution, as the reference implementation
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.mean(dim=(1, 2, 3))
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    return -10 * torch.log10(mse)
+from mirage3d.recon.metrics import psnr, ssim  # noqa: E402
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,8 +135,9 @@ def main() -> None:
             gen = torch.from_numpy(views).permute(0, 3, 1, 2).float()
             true = o["rgb"][match]
             r = results[name]
-            r["psnr"] += psnr(gen, true).tolist()
-            r["ssim"] += ssim(gen.double(), true.double()).tolist()
+            gen_hwc, true_hwc = views, true.permute(0, 2, 3, 1).numpy()  # (K, R, R, 3) each
+            r["psnr"] += [psnr(g, t) for g, t in zip(gen_hwc, true_hwc, strict=True)]
+            r["ssim"] += [ssim(g, t) for g, t in zip(gen_hwc, true_hwc, strict=True)]
             gen_alpha = white_alpha(views, 0.03, 0.12) > 0.5
             r["iou"] += [mask_iou(g, a > 0.5) for g, a in zip(gen_alpha, o["alpha"][match], strict=True)]
             with torch.no_grad():
