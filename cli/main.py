@@ -43,8 +43,21 @@ COMMAND_MODULES: list[str] = ["asset", "data", "evaluate", "features", "poses", 
 _register()
 
 
+def _close_process_group() -> None:
+    # Under `accelerate launch`/`torchrun` the commands join a NCCL/gloo process group; leaving it open at exit
+    # makes PyTorch warn about leaked resources on every rank, so the process group is closed here, once.
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        _close_process_group()
 
 
 if __name__ == "__main__":
