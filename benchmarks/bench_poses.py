@@ -2,7 +2,7 @@
 
     python3 benchmarks/bench_poses.py --collection C --backbone MODEL --out OUT \
         [--poses 8] [--parts 8,16,24] [--timesteps 50,100,200] [--blocks "up0;up0,up1"] \
-        [--weights "0.25,1,0.25;0,1,0.25;1,1,0.5"] [--flips image,features] [--baselines] [--device cuda]
+        [--weights "0.25,1,0.25;0,1,0.25;1,1,0.5"] [--flips image,features] [--centre 0,1] [--baselines] [--device cuda]
 
 Every backbone setting (kind, timestep, blocks, flip) is extracted once into OUT/features/<name>
 (resumable); every descriptor setting (P, weights) is discovered into OUT/poses/<name> and scored against
@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--weights", default="0.25,1,0.25", help="';'-separated w_visibility,w_location,w_box triples")
     ap.add_argument("--flips", default="image", help="comma-separated flip modes: image, features")
     ap.add_argument("--pca-dim", type=int, default=64)
+    ap.add_argument("--colour-perms", default="1", help="comma-separated UNet colour_perms values (1..6)")
+    ap.add_argument("--centre", default="0", help="comma-separated centre_images settings to sweep: 0, 1 or 0,1")
     ap.add_argument("--spacing", default="uniform", help="uniform or sizes")
     ap.add_argument("--baselines", action="store_true", help="also random-init ViT and HOG")
     ap.add_argument("--device", default="auto")
@@ -58,8 +60,9 @@ def main() -> None:
     flips = [f.strip() for f in args.flips.split(",")]
     settings: list[tuple[str, dict, str]] = []  # (name, backbone spec dict for load_backbone, mode)
     if args.backbone is not None:
-        for t, blocks in itertools.product([int(x) for x in args.timesteps.split(",")], args.blocks.split(";")):
-            settings.append((f"unet_t{t}_{blocks.replace(',', '+')}", {"spec": str(args.backbone), "timestep": t, "blocks": tuple(blocks.split(","))}, "parts"))
+        for t, blocks, cp in itertools.product([int(x) for x in args.timesteps.split(",")], args.blocks.split(";"), [int(x) for x in args.colour_perms.split(",")]):
+            settings.append((f"unet_t{t}_{blocks.replace(',', '+')}" + (f"_cp{cp}" if cp > 1 else ""),
+                             {"spec": str(args.backbone), "timestep": t, "blocks": tuple(blocks.split(",")), "colour_perms": cp}, "parts"))
     if args.baselines:
         settings.append(("random-vit", {"spec": "random-vit"}, "parts"))
         settings.append(("hog", {"spec": "hog"}, "flat"))
@@ -67,28 +70,29 @@ def main() -> None:
         ap.error("give --backbone and/or --baselines")
 
     rows = []
-    print("| backbone | flip | P | K | w (vis, loc, box) | ARI | NMI | median az err (deg) | within 45 deg | flip agreement | extract s | discover s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    centres = [bool(int(x)) for x in args.centre.split(",")]
+    print("| backbone | flip | centre | P | K | w (vis, loc, box) | ARI | NMI | median az err (deg) | within 45 deg | flip agreement | extract s | discover s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, spec, mode), flip in itertools.product(settings, flips):
-        bb = load_backbone(spec["spec"], timestep=spec.get("timestep", 100), blocks=spec.get("blocks", ("up0",)), seed=args.seed)
+        bb = load_backbone(spec["spec"], timestep=spec.get("timestep", 100), blocks=spec.get("blocks", ("up0",)), seed=args.seed, colour_perms=spec.get("colour_perms", 1))
         t0 = time.perf_counter()
         cache = extract_features(args.collection, args.out / "features" / f"{name}_{flip}", bb,
                                  ExtractConfig(batch_size=args.batch_size, flip=flip, device=args.device, dtype=args.dtype, num_workers=args.workers))  # fmt: skip
         t_extract = time.perf_counter() - t0
         del bb
-        for k, p, w in itertools.product(ks, parts if mode == "parts" else [0], weights if mode == "parts" else [weights[0]]):
-            tag = f"{name}_{flip}_K{k}_P{p}_w{'-'.join(f'{x:g}' for x in w)}"
+        for k, p, w, c in itertools.product(ks, parts if mode == "parts" else [0], weights if mode == "parts" else [weights[0]], centres if mode == "parts" else [False]):
+            tag = f"{name}_{flip}_K{k}_P{p}_w{'-'.join(f'{x:g}' for x in w)}" + ("_centred" if c else "")
             cfg = DiscoverConfig(num_poses=k, num_parts=max(p, 2), mode=mode, pca_dim=args.pca_dim, w_visibility=w[0], w_location=w[1], w_box=w[2],
-                                 spacing=args.spacing, device=args.device, seed=args.seed)  # fmt: skip
+                                 spacing=args.spacing, device=args.device, seed=args.seed, centre_images=c)  # fmt: skip
             t0 = time.perf_counter()
             ps = discover_poses(cache, args.collection, args.out / "poses" / tag, cfg, overwrite=True)
             t_disc = time.perf_counter() - t0
             m = evaluate_poses(args.out / "poses" / tag, args.collection)
-            row = {"backbone": name, "flip": flip, "P": p if mode == "parts" else "-", "K": k, "w": w, **m.to_json(), "flip_agreement": ps.flip_agreement,
+            row = {"backbone": name, "flip": flip, "centre_images": c, "P": p if mode == "parts" else "-", "K": k, "w": w, **m.to_json(), "flip_agreement": ps.flip_agreement,
                    "extract_s": t_extract, "discover_s": t_disc}  # fmt: skip
             rows.append(row)
             wtxt = ", ".join(f"{x:g}" for x in w) if mode == "parts" else "-"
-            print(f"| {name} | {flip} | {row['P']} | {k} | {wtxt} | {m.ari:.3f} | {m.nmi:.3f} | {m.median_error_deg:.1f} | {100 * m.within_45_deg:.0f}% | "
+            print(f"| {name} | {flip} | {'yes' if c else 'no'} | {row['P']} | {k} | {wtxt} | {m.ari:.3f} | {m.nmi:.3f} | {m.median_error_deg:.1f} | {100 * m.within_45_deg:.0f}% | "
                   f"{ps.flip_agreement:.2f} | {t_extract:.0f} | {t_disc:.0f} |", flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_poses.json").write_text(json.dumps(rows, indent=2) + "\n")

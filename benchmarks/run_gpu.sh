@@ -4,6 +4,10 @@
 #   benchmarks/run_gpu.sh WORK OUTDIR A|B
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
+# S: speed of the shipped path: recon on 32-view orbits (16 and 8 views), make-asset on the three example
+#    images (wall time of the whole command, imports included), make-asset end-to-end eval on 5 objects.
+# P: poses on 6,000 renders: a profile of make-asset (import times + cProfile), the discovery sweep with
+#    MODEL's UNet (colour permutations, per-image centring), the HOG / random-ViT baselines, feature throughput.
 set -uo pipefail
 W=$1; O=$2; PART=$3
 MESHES=${MESHES:-../shared/meshes/cars}; MODEL=${MODEL:-assets/models/car}
@@ -30,6 +34,32 @@ PY
   tar cf "$O/gallery.tar" -C "$W" sportscar.glb sportscar.preview.png sc_views/contact_sheet.png asset
   log "views fidelity (3 rows)"
   run 120 python3 benchmarks/eval_views.py --model "$MODEL" --orbits-dir "$W/heldout/orbits" --input-frame 1 --steps 50 --hard 1.0 --max-objects 6 --device cuda --out "$W/ev"
+elif [ "$PART" = P ]; then
+  [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null
+  python3 -X importtime -m mirage3d.cli make-asset assets/examples/suv.png -o "$W/p1.glb" --model "$MODEL" --steps 50 --overwrite 2> "$O/importtime.txt" | tail -9 >> "$O/results.md"
+  timeout 60 python3 -m cProfile -o "$O/make_asset.prof" -m mirage3d.cli make-asset assets/examples/suv.png -o "$W/p2.glb" --model "$MODEL" --steps 50 --overwrite > /dev/null 2>&1
+  log "pose discovery sweep, MODEL's UNet (t = 200, up0), 6,000 renders"
+  run 300 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bp" --timesteps 200 --parts 8,16 \
+      --weights "1,1,0.5;0.25,1,0.25" --colour-perms 1,6 --centre 0,1 --device cuda --workers 16
+  cp "$W/bp/bench_poses.json" "$O/" 2>/dev/null
+  log "baselines on the same 6,000 renders"
+  run 100 python3 benchmarks/bench_poses.py --collection "$W/cars" --out "$W/bpb" --baselines --parts 16 --weights "1,1,0.5" --device cuda --workers 16
+  log "feature extraction throughput"
+  run 50 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --collection "$W/cars" --out "$W/bf"
+elif [ "$PART" = S ]; then
+  log "recon on orbit renders (32-view orbits; 16 or 8 for training, the rest held out)"
+  run 200 python3 benchmarks/bench_recon.py --meshes "$MESHES" --limit 3 --views 16 8 --device cuda --out "$W/br"
+  for ex in sportscar basic_taxi suv; do
+    log "make-asset assets/examples/$ex.png (GPU, 50 steps, wall time of the command)"
+    s0=$(date +%s.%N)
+    timeout 90 mirage3d make-asset "assets/examples/$ex.png" -o "$W/$ex.glb" --model "$MODEL" --steps 50 --overwrite 2>&1 | tail -12 >> "$O/results.md"
+    echo "wall: $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s" >> "$O/results.md"
+  done
+  tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
+  [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null
+  log "make-asset end to end on held-out appearances (orbit frame 1 as input, 50 steps)"
+  run 240 python3 benchmarks/eval_asset.py --collection "$W/heldout" --model "$MODEL" --out "$W/asset" --objects 5 --steps 50 --device cuda
+  cp "$W/asset/eval_asset.json" "$O/"
 else
   log "views speed (H100, random weights, bf16)"
   run 60 python3 benchmarks/bench_views.py --views 8,16 --steps 25,50 --hard 0,1 --device cuda --repeats 2

@@ -27,8 +27,10 @@ def discover(
     num_poses: int = typer.Option(8, "--poses", "-k", help="Number of poses K."),
     num_parts: int = typer.Option(16, "--parts", "-p", help="Number of parts P."),
     mode: str = typer.Option("parts", help="Descriptor: parts (visibility + location) or flat (pooled features, the HOG baseline)."),
+    centre_images: bool = typer.Option(False, "--centre-images", help="Subtract each image's mean foreground feature before clustering parts (docs/poses.md)."),
     timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
+    colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6; docs/poses.md)."),
     image_size: int = typer.Option(None, help="Input size for hog / ViT backbones."),
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
     w_visibility: float = typer.Option(0.25, help="Descriptor weight of part visibility."),
@@ -48,7 +50,7 @@ def discover(
     from mirage3d.poses.features import load_backbone
 
     cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
-                         w_box=w_box, spacing=spacing, device=device, seed=seed)  # fmt: skip
+                         w_box=w_box, spacing=spacing, device=device, seed=seed, centre_images=centre_images)  # fmt: skip
     check_discovery_input(len(list_images(collection)), cfg)
     check_output_dir(output, overwrite)
     if backbone is None:
@@ -56,7 +58,7 @@ def discover(
             raise InputError("give --backbone BACKBONE (or --features FOLDER made by `mirage3d features extract`)")
         cache = FeatureCache.open(features)
     else:
-        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=seed, image_size=image_size)
+        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=seed, image_size=image_size, colour_perms=colour_perms)
         ecfg = ExtractConfig(batch_size=batch_size, flip=flip, device=device, num_workers=workers)
         with progress_bar("features") as bar:
             task = bar.add_task("features", total=None)
@@ -104,6 +106,7 @@ def refit(
     output: Path = typer.Option(..., "-o", "--output", help="New poses folder (same labels and cameras, pose model for the new backbone)."),
     timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
+    colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6)."),
     features: Path = typer.Option(None, "--features", help="Feature cache folder for the new backbone."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
@@ -115,7 +118,7 @@ def refit(
     from mirage3d.poses.features import load_backbone
 
     check_output_dir(output, overwrite)
-    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks))
+    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), colour_perms=colour_perms)
     res = refit_pose_model(poses, bb, collection, output, features, ExtractConfig(device=device), overwrite)
     console.print(f"refitted the pose model for {backbone}: it gives the fixed label to {100 * res.agreement:.1f}% of the images; wrote {res.folder}")
 

@@ -75,6 +75,20 @@ def test_unet_backbone_shapes_and_batch_independence(unet_folder):
     torch.testing.assert_close(load_backbone(ref)(x), f)
 
 
+def test_colour_permutations_make_features_colour_invariant(unet_folder):
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    swapped = x[:, [2, 0, 1]]
+    one = load_backbone(str(unet_folder), timestep=100)
+    six = load_backbone(str(unet_folder), timestep=100, colour_perms=6)
+    assert not torch.allclose(one(x), one(swapped), atol=1e-3)  # a plain UNet sees the paint
+    torch.testing.assert_close(six(x), six(swapped), rtol=1e-4, atol=1e-5)  # averaged over all 6 orders: it does not
+    ref = six.reference()
+    assert ref["colour_perms"] == 6 and "colour_perms" not in one.reference()
+    torch.testing.assert_close(load_backbone(ref)(x), six(x))
+    with pytest.raises(InputError, match="colour-perms"):
+        load_backbone(str(unet_folder), colour_perms=7)
+
+
 def test_unet_backbone_with_alpha_channel(tmp_path):
     bb = load_backbone(str(make_unet_folder(tmp_path / "m4", in_channels=4)))
     x = torch.rand(2, 3, 32, 32) * 2 - 1

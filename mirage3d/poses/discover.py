@@ -38,6 +38,8 @@ class DiscoverConfig:
     """P, the number of parts (clusters of foreground patch features); 16 measured best in RESEARCH-NOTES"""
     mode: str = "parts"
     """descriptor: "parts" (part visibility + location) or "flat" (PCA of the pooled feature map, the HOG baseline)"""
+    centre_images: bool = False
+    """subtract each image's mean foreground feature before part clustering (removes paint / car-model identity)"""
     pca_dim: int = 64
     """patch features are PCA-reduced to this many dimensions before part clustering (0 = no reduction)"""
     sample_images: int = 2000
@@ -131,7 +133,7 @@ def fit_descriptor_model(cache: FeatureCache, cfg: DiscoverConfig, device: torch
     if cfg.mode == "flat":
         mean, proj = fit_pca(flat_descriptors(feats, cfg.flat_grid), cfg.flat_dim)
         return DescriptorModel("flat", flat_mean=mean, flat_proj=proj, flat_grid=cfg.flat_grid)
-    pm = fit_parts(feats, sample["fg"].to(device).float(), sample["has_mask"].bool().to(device), cfg.num_parts, cfg.pca_dim, cfg.seed, cfg.max_patches)
+    pm = fit_parts(feats, sample["fg"].to(device).float(), sample["has_mask"].bool().to(device), cfg.num_parts, cfg.pca_dim, cfg.seed, cfg.max_patches, cfg.centre_images)
     return DescriptorModel("parts", parts=pm)
 
 
@@ -233,7 +235,7 @@ def _write_parts_image(path: Path, cache: FeatureCache, dm: DescriptorModel, fil
     pm = dm.parts.to(device)
     feats = data["feats"].to(device).float()
     fg = pm.foreground(feats, data["fg"].to(device).float(), data["has_mask"].bool().to(device))
-    parts_sheet([files[i] for i in picks], pm.assign(feats).cpu().numpy(), fg.cpu().numpy(), pm.num_parts).save(path)
+    parts_sheet([files[i] for i in picks], pm.assign(feats, fg).cpu().numpy(), fg.cpu().numpy(), pm.num_parts).save(path)
 
 
 @dataclass
@@ -329,10 +331,10 @@ def assign_files(images: list[Path], poses_dir: str | Path, backbone: str | Path
 
 
 def _unet_settings(poses_dir: str | Path) -> dict:
-    """Timestep / blocks / seed recorded in the pose model, so a replacement UNet is read the same way."""
+    """Timestep / blocks / seed / colour permutations recorded in the pose model, so a replacement UNet is read the same way."""
     import json
 
     ref = json.loads((Path(poses_dir) / "pose_model.json").read_text()).get("backbone", {}) if (Path(poses_dir) / "pose_model.json").exists() else {}
     if ref.get("kind") != "unet":
         return {}
-    return {"timestep": ref.get("timestep", 100), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": ref.get("seed", 0)}
+    return {"timestep": ref.get("timestep", 100), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": ref.get("seed", 0), "colour_perms": ref.get("colour_perms", 1)}

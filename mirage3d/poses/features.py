@@ -78,21 +78,33 @@ def _unet_folder(folder: Path) -> Path:
     raise ModelError(f"{folder} holds no diffusers UNet2DModel (expected {folder}/unet/config.json); train one with `mirage3d features train`")
 
 
+# RGB channel orders for colour_perms (identity first, then the two cyclic shifts, then the three swaps).
+COLOUR_PERMS: tuple[tuple[int, int, int], ...] = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
+
+
 class UNetBackbone(Backbone):
     """Activations of a ``UNet2DModel`` on the image noised to ``timestep`` (class label 0 = "no pose").
 
     ``blocks`` names the modules whose outputs are used: ``up0`` = ``up_blocks[0]``, ``mid`` = ``mid_block``,
     ``down2`` = ``down_blocks[2]``. Several blocks are resized to the first one's grid, each L2-normalised per
     patch (so each block weighs the same) and concatenated.
+
+    ``colour_perms`` > 1 averages the features of the image with its RGB channels permuted (the first N of the
+    6 permutations, identity first): a red car and the same car in blue or green then give nearly the same
+    features, so parts cluster by what the patch shows rather than by paint. Costs N forward passes.
     """
 
-    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, folder: str | None = None):
+    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, folder: str | None = None,
+                 colour_perms: int = 1):  # fmt: skip
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
         self.folder = folder
         self.timestep = int(timestep)
         self.blocks = tuple(blocks)
         self.seed = int(seed)
+        if not 1 <= int(colour_perms) <= len(COLOUR_PERMS):
+            raise InputError(f"--colour-perms {colour_perms} must be in 1..{len(COLOUR_PERMS)}")
+        self.colour_perms = int(colour_perms)
         n_t = len(alphas_cumprod)
         if not 0 <= self.timestep < n_t:
             raise InputError(f"timestep {timestep} is out of range; use 0..{n_t - 1}")
@@ -120,25 +132,37 @@ class UNetBackbone(Backbone):
         raise InputError(f"unknown UNet block {name!r}; use up0..up{len(u.up_blocks) - 1}, mid or down0..down{len(u.down_blocks) - 1}")
 
     @classmethod
-    def from_folder(cls, folder: str | Path, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0) -> UNetBackbone:
+    def from_folder(cls, folder: str | Path, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, colour_perms: int = 1) -> UNetBackbone:
         from diffusers import DDPMScheduler, UNet2DModel
 
         ufolder = _unet_folder(Path(folder))
         unet = UNet2DModel.from_pretrained(ufolder)
         sched_dir = ufolder.parent / "scheduler"
         sched = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").exists() else DDPMScheduler(num_train_timesteps=1000)
-        return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()))
+        return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()), colour_perms=colour_perms)
 
     def reference(self) -> dict[str, Any]:
         # "weights" fingerprints the UNet's files, so a feature cache made from the same folder before it was
         # retrained (same path, other weights) is refused instead of silently reused.
-        return {"kind": "unet", "path": self.folder, "timestep": self.timestep, "blocks": list(self.blocks), "seed": self.seed,
-                "weights": weights_fingerprint(self.folder) if self.folder else None}
+        ref = {"kind": "unet", "path": self.folder, "timestep": self.timestep, "blocks": list(self.blocks), "seed": self.seed,
+               "weights": weights_fingerprint(self.folder) if self.folder else None}
+        if self.colour_perms > 1:  # absent = 1, so references (and cache names) written before the option still match
+            ref["colour_perms"] = self.colour_perms
+        return ref
 
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         x = images.to(self.noise.device, torch.float32)
+        if self.colour_perms == 1:
+            return self._features(x, masks)
+        total = None
+        for perm in COLOUR_PERMS[: self.colour_perms]:
+            f = self._features(x[:, list(perm)], masks)
+            total = f if total is None else total + f
+        return total / self.colour_perms
+
+    def _features(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         if self.noise.shape[1] == 4:  # RGB + alpha model: alpha in [-1, 1] as the 4th channel
             alpha = torch.ones_like(x[:, :1]) if masks is None else masks.to(x.device, torch.float32)
             if alpha.shape[-2:] != x.shape[-2:]:
@@ -271,7 +295,8 @@ class HogBackbone(Backbone):
 # --------------------------------------------------------------------------------------------------
 # Building a backbone from a CLI spec or a saved reference
 # --------------------------------------------------------------------------------------------------
-def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, image_size: int | None = None) -> Backbone:
+def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, image_size: int | None = None,
+                  colour_perms: int = 1) -> Backbone:  # fmt: skip
     """Backbone from a spec string or a saved :meth:`Backbone.reference` dict.
 
     Spec strings: ``hog``, ``random-vit``, ``dinov2-small|base|large|giant``, ``facebook/dinov2-*``, or a folder
@@ -280,7 +305,7 @@ def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tu
     if isinstance(spec, dict):
         kind = spec.get("kind")
         if kind == "unet":
-            return UNetBackbone.from_folder(spec["path"], spec.get("timestep", 100), tuple(spec.get("blocks", ("up0",))), spec.get("seed", 0))
+            return UNetBackbone.from_folder(spec["path"], spec.get("timestep", 100), tuple(spec.get("blocks", ("up0",))), spec.get("seed", 0), spec.get("colour_perms", 1))
         if kind == "dinov2":
             return Dinov2Backbone.from_pretrained(spec["path"], spec.get("image_size", 224))
         if kind == "random-vit":
@@ -304,7 +329,7 @@ def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tu
                 model_type = None
         if model_type == "dinov2":
             return Dinov2Backbone.from_pretrained(s, image_size or 224)
-        return UNetBackbone.from_folder(path, timestep, blocks, seed)
+        return UNetBackbone.from_folder(path, timestep, blocks, seed, colour_perms)
     if "dinov2" in s or s in DINOV2_NAMES:
         return Dinov2Backbone.from_pretrained(s, image_size or 224)
     raise InputError(f"backbone {s!r} is neither a folder nor one of: hog, random-vit, dinov2-small|base|large|giant; pass a model folder from `mirage3d features train`")

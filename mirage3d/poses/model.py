@@ -48,7 +48,7 @@ class DescriptorModel:
             return (x - self.flat_mean.to(x.device)) @ self.flat_proj.to(x.device)
         pm = self.parts
         fg = pm.foreground(feats, fg_alpha.to(feats.device), has_mask.to(feats.device))
-        return part_descriptors(pm.assign(feats), fg, pm.num_parts, self.fg_threshold)
+        return part_descriptors(pm.assign(feats, fg), fg, pm.num_parts, self.fg_threshold)
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.desc_mean.to(raw.device)) * self.desc_scale.to(raw.device)
@@ -149,6 +149,7 @@ class PoseModel:
             "flat_grid": self.descriptor.flat_grid,
             "descriptor_fg_threshold": self.descriptor.fg_threshold,
             "feature_fg_threshold": 0.0 if self.descriptor.parts is None else self.descriptor.parts.fg_threshold,
+            "centre_images": False if self.descriptor.parts is None else self.descriptor.parts.centre_images,
             **self.extra,
         }
         atomic_write_json(folder / "pose_model.json", meta)
@@ -164,9 +165,9 @@ class PoseModel:
             meta = json.loads(meta_path.read_text())
             t = load_file(tensor_path)
             mode = meta["mode"]
-            parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0)) if mode == "parts" else None
+            parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0), bool(meta.get("centre_images", False))) if mode == "parts" else None
             dm = DescriptorModel(mode, parts, t.get("flat_mean"), t.get("flat_proj"), int(meta.get("flat_grid", 8)), float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"])
-            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold"}
+            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold", "centre_images"}
             ref = dict(meta["backbone"])
             # A relative backbone path is relative to the pose-model folder (a shipped model refers to its own
             # UNet as ".."), so the model folder can move.
