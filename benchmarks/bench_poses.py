@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--weights", default="0.25,1,0.25", help="';'-separated w_visibility,w_location,w_box triples")
     ap.add_argument("--flips", default="image", help="comma-separated flip modes: image, features")
     ap.add_argument("--pca-dim", type=int, default=64)
+    ap.add_argument("--modes", default="parts", help="descriptor modes for UNet backbones: parts, flat or parts,flat")
     ap.add_argument("--colour-perms", default="1", help="comma-separated UNet colour_perms values (1..6)")
     ap.add_argument("--centre", default="0", help="comma-separated centre_images settings to sweep: 0, 1 or 0,1")
     ap.add_argument("--spacing", default="uniform", help="uniform or sizes")
@@ -61,8 +62,9 @@ def main() -> None:
     settings: list[tuple[str, dict, str]] = []  # (name, backbone spec dict for load_backbone, mode)
     if args.backbone is not None:
         for t, blocks, cp in itertools.product([int(x) for x in args.timesteps.split(",")], args.blocks.split(";"), [int(x) for x in args.colour_perms.split(",")]):
-            settings.append((f"unet_t{t}_{blocks.replace(',', '+')}" + (f"_cp{cp}" if cp > 1 else ""),
-                             {"spec": str(args.backbone), "timestep": t, "blocks": tuple(blocks.split(",")), "colour_perms": cp}, "parts"))
+            for mode in args.modes.split(","):  # the flat mode reads the same feature cache
+                settings.append((f"unet_t{t}_{blocks.replace(',', '+')}" + (f"_cp{cp}" if cp > 1 else ""),
+                                 {"spec": str(args.backbone), "timestep": t, "blocks": tuple(blocks.split(",")), "colour_perms": cp}, mode))
     if args.baselines:
         settings.append(("random-vit", {"spec": "random-vit"}, "parts"))
         settings.append(("hog", {"spec": "hog"}, "flat"))
@@ -81,14 +83,14 @@ def main() -> None:
         t_extract = time.perf_counter() - t0
         del bb
         for k, p, w, c in itertools.product(ks, parts if mode == "parts" else [0], weights if mode == "parts" else [weights[0]], centres if mode == "parts" else [False]):
-            tag = f"{name}_{flip}_K{k}_P{p}_w{'-'.join(f'{x:g}' for x in w)}" + ("_centred" if c else "")
+            tag = f"{name}_{flip}_{mode}_K{k}_P{p}_w{'-'.join(f'{x:g}' for x in w)}" + ("_centred" if c else "")
             cfg = DiscoverConfig(num_poses=k, num_parts=max(p, 2), mode=mode, pca_dim=args.pca_dim, w_visibility=w[0], w_location=w[1], w_box=w[2],
                                  spacing=args.spacing, device=args.device, seed=args.seed, centre_images=c)  # fmt: skip
             t0 = time.perf_counter()
             ps = discover_poses(cache, args.collection, args.out / "poses" / tag, cfg, overwrite=True)
             t_disc = time.perf_counter() - t0
             m = evaluate_poses(args.out / "poses" / tag, args.collection)
-            row = {"backbone": name, "flip": flip, "centre_images": c, "P": p if mode == "parts" else "-", "K": k, "w": w, **m.to_json(), "flip_agreement": ps.flip_agreement,
+            row = {"backbone": name, "mode": mode, "flip": flip, "centre_images": c, "P": p if mode == "parts" else "-", "K": k, "w": w, **m.to_json(), "flip_agreement": ps.flip_agreement,
                    "extract_s": t_extract, "discover_s": t_disc}  # fmt: skip
             rows.append(row)
             wtxt = ", ".join(f"{x:g}" for x in w) if mode == "parts" else "-"

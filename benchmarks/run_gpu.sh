@@ -4,6 +4,8 @@
 #   benchmarks/run_gpu.sh WORK OUTDIR A|B
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
+# T: make-asset wall time with a warm bytecode cache (one warm-up command, then the three examples), feature
+#    throughput in bf16, and more pose-discovery settings (flat UNet descriptor, t = 100, up0+up1).
 # S: speed of the shipped path: recon on 32-view orbits (16 and 8 views), make-asset on the three example
 #    images (wall time of the whole command, imports included), make-asset end-to-end eval on 5 objects.
 # P: poses on 6,000 renders: a profile of make-asset (import times + cProfile), the discovery sweep with
@@ -46,6 +48,21 @@ elif [ "$PART" = P ]; then
   run 100 python3 benchmarks/bench_poses.py --collection "$W/cars" --out "$W/bpb" --baselines --parts 16 --weights "1,1,0.5" --device cuda --workers 16
   log "feature extraction throughput"
   run 50 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --collection "$W/cars" --out "$W/bf"
+elif [ "$PART" = T ]; then
+  [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null
+  mirage3d make-asset assets/examples/suv.png -o "$W/warm.glb" --model "$MODEL" --steps 50 --overwrite > /dev/null 2>&1
+  for ex in sportscar basic_taxi suv; do
+    log "make-asset assets/examples/$ex.png (GPU, 50 steps, warm bytecode cache, wall time of the command)"
+    s0=$(date +%s.%N)
+    timeout 90 mirage3d make-asset "assets/examples/$ex.png" -o "$W/$ex.glb" --model "$MODEL" --steps 50 --overwrite 2>&1 | tail -12 >> "$O/results.md"
+    echo "wall: $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s" >> "$O/results.md"
+  done
+  log "feature extraction throughput, bf16"
+  run 60 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --dtypes bfloat16 --baselines "" --collection "$W/cars" --out "$W/bf"
+  log "pose discovery: flat UNet descriptor, t = 100, up0+up1 (MODEL's UNet, 6,000 renders)"
+  run 300 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bp" --timesteps 200,100 --blocks "up0;up0,up1" \
+      --parts 8,16 --weights "0.25,1,0.25" --modes parts,flat --device cuda --workers 16
+  cp "$W/bp/bench_poses.json" "$O/" 2>/dev/null
 elif [ "$PART" = S ]; then
   log "recon on orbit renders (32-view orbits; 16 or 8 for training, the rest held out)"
   run 200 python3 benchmarks/bench_recon.py --meshes "$MESHES" --limit 3 --views 16 8 --device cuda --out "$W/br"
