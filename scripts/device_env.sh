@@ -14,11 +14,6 @@ if [ -d .gl ] && [ ! -f /tmp/.gl-ready ]; then
 fi
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYOPENGL_PLATFORM=egl PYGLET_HEADLESS=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-# The GPU image ships its packages without .pyc files (and the wheels above go in with --no-compile), so every
-# process would compile ~3,800 modules from source (6.3 s of a 24 s make-asset, measured with cProfile). A
-# pip install on a user's machine writes .pyc files at install time; this writable bytecode cache gives the
-# device the same: the first command compiles, later ones reuse.
-export PYTHONPYCACHEPREFIX=/tmp/pycache
 if ! python3 -c "import mirage3d.cli" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
 fi
