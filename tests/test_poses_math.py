@@ -138,6 +138,22 @@ def test_best_involution_matches_brute_force():
         assert sum(w[i, m[i]] for i in range(6)) == pytest.approx(best)
 
 
+def test_best_involution_with_limited_fixed_points_matches_brute_force():
+    rng = np.random.default_rng(4)
+    for k, limit in [(6, 2), (6, 0), (7, 1), (7, 0), (8, 2)]:
+        for _ in range(3):
+            w = rng.normal(size=(k, k)) + 3 * np.eye(k)  # fixed points attractive: the limit must bind
+            m = best_involution(w, max_fixed=limit)
+            allowed = limit + (k - limit) % 2  # an odd remainder forces one more fixed point
+            assert all(m[m[i]] == i for i in range(k)) and int((m == np.arange(k)).sum()) <= allowed
+            best = max(sum(w[i, p[i]] for i in range(k)) for p in _all_involutions(k) if int((p == np.arange(k)).sum()) <= allowed)
+            assert sum(w[i, m[i]] for i in range(k)) == pytest.approx(best)
+    # Beyond the exact size the greedy fallback still honours the limit.
+    w = rng.normal(size=(14, 14)) + 3 * np.eye(14)
+    m = best_involution(w, max_fixed=2)
+    assert all(m[m[i]] == i for i in range(14)) and int((m == np.arange(14)).sum()) <= 2
+
+
 def _ring_data(n=800, seed=0, noise=0.05):
     rng = np.random.default_rng(seed)
     az = rng.uniform(0, 360, n)

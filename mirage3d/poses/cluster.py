@@ -28,10 +28,16 @@ from mirage3d.poses.parts import kmeans
 MAX_EXACT_INVOLUTION = 16
 
 
-def best_involution(w: np.ndarray) -> np.ndarray:
-    """Involution m maximising Σ_k w[k, m[k]] (w (K, K)); exact for K ≤ 16, greedy pairing beyond."""
+def best_involution(w: np.ndarray, max_fixed: int | None = None) -> np.ndarray:
+    """Involution m maximising Σ_k w[k, m[k]] (w (K, K)); exact for K ≤ 16, greedy pairing beyond.
+
+    ``max_fixed``: at most this many poses may be their own mirror (m[k] = k). On a ring of poses around a
+    left/right-symmetric object only the views on the symmetry plane (front and back) are: 2 at most.
+    """
     w = np.asarray(w, dtype=np.float64)
     k = w.shape[0]
+    if max_fixed is not None and max_fixed < k:
+        return _best_involution_limited(w, max(0, int(max_fixed)))
     pair = w + w.T
     if k > MAX_EXACT_INVOLUTION:
         m = np.arange(k)
@@ -66,6 +72,51 @@ def best_involution(w: np.ndarray) -> np.ndarray:
     return m
 
 
+MAX_EXACT_LIMITED = 12  # the (subset, fixed points left) dynamic programme is exact up to here
+
+
+def _best_involution_limited(w: np.ndarray, max_fixed: int) -> np.ndarray:
+    """:func:`best_involution` with at most ``max_fixed`` fixed points (exact for K ≤ 12, greedy beyond).
+
+    If K − max_fixed is odd one more fixed point is unavoidable and allowed.
+    """
+    k = w.shape[0]
+    max_fixed = max_fixed + ((k - max_fixed) % 2)
+    pair = w + w.T
+    if k > MAX_EXACT_LIMITED:
+        m = best_involution(w)
+        fixed = [i for i in range(k) if m[i] == i]
+        while len(fixed) > max_fixed:  # pair up the two fixed poses whose pairing costs least
+            a, b = max(((i, j) for i in fixed for j in fixed if i < j), key=lambda ij: pair[ij] - w[ij[0], ij[0]] - w[ij[1], ij[1]])
+            m[a], m[b] = b, a
+            fixed = [i for i in fixed if i not in (a, b)]
+        return m
+
+    @lru_cache(maxsize=None)
+    def best(mask: int, left: int) -> tuple[float, tuple[tuple[int, int], ...]]:
+        if mask == 0:
+            return 0.0, ()
+        i = (mask & -mask).bit_length() - 1
+        rest = mask & ~(1 << i)
+        out: tuple[float, tuple[tuple[int, int], ...]] = (-np.inf, ())
+        if left > 0:
+            sc, p = best(rest, left - 1)
+            out = (sc + w[i, i], p + ((i, i),))
+        j_mask = rest
+        while j_mask:
+            j = (j_mask & -j_mask).bit_length() - 1
+            j_mask &= j_mask - 1
+            sc, p = best(rest & ~(1 << j), left)
+            if sc + pair[i, j] > out[0] + 1e-12:
+                out = (sc + pair[i, j], p + ((i, j),))
+        return out
+
+    m = np.arange(k)
+    for i, j in best((1 << k) - 1, max_fixed)[1]:
+        m[i], m[j] = j, i
+    return m
+
+
 @dataclass
 class MirrorClusters:
     centres: torch.Tensor  # (K, D)
@@ -83,12 +134,14 @@ def joint_cost(d: torch.Tensor, f: torch.Tensor, centres: torch.Tensor, mirror: 
     return dd + ff[:, torch.as_tensor(mirror, device=d.device)]
 
 
-def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, flip_centres: bool = False) -> MirrorClusters:
+def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, flip_centres: bool = False,
+                  max_fixed: int | None = None) -> MirrorClusters:  # fmt: skip
     """Cluster descriptors ``d`` (N, D) with flipped descriptors ``f`` (N, D) into ``k`` mirror-consistent poses.
 
     ``flip_centres`` False (default): centres are means of real images only (the flips constrain the labels
     and the mirror map but cannot pull a centre off the real images; measured more robust when flipped
     features are unlike real ones). True: exact coordinate descent on J (centres also average the flips).
+    ``max_fixed``: at most this many self-mirror poses (see :func:`best_involution`); None = any number.
     """
     n = d.shape[0]
     if n < k:
@@ -106,7 +159,7 @@ def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_ini
             lab_f = (torch.cdist(f, c) ** 2).argmin(1)
         counts = np.zeros((k, k))
         np.add.at(counts, (lab_d.cpu().numpy(), lab_f.cpu().numpy()), 1.0)
-        mirror = best_involution(counts)
+        mirror = best_involution(counts, max_fixed)
         labels = torch.full((n,), -1, dtype=torch.long, device=d.device)
         for _ in range(iters):
             cost = joint_cost(d, f, c, mirror)
@@ -127,7 +180,7 @@ def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_ini
             # Mirror map: S[a, b] = Σ_{i: l_i = a} ‖f_i − c_b‖²; the best involution minimises Σ_a S[a, m[a]].
             ff = torch.cdist(f, c) ** 2  # (N, K)
             s = torch.zeros((k, k), dtype=torch.float64, device=d.device).index_add_(0, new, ff.double())
-            new_mirror = best_involution(-s.cpu().numpy())
+            new_mirror = best_involution(-s.cpu().numpy(), max_fixed)
             if torch.equal(new, labels) and np.array_equal(new_mirror, mirror) and not empty.any():
                 break
             labels, mirror = new, new_mirror

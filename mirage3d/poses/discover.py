@@ -58,6 +58,8 @@ class DiscoverConfig:
     """flat mode: PCA dimensions of the descriptor"""
     n_init: int = 8
     """pose clusterings from different seeds; the lowest objective is kept"""
+    max_self_mirror: int | None = None
+    """at most this many poses may be their own mirror image (front and back: 2); None = no limit"""
     elevation_deg: float = 17.5
     """camera elevation of every pose"""
     fov_deg: float = 40.0
@@ -174,7 +176,7 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     fit_normalisation(dm, d_raw, f_raw, cfg)
     d = dm.normalise(d_raw)
     f = dm.normalise(f_raw) if f_raw is not None else d  # no flips: f = d makes m = identity the best map
-    mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init)
+    mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     if f_raw is None:
         mc.mirror = np.arange(cfg.num_poses)
     k = cfg.num_poses
