@@ -1,0 +1,112 @@
+"""Is the car's facing direction (front vs back) in the features, and can it be found without labels?
+
+    python3 benchmarks/pose_direction_probe.py FEATURES POSES COLLECTION
+
+FEATURES is a feature cache (`mirage3d features extract`, with flips), POSES a `mirage3d poses discover` folder
+made from it, COLLECTION the rendered collection (ground_truth.jsonl). Discovered poses hold pairs of views
+180° apart (`benchmarks/pose_confusion.py`); this measures three ways of telling the two apart. Summary
+features per image: unit patch features inside the foreground, average-pooled over the object's bounding box
+on a G x G grid ("box G"), or over the whole image ("global").
+
+1. Unsupervised split: 2-means inside each pose; accuracy against the truth "nearer the pose's main peak or
+   the peak 180° away" (best of the two labellings; 0.5 = chance).
+2. Linear probe (uses the truth, an upper bound): 4-fold logistic regression on the same split.
+3. Flip difference: the top principal component of b(x) - b(flip x) as a facing score; accuracy of its sign
+   against sign(sin azimuth) (which way the front points in the image) for views more than ~22° from front/back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mirage3d.cameras import circular_difference  # noqa: E402
+from mirage3d.poses.evaluate import read_ground_truth  # noqa: E402
+from mirage3d.poses.extract import FeatureCache  # noqa: E402
+from mirage3d.poses.parts import fit_pca, kmeans  # noqa: E402
+
+
+def box_pool(feats: torch.Tensor, fg: torch.Tensor, g: int) -> torch.Tensor:
+    """(N, h, w, C) unit features inside the foreground, pooled over each image's foreground box to g x g."""
+    u = F.normalize(feats.float(), dim=-1) * (fg >= 0.5)[..., None]
+    out = []
+    for i in range(len(u)):
+        m = fg[i] >= 0.5
+        if m.any():
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        else:
+            y0, y1, x0, x1 = 0, u.shape[1], 0, u.shape[2]
+        out.append(F.adaptive_avg_pool2d(u[i, y0:y1, x0:x1].permute(2, 0, 1)[None], (g, g)).flatten(1))
+    return torch.cat(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("features", type=Path)
+    ap.add_argument("poses", type=Path)
+    ap.add_argument("collection", type=Path)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args()
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+
+    cache = FeatureCache.open(a.features)
+    p = json.loads((a.poses / "poses.json").read_text())
+    gt = read_ground_truth(a.collection)
+    true = np.array([gt[f] for f in p["files"]])
+    labels = np.array(p["labels"])
+    summaries: dict[str, list[torch.Tensor]] = {"global": [], "box 2": [], "box 4": []}
+    flips: dict[str, list[torch.Tensor]] = {"box 2": [], "box 4": []}
+    for _, d in cache.iter_shards():
+        fg = d["fg"].to(a.device).float()
+        feats = d["feats"].to(a.device)
+        u = F.normalize(feats.float(), dim=-1) * (fg >= 0.5)[..., None]
+        summaries["global"].append(u.mean(dim=(1, 2)))
+        for g in (2, 4):
+            summaries[f"box {g}"].append(box_pool(feats, fg, g))
+            if "feats_flip" in d:
+                flips[f"box {g}"].append(box_pool(d["feats_flip"].to(a.device), fg.flip(-1), g))
+    s = {k: torch.cat(v) for k, v in summaries.items()}
+
+    print("| summary | unsupervised 2-means split | linear probe (labels used) | flip-difference facing accuracy |")
+    print("|---|---|---|---|")
+    for name, x_all in s.items():
+        un, lin, n_un, n_lin = 0.0, 0.0, 0, 0
+        for k in range(int(p["num_poses"])):
+            idx = np.flatnonzero(labels == k)
+            hist = np.bincount(np.mod(np.round(true[idx] / 45.0).astype(int), 8), minlength=8)
+            peak = int(np.argmax(hist)) * 45
+            side = (np.abs(circular_difference(true[idx], peak + 180)) < np.abs(circular_difference(true[idx], peak))).astype(int)
+            x = x_all[idx] - x_all[idx].mean(0)
+            mean, comps = fit_pca(x, 32)
+            _, lab, _ = kmeans((x - mean) @ comps, 2, seed=0, n_init=4)
+            lab = lab.cpu().numpy()
+            un += max((lab == side).mean(), (lab != side).mean()) * len(idx)
+            n_un += len(idx)
+            if min(side.sum(), len(side) - side.sum()) >= 8:
+                X = x_all[idx].cpu().numpy()
+                lin += cross_val_score(LogisticRegression(max_iter=2000), X, side, cv=4).mean() * len(idx)
+                n_lin += len(idx)
+        facing = "-"
+        if name in flips and flips[name]:
+            c = s[name] - torch.cat(flips[name])
+            _, comps = fit_pca(torch.cat([c, -c]), 1)
+            score = (c @ comps[:, 0]).cpu().numpy()
+            sin = np.sin(np.deg2rad(true))
+            keep = np.abs(sin) > 0.38
+            acc = float((np.sign(score[keep]) == np.sign(sin[keep])).mean())
+            facing = f"{max(acc, 1 - acc):.2f}"
+        print(f"| {name} | {un / n_un:.2f} | {lin / max(n_lin, 1):.2f} | {facing} |")
+
+
+if __name__ == "__main__":
+    main()
