@@ -140,6 +140,16 @@ def main() -> None:
             keep = np.abs(sin) > 0.38
             acc = float((np.sign(score[keep]) == np.sign(sin[keep])).mean())
             facing = f"{max(acc, 1 - acc):.2f}"
+            _, comps10 = fit_pca(torch.cat([c, -c]), 10)
+            per_pc = []
+            for j in range(comps10.shape[1]):
+                sc = (c @ comps10[:, j]).cpu().numpy()
+                aj = float((np.sign(sc[keep]) == np.sign(sin[keep])).mean())
+                per_pc.append(max(aj, 1 - aj))
+            print(f"  {name}: facing accuracy of the flip difference's top 10 principal components: " + ", ".join(f"{x:.2f}" for x in per_pc))
+            cn = c.cpu().numpy()
+            sup = cross_val_score(LogisticRegression(max_iter=2000), cn[keep], (sin[keep] > 0).astype(int), cv=4).mean()
+            print(f"  {name}: facing from the flip difference with a linear probe (uses the truth): {sup:.2f}")
             pair_acc = mirror_pair_facing(s[name], torch.cat(flips[name]), labels, np.asarray(p["mirror"]), sin, keep)
             facing += f" | {pair_acc:.2f}"
         else:

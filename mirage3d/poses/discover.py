@@ -60,6 +60,13 @@ class DiscoverConfig:
     """pose clusterings from different seeds; the lowest objective is kept"""
     max_self_mirror: int | None = None
     """at most this many poses may be their own mirror image (front and back: 2); None = no limit"""
+    w_facing: float = 0.0
+    """weight of the facing score (which way the object points, from the image and its flip; mirage3d.poses.facing);
+    0 = off. With it, poses are clustered twice: once without, to choose the facing axis, then with it"""
+    facing_grid: int = 2
+    """the facing score pools features over a grid x grid split of the object's box"""
+    facing_components: int = 10
+    """principal components of the flip differences the facing axis is chosen from"""
     elevation_deg: float = 17.5
     """camera elevation of every pose"""
     fov_deg: float = 40.0
@@ -111,6 +118,8 @@ def check_discovery_input(num_images: int, cfg: DiscoverConfig) -> None:
         raise InputError(f"--parts {cfg.num_parts} is too small; use at least 2 parts")
     if cfg.spacing not in ("uniform", "sizes"):
         raise InputError(f"spacing {cfg.spacing!r} is unknown; use uniform or sizes")
+    if not cfg.w_facing >= 0 or cfg.facing_grid < 1 or cfg.facing_components < 1:
+        raise InputError(f"--w-facing {cfg.w_facing} must be >= 0 (facing grid and components >= 1)")
     if num_images < MIN_IMAGES:
         raise InputError(f"pose discovery needs at least {MIN_IMAGES} images; the collection has {num_images}")
     if cfg.num_poses > num_images:
@@ -145,9 +154,12 @@ def compute_descriptors(cache: FeatureCache, dm: DescriptorModel, device: torch.
     ds, fs = [], []
     for start, data in cache.iter_shards():
         fg, has_mask = data["fg"].to(device).float(), data["has_mask"].bool().to(device)
-        ds.append(dm.raw(data["feats"].to(device).float(), fg, has_mask).cpu())
         if "feats_flip" in data:
-            fs.append(dm.raw(data["feats_flip"].to(device).float(), fg.flip(-1), has_mask).cpu())
+            d, f = dm.raw_pair(data["feats"].to(device).float(), data["feats_flip"].to(device).float(), fg, has_mask)
+            ds.append(d.cpu())
+            fs.append(f.cpu())
+        else:
+            ds.append(dm.raw(data["feats"].to(device).float(), fg, has_mask).cpu())
         if progress is not None:
             progress(start + len(fg), cache.num_images)
     return torch.cat(ds), (torch.cat(fs) if fs else None)
@@ -156,10 +168,40 @@ def compute_descriptors(cache: FeatureCache, dm: DescriptorModel, device: torch.
 def fit_normalisation(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor | None, cfg: DiscoverConfig) -> None:
     both = d_raw if f_raw is None else torch.cat([d_raw, f_raw])
     dm.desc_mean = both.mean(0)
+    base = both[:, :-1] if dm.facing is not None else both  # the facing score, when present, is the last column
     if dm.mode == "flat":
-        dm.desc_scale = torch.full((both.shape[1],), 1.0 / float(both.var(0, unbiased=False).sum().clamp_min(1e-12).sqrt()))
+        scale = torch.full((base.shape[1],), 1.0 / float(base.var(0, unbiased=False).sum().clamp_min(1e-12).sqrt()))
     else:
-        dm.desc_scale = fit_block_scales(both, dm.parts.num_parts, cfg.descriptor_config())
+        scale = fit_block_scales(base, dm.parts.num_parts, cfg.descriptor_config())
+    if dm.facing is not None:  # its own block: unit variance times its weight
+        scale = torch.cat([scale, torch.tensor([cfg.w_facing / float(both[:, -1].std().clamp_min(1e-12))])])
+    dm.desc_scale = scale
+
+
+def flip_differences(cache: FeatureCache, dm: DescriptorModel, device: torch.device, grid: int) -> torch.Tensor:
+    """(N, C·grid²) flip differences b(x) − b(flip x) of every cached image (mirage3d.poses.facing)."""
+    from mirage3d.poses.facing import flip_difference
+
+    out = []
+    for _, data in cache.iter_shards():
+        if "feats_flip" not in data:
+            raise InputError("the facing score needs mirror features; extract them with --flip image (or features)")
+        feats = data["feats"].to(device).float()
+        fg = dm.to(device).foreground(feats, data["fg"].to(device).float(), data["has_mask"].bool().to(device))
+        out.append(flip_difference(feats, data["feats_flip"].to(device).float(), fg, grid))
+    return torch.cat(out)
+
+
+def add_facing(cache: FeatureCache, dm: DescriptorModel, labels: np.ndarray, d_raw: torch.Tensor, f_raw: torch.Tensor, cfg: DiscoverConfig,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[float]]:  # fmt: skip
+    """Fit the facing axis with pose ``labels`` and append the scores (+s to images, −s to flips)."""
+    from mirage3d.poses.facing import fit_facing
+
+    c = flip_differences(cache, dm, device, cfg.facing_grid)
+    facing, etas = fit_facing(c, labels, cfg.facing_components, cfg.facing_grid)
+    s = (c @ facing.axis.to(c.device)).cpu()[:, None]
+    dm.facing = facing.to("cpu")
+    return torch.cat([d_raw, s], 1), torch.cat([f_raw, -s], 1), etas
 
 
 def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path, cfg: DiscoverConfig | None = None, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> PoseSet:
@@ -177,6 +219,14 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     d = dm.normalise(d_raw)
     f = dm.normalise(f_raw) if f_raw is not None else d  # no flips: f = d makes m = identity the best map
     mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
+    facing_eta2 = None
+    if cfg.w_facing > 0:
+        if f_raw is None:
+            raise InputError("--w-facing needs mirror features; extract them with --flip image (or features)")
+        d_raw, f_raw, facing_eta2 = add_facing(cache, dm, mc.labels.numpy(), d_raw, f_raw, cfg, device)
+        fit_normalisation(dm, d_raw, f_raw, cfg)
+        d, f = dm.normalise(d_raw), dm.normalise(f_raw)
+        mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     if f_raw is None:
         mc.mirror = np.arange(cfg.num_poses)
     k = cfg.num_poses
@@ -208,6 +258,7 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
             "azimuth_deg": [float(a) for a in azimuth], "counts": [int(c) for c in counts],
             "ring_order": [int(inv[o]) for o in ring.order], "flip_agreement": mc.flip_agreement,
             "mirror_residual_deg": ring.mirror_residual_deg, "objective": mc.objective,
+            **({} if facing_eta2 is None else {"facing_eta2": [round(x, 5) for x in facing_eta2]}),
         })  # fmt: skip
         write_cameras(tmp, cameras)
         model.save(tmp)
@@ -276,6 +327,8 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     device = resolve_device(cfg.device)
     dm = fit_descriptor_model(cache, cfg, device)
     d_raw, f_raw = compute_descriptors(cache, dm, device)
+    if cfg.w_facing > 0 and f_raw is not None:  # the facing axis is refitted too, with the fixed labels
+        d_raw, f_raw, _ = add_facing(cache, dm, labels.numpy(), d_raw, f_raw, cfg, device)
     fit_normalisation(dm, d_raw, f_raw, cfg)
     d = dm.normalise(d_raw)
     f = dm.normalise(f_raw) if f_raw is not None else d

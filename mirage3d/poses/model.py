@@ -23,6 +23,7 @@ from mirage3d.io import atomic_path, atomic_write_json
 from mirage3d.poses.cluster import confidence_from_cost, joint_cost
 from mirage3d.poses.descriptors import flat_descriptors, part_descriptors
 from mirage3d.poses.features import Backbone, load_backbone
+from mirage3d.poses.facing import FacingModel
 from mirage3d.poses.parts import PartModel
 
 MODES = ("parts", "flat")
@@ -40,6 +41,7 @@ class DescriptorModel:
     fg_threshold: float = 0.5
     desc_mean: torch.Tensor | None = None  # (D,) set once fitted
     desc_scale: torch.Tensor | None = None  # (D,)
+    facing: FacingModel | None = None  # appends the facing score (image) and its negative (flip) as the last dimension
 
     def raw(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised descriptors (N, D) of features (N, h, w, C) with alpha coverage (N, h, w)."""
@@ -49,6 +51,22 @@ class DescriptorModel:
         pm = self.parts
         fg = pm.foreground(feats, fg_alpha.to(feats.device), has_mask.to(feats.device))
         return part_descriptors(pm.assign(feats, fg), fg, pm.num_parts, self.fg_threshold)
+
+    def foreground(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+        """The foreground weights the descriptor uses (N, h, w)."""
+        if self.mode == "flat":
+            return fg_alpha.to(feats.device).float()
+        return self.parts.foreground(feats, fg_alpha.to(feats.device), has_mask.to(feats.device))
+
+    def raw_pair(self, feats: torch.Tensor, feats_flip: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised descriptors of images and of their mirror images (features ``feats_flip``), with the
+        facing score (+s, −s) appended when the model has one."""
+        d = self.raw(feats, fg_alpha, has_mask)
+        f = self.raw(feats_flip, fg_alpha.flip(-1), has_mask)
+        if self.facing is not None:
+            s = self.facing.score(feats, feats_flip, self.foreground(feats, fg_alpha, has_mask))[:, None]
+            d, f = torch.cat([d, s], 1), torch.cat([f, -s], 1)
+        return d, f
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.desc_mean.to(raw.device)) * self.desc_scale.to(raw.device)
@@ -62,11 +80,14 @@ class DescriptorModel:
             t.update(self.parts.tensors())
         if self.flat_proj is not None:
             t.update({"flat_mean": self.flat_mean, "flat_proj": self.flat_proj})
+        if self.facing is not None:
+            t["facing_axis"] = self.facing.axis
         return t
 
     def to(self, device: torch.device | str) -> DescriptorModel:
         mv = lambda x: None if x is None else x.to(device)  # noqa: E731
-        return DescriptorModel(self.mode, None if self.parts is None else self.parts.to(device), mv(self.flat_mean), mv(self.flat_proj), self.flat_grid, self.fg_threshold, mv(self.desc_mean), mv(self.desc_scale))
+        return DescriptorModel(self.mode, None if self.parts is None else self.parts.to(device), mv(self.flat_mean), mv(self.flat_proj), self.flat_grid, self.fg_threshold,
+                               mv(self.desc_mean), mv(self.desc_scale), None if self.facing is None else self.facing.to(device))  # fmt: skip
 
 
 @dataclass
@@ -111,12 +132,13 @@ class PoseModel:
             fg_alpha = F.adaptive_avg_pool2d(masks.to(feats.device, torch.float32), (gh, gw))[:, 0]
             has_mask = torch.ones(b, dtype=torch.bool, device=feats.device)
         dm = self.descriptor.to(feats.device)
-        d = dm(feats, fg_alpha, has_mask)
         f = None
-        if self.flip == "image":
-            f = dm(bb(x.flip(-1), None if m is None else m.flip(-1)), fg_alpha.flip(-1), has_mask)
-        elif self.flip == "features":
-            f = dm(feats.flip(2), fg_alpha.flip(-1), has_mask)
+        if self.flip in ("image", "features"):
+            feats_flip = bb(x.flip(-1), None if m is None else m.flip(-1)) if self.flip == "image" else feats.flip(2)
+            d_raw, f_raw = dm.raw_pair(feats, feats_flip, fg_alpha, has_mask)
+            d, f = dm.normalise(d_raw), dm.normalise(f_raw)
+        else:
+            d = dm(feats, fg_alpha, has_mask)
         cost = self.pose_costs(d, f)
         labels = cost.argmin(1)
         conf = confidence_from_cost(cost, self.temperature)
@@ -150,6 +172,7 @@ class PoseModel:
             "descriptor_fg_threshold": self.descriptor.fg_threshold,
             "feature_fg_threshold": 0.0 if self.descriptor.parts is None else self.descriptor.parts.fg_threshold,
             "centre_images": False if self.descriptor.parts is None else self.descriptor.parts.centre_images,
+            "facing_grid": None if self.descriptor.facing is None else self.descriptor.facing.grid,
             **self.extra,
         }
         atomic_write_json(folder / "pose_model.json", meta)
@@ -166,8 +189,10 @@ class PoseModel:
             t = load_file(tensor_path)
             mode = meta["mode"]
             parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0), bool(meta.get("centre_images", False))) if mode == "parts" else None
-            dm = DescriptorModel(mode, parts, t.get("flat_mean"), t.get("flat_proj"), int(meta.get("flat_grid", 8)), float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"])
-            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold", "centre_images"}
+            facing = FacingModel(t["facing_axis"].float(), int(meta["facing_grid"])) if "facing_axis" in t else None
+            dm = DescriptorModel(mode, parts, t.get("flat_mean"), t.get("flat_proj"), int(meta.get("flat_grid", 8)), float(meta.get("descriptor_fg_threshold", 0.5)),
+                                 t["desc_mean"], t["desc_scale"], facing)  # fmt: skip
+            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold", "centre_images", "facing_grid"}
             ref = dict(meta["backbone"])
             # A relative backbone path is relative to the pose-model folder (a shipped model refers to its own
             # UNet as ".."), so the model folder can move.
