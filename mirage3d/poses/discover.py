@@ -200,6 +200,8 @@ def add_facing(cache: FeatureCache, dm: DescriptorModel, labels: np.ndarray, d_r
     c = flip_differences(cache, dm, device, cfg.facing_grid)
     facing, etas = fit_facing(c, labels, cfg.facing_components, cfg.facing_grid)
     s = (c @ facing.axis.to(c.device)).cpu()[:, None]
+    if float(s.std()) <= 1e-6 * float(c.norm(dim=1).mean().clamp_min(1e-12)):  # mirror-symmetric features: no facing signal
+        return d_raw, f_raw, etas
     dm.facing = facing.to("cpu")
     return torch.cat([d_raw, s], 1), torch.cat([f_raw, -s], 1), etas
 
@@ -224,9 +226,10 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
         if f_raw is None:
             raise InputError("--w-facing needs mirror features; extract them with --flip image (or features)")
         d_raw, f_raw, facing_eta2 = add_facing(cache, dm, mc.labels.numpy(), d_raw, f_raw, cfg, device)
-        fit_normalisation(dm, d_raw, f_raw, cfg)
-        d, f = dm.normalise(d_raw), dm.normalise(f_raw)
-        mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
+        if dm.facing is not None:  # (None: the features hold no left/right difference; the first pass stands)
+            fit_normalisation(dm, d_raw, f_raw, cfg)
+            d, f = dm.normalise(d_raw), dm.normalise(f_raw)
+            mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     if f_raw is None:
         mc.mirror = np.arange(cfg.num_poses)
     k = cfg.num_poses
@@ -258,7 +261,7 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
             "azimuth_deg": [float(a) for a in azimuth], "counts": [int(c) for c in counts],
             "ring_order": [int(inv[o]) for o in ring.order], "flip_agreement": mc.flip_agreement,
             "mirror_residual_deg": ring.mirror_residual_deg, "objective": mc.objective,
-            **({} if facing_eta2 is None else {"facing_eta2": [round(x, 5) for x in facing_eta2]}),
+            **({} if facing_eta2 is None else {"facing_eta2": [round(x, 5) for x in facing_eta2], "facing_used": dm.facing is not None}),
         })  # fmt: skip
         write_cameras(tmp, cameras)
         model.save(tmp)

@@ -61,8 +61,10 @@ def box_pool(feats: torch.Tensor, fg: torch.Tensor, grid: int) -> torch.Tensor:
     box = foreground_boxes(fg)
     m = grid * SUBSAMPLES
     t = (torch.arange(m, device=feats.device, dtype=torch.float32) + 0.5) / m  # (m,) in (0, 1)
-    px = box[:, 0:1] + t[None] * (box[:, 2:3] - box[:, 0:1])  # (N, m) patch coordinates
-    py = box[:, 1:2] + t[None] * (box[:, 3:4] - box[:, 1:2])
+    # Samples span the centres of the box's first and last patches (patch i is centred at i + 0.5), so no
+    # sample blends in a patch outside the box.
+    px = box[:, 0:1] + 0.5 + t[None] * (box[:, 2:3] - box[:, 0:1] - 1)  # (N, m) continuous patch coordinates
+    py = box[:, 1:2] + 0.5 + t[None] * (box[:, 3:4] - box[:, 1:2] - 1)
     gx, gy = 2 * px / w - 1, 2 * py / h - 1  # grid_sample's normalised coordinates (align_corners=False)
     sample = torch.stack([gx[:, None, :].expand(n, m, m), gy[:, :, None].expand(n, m, m)], dim=-1)
     s = F.grid_sample(u, sample, mode="bilinear", padding_mode="zeros", align_corners=False)  # (N, C, m, m)
@@ -99,14 +101,17 @@ class FacingModel:
         return FacingModel(self.axis.to(device), self.grid)
 
 
-def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2) -> tuple[FacingModel, list[float]]:
+def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2, min_share: float = 0.01) -> tuple[FacingModel, list[float]]:
     """Facing axis from flip differences ``c`` (N, D) and first-pass pose ``labels`` (N,).
 
     Principal components of {c, −c} (centred at 0 by construction); the one whose scores the labels explain
-    best (η²) is the axis. Returns the model and every component's η² (for the record).
+    best (η²) is the axis. Returns the model and every component's η² (for the record; 0 = not a candidate).
+    Components with under ``min_share`` of the top component's variance are not candidates: η² does not
+    depend on scale, and a near-empty direction (rank-deficient data, rounding noise) can score high by chance.
     """
     _, comps = fit_pca(torch.cat([c, -c]).float(), components)
     scores = (c.float() @ comps).cpu().numpy()  # (N, components)
-    etas = [eta_squared(scores[:, j], labels) for j in range(scores.shape[1])]
+    var = scores.var(0)
+    etas = [eta_squared(scores[:, j], labels) if var[j] >= min_share * var.max() else 0.0 for j in range(scores.shape[1])]
     j = int(np.argmax(etas))
     return FacingModel(comps[:, j].contiguous(), grid), etas
