@@ -67,6 +67,8 @@ class DiscoverConfig:
     """the facing score pools features over a grid x grid split of the object's box"""
     facing_components: int = 10
     """principal components of the flip differences the facing axis is chosen from"""
+    facing_component: int | None = None
+    """use this principal component (0-based) as the facing axis instead of the one the first-pass poses explain best"""
     elevation_deg: float = 17.5
     """camera elevation of every pose"""
     fov_deg: float = 40.0
@@ -120,6 +122,8 @@ def check_discovery_input(num_images: int, cfg: DiscoverConfig) -> None:
         raise InputError(f"spacing {cfg.spacing!r} is unknown; use uniform or sizes")
     if not cfg.w_facing >= 0 or cfg.facing_grid < 1 or cfg.facing_components < 1:
         raise InputError(f"--w-facing {cfg.w_facing} must be >= 0 (facing grid and components >= 1)")
+    if cfg.facing_component is not None and not 0 <= cfg.facing_component < cfg.facing_components:
+        raise InputError(f"--facing-component {cfg.facing_component} must be in 0..{cfg.facing_components - 1}")
     if num_images < MIN_IMAGES:
         raise InputError(f"pose discovery needs at least {MIN_IMAGES} images; the collection has {num_images}")
     if cfg.num_poses > num_images:
@@ -198,7 +202,7 @@ def add_facing(cache: FeatureCache, dm: DescriptorModel, labels: np.ndarray, d_r
     from mirage3d.poses.facing import fit_facing
 
     c = flip_differences(cache, dm, device, cfg.facing_grid)
-    facing, etas = fit_facing(c, labels, cfg.facing_components, cfg.facing_grid)
+    facing, etas = fit_facing(c, labels, cfg.facing_components, cfg.facing_grid, component=cfg.facing_component)
     s = (c @ facing.axis.to(c.device)).cpu()[:, None]
     if float(s.std()) <= 1e-6 * float(c.norm(dim=1).mean().clamp_min(1e-12)):  # mirror-symmetric features: no facing signal
         return d_raw, f_raw, etas

@@ -101,7 +101,8 @@ class FacingModel:
         return FacingModel(self.axis.to(device), self.grid)
 
 
-def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2, min_share: float = 0.01) -> tuple[FacingModel, list[float]]:
+def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2, min_share: float = 0.01,
+               component: int | None = None) -> tuple[FacingModel, list[float]]:  # fmt: skip
     """Facing axis from flip differences ``c`` (N, D) and first-pass pose ``labels`` (N,).
 
     Principal components of {c, −c} (centred at 0 by construction); the one whose scores the labels explain
@@ -113,5 +114,5 @@ def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: 
     scores = (c.float() @ comps).cpu().numpy()  # (N, components)
     var = scores.var(0)
     etas = [eta_squared(scores[:, j], labels) if var[j] >= min_share * var.max() else 0.0 for j in range(scores.shape[1])]
-    j = int(np.argmax(etas))
+    j = int(np.argmax(etas)) if component is None else int(component)  # ``component``: a fixed choice instead
     return FacingModel(comps[:, j].contiguous(), grid), etas
