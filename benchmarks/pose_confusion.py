@@ -35,7 +35,7 @@ def main() -> None:
     labels = np.array(p["labels"])
     az = np.array(p["azimuth_deg"])
     pred = az[labels]
-    rot, _, refl = best_alignment(pred, true)
+    _, rot, refl = best_alignment(pred, true)  # (median error, rotation, reflected)
     aligned = np.mod((-pred if refl else pred) + rot, 360.0)
     err = np.abs(circular_difference(aligned, true))
     hist = np.histogram(err, bins=6, range=(0, 180))[0]

@@ -12,9 +12,12 @@ the flipped image's features with the flipped mask). c is exactly antisymmetric 
 c(flip x) = -c(x). Its principal components hold several left/right differences (the light direction of a
 render, for one) besides the facing. The facing component is the one that the first-pass pose labels
 explain best: images of one pose mostly face the same way, while the light does not depend on the pose.
-So the component with the largest between-pose share of variance (η²) is kept.
-Measured on 6,000 car renders: the chosen kind of component tells the facing of views more than 22° from
-front/back 87-90 % of the time, against 57-59 % for the top component (`benchmarks/pose_direction_probe.py`).
+The first-pass poses hold views φ and φ + 180° together. So they explain well the left/right differences
+that are the same for both views (which end of the object is nearer the camera, for one), and only partly
+the facing. The axis is therefore the largest-variance component that the poses explain less than half of
+(η² < 0.5). This rule was chosen on one collection (`docs/poses.md`).
+Measured on car renders, the third component tells the facing of views more than 22° from front/back 87-90 %
+of the time, against 57-60 % for the first (`benchmarks/pose_direction_probe.py`).
 
 The facing score s(x) = c(x) · axis is appended to the image's descriptor and -s(x) to its flip's, and the
 poses are clustered again.
@@ -101,18 +104,20 @@ class FacingModel:
         return FacingModel(self.axis.to(device), self.grid)
 
 
-def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2, min_share: float = 0.01,
+def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2, max_eta2: float = 0.5,
                component: int | None = None) -> tuple[FacingModel, list[float]]:  # fmt: skip
     """Facing axis from flip differences ``c`` (N, D) and first-pass pose ``labels`` (N,).
 
-    Principal components of {c, −c} (centred at 0 by construction); the one whose scores the labels explain
-    best (η²) is the axis. Returns the model and every component's η² (for the record; 0 = not a candidate).
-    Components with under ``min_share`` of the top component's variance are not candidates: η² does not
-    depend on scale, and a near-empty direction (rank-deficient data, rounding noise) can score high by chance.
+    Principal components of {c, −c} (centred at 0 by construction), by decreasing variance. The first-pass
+    poses hold views φ and φ + 180° together, so they explain well (η² > ``max_eta2``) the left/right
+    differences that are the same for both (which end of the object is nearer, for one) and only partly the
+    facing, which is opposite for the two. The axis is the first component the poses explain less than that
+    (``component``: a fixed choice instead). Returns the model and every component's η² (for the record).
     """
     _, comps = fit_pca(torch.cat([c, -c]).float(), components)
     scores = (c.float() @ comps).cpu().numpy()  # (N, components)
-    var = scores.var(0)
-    etas = [eta_squared(scores[:, j], labels) if var[j] >= min_share * var.max() else 0.0 for j in range(scores.shape[1])]
-    j = int(np.argmax(etas)) if component is None else int(component)  # ``component``: a fixed choice instead
-    return FacingModel(comps[:, j].contiguous(), grid), etas
+    etas = [eta_squared(scores[:, j], labels) for j in range(scores.shape[1])]
+    if component is None:
+        below = [j for j, e in enumerate(etas) if e < max_eta2]
+        component = below[0] if below else int(np.argmin(etas))
+    return FacingModel(comps[:, int(component)].contiguous(), grid), etas
