@@ -40,8 +40,8 @@ from mirage3d.errors import DependencyError, InputError, MirageError
 from mirage3d.io import check_writable_parent, read_transforms
 from mirage3d.recon.config import FORMATS, ReconConfig
 from mirage3d.recon.fit import Progress, scene_box
-from mirage3d.recon.mesh import TexturedMesh, export, output_format
-from mirage3d.recon.pipeline import ReconResult
+from mirage3d.recon.mesh import TexturedMesh, export
+from mirage3d.recon.pipeline import ReconResult, check_output, write_mesh_preview
 from mirage3d.recon.views import ViewSet, load_views
 
 METHODS = ("instant-ngp-bounded", "nerfacto")
@@ -275,9 +275,7 @@ def reconstruct_nerfstudio(views_dir: str | Path, output: str | Path, config: Ne
     cfg = config or NerfstudioConfig()
     cfg.validate()
     output = Path(output)
-    fmt = output_format(output, cfg.format)
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder; give a file path such as {output / 'mesh.glb'}")
+    fmt = check_output(output, cfg.format)
     train_exe, export_exe = find_nerfstudio()
     check_writable_parent(output)
     say = phase or (lambda name: None)
@@ -324,11 +322,7 @@ def reconstruct_nerfstudio(views_dir: str | Path, output: str | Path, config: Ne
     t = tick("convert", t)
     if cfg.preview:
         say("preview")
-        from mirage3d.recon.render import write_preview
-
-        png, gif = output.with_name(output.stem + ".preview.png"), output.with_name(output.stem + ".preview.gif")
-        write_preview(textured.to_trimesh(), png, gif)
-        files += [png, gif]
+        files += write_mesh_preview(textured, output)
         t = tick("preview", t)
     timings["total"] = time.perf_counter() - t_all
     return ReconResult(

@@ -12,7 +12,7 @@ from mirage3d.config import save_config
 from mirage3d.errors import InputError
 from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.fit import Progress, fit_field
-from mirage3d.recon.mesh import bake_texture, export, extract_mesh, output_format
+from mirage3d.recon.mesh import TexturedMesh, bake_texture, export, extract_mesh, output_format
 from mirage3d.recon.views import load_views
 
 
@@ -30,6 +30,23 @@ class ReconResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def check_output(output: Path, fmt: str | None) -> str:
+    """The mesh format for ``output`` (``fmt`` or its suffix); one-line error if ``output`` is a folder. Shared by the backends."""
+    fmt = output_format(output, fmt)
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder; give a file path such as {output / 'mesh.glb'}")
+    return fmt
+
+
+def write_mesh_preview(textured: TexturedMesh, output: Path) -> list[Path]:
+    """``OUTPUT.preview.png`` (turntable strip) and ``.gif`` of the textured mesh; returns their paths."""
+    from mirage3d.recon.render import write_preview
+
+    png, gif = output.with_name(output.stem + ".preview.png"), output.with_name(output.stem + ".preview.gif")
+    write_preview(textured.to_trimesh(), png, gif)
+    return [png, gif]
+
+
 def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig | None = None,
                 progress: Progress | None = None, phase: Callable[[str], None] | None = None) -> ReconResult:
     """Fit a voxel radiance field to the views in ``views_dir`` and write a textured mesh to ``output``.
@@ -41,9 +58,7 @@ def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig |
     cfg = config or ReconConfig()
     cfg.validate()
     output = Path(output)
-    fmt = output_format(output, cfg.format)
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder; give a file path such as {output / 'mesh.glb'}")
+    fmt = check_output(output, cfg.format)
     say = phase or (lambda name: None)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -74,11 +89,7 @@ def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig |
     t = tick("export", t)
     if cfg.preview:
         say("preview")
-        from mirage3d.recon.render import write_preview
-
-        png, gif = output.with_name(output.stem + ".preview.png"), output.with_name(output.stem + ".preview.gif")
-        write_preview(textured.to_trimesh(), png, gif)
-        files += [png, gif]
+        files += write_mesh_preview(textured, output)
         t = tick("preview", t)
     timings["total"] = time.perf_counter() - t_all
     return ReconResult(
