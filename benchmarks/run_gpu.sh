@@ -4,7 +4,7 @@
 #   benchmarks/run_gpu.sh WORK OUTDIR A|B
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
-# T: make-asset wall time with a warm bytecode cache (one warm-up command, then the three examples), feature
+# T: make-asset wall time after one warm-up command (the three examples), feature
 #    throughput in bf16, and more pose-discovery settings (flat UNet descriptor, t = 100, up0+up1).
 # S: speed of the shipped path: recon on 32-view orbits (16 and 8 views), make-asset on the three example
 #    images (wall time of the whole command, imports included), make-asset end-to-end eval on 5 objects.
@@ -16,10 +16,20 @@ MESHES=${MESHES:-../shared/meshes/cars}; MODEL=${MODEL:-assets/models/car}
 mkdir -p "$W" "$O"
 log() { echo; echo "## $*"; } >> "$O/results.md"
 run() { local t=$1; shift; timeout "$t" "$@" 2>&1 | grep -E "^\|" >> "$O/results.md"; }
+render_cars() { [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null; }
+render_heldout() { [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null; }
+time_examples() {  # make-asset on the three example images: stage table and wall time of each command
+  for ex in sportscar basic_taxi suv; do
+    log "make-asset assets/examples/$ex.png (GPU, 50 steps$1, wall time of the command)"
+    local s0; s0=$(date +%s.%N)
+    timeout 90 mirage3d make-asset "assets/examples/$ex.png" -o "$W/$ex.glb" --model "$MODEL" --steps 50 --overwrite 2>&1 | tail -12 >> "$O/results.md"
+    echo "wall: $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s" >> "$O/results.md"
+  done
+}
 nvidia-smi --query-gpu=name --format=csv,noheader >> "$O/results.md"
 if [ "$PART" = A ]; then
-  [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null
-  [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null
+  render_cars
+  render_heldout
   # pose model on the final UNet's features (same labels/cameras); the model refers to its own UNet as ".."
   mirage3d poses refit "$MODEL/poses" --backbone "$MODEL" --collection "$W/cars" -o "$W/refit" --timestep 200 --blocks up0 --overwrite | tail -2
   python3 - "$W/refit/pose_model.json" <<'PY'
@@ -37,7 +47,7 @@ PY
   log "views fidelity (3 rows)"
   run 120 python3 benchmarks/eval_views.py --model "$MODEL" --orbits-dir "$W/heldout/orbits" --input-frame 1 --steps 50 --hard 1.0 --max-objects 6 --device cuda --out "$W/ev"
 elif [ "$PART" = P ]; then
-  [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null
+  render_cars
   python3 -X importtime -m mirage3d.cli make-asset assets/examples/suv.png -o "$W/p1.glb" --model "$MODEL" --steps 50 --overwrite 2> "$O/importtime.txt" | tail -9 >> "$O/results.md"
   timeout 60 python3 -m cProfile -o "$O/make_asset.prof" -m mirage3d.cli make-asset assets/examples/suv.png -o "$W/p2.glb" --model "$MODEL" --steps 50 --overwrite > /dev/null 2>&1
   log "pose discovery sweep, MODEL's UNet (t = 200, up0), 6,000 renders"
@@ -49,14 +59,9 @@ elif [ "$PART" = P ]; then
   log "feature extraction throughput"
   run 50 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --collection "$W/cars" --out "$W/bf"
 elif [ "$PART" = T ]; then
-  [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null
+  render_cars
   mirage3d make-asset assets/examples/suv.png -o "$W/warm.glb" --model "$MODEL" --steps 50 --overwrite > /dev/null 2>&1
-  for ex in sportscar basic_taxi suv; do
-    log "make-asset assets/examples/$ex.png (GPU, 50 steps, warm bytecode cache, wall time of the command)"
-    s0=$(date +%s.%N)
-    timeout 90 mirage3d make-asset "assets/examples/$ex.png" -o "$W/$ex.glb" --model "$MODEL" --steps 50 --overwrite 2>&1 | tail -12 >> "$O/results.md"
-    echo "wall: $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s" >> "$O/results.md"
-  done
+  time_examples ", after one warm-up command"
   log "feature extraction throughput, bf16"
   run 60 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --dtypes bfloat16 --baselines "" --collection "$W/cars" --out "$W/bf"
   log "pose discovery: flat UNet descriptor, t = 100, up0+up1 (MODEL's UNet, 6,000 renders)"
@@ -66,14 +71,9 @@ elif [ "$PART" = T ]; then
 elif [ "$PART" = S ]; then
   log "recon on orbit renders (32-view orbits; 16 or 8 for training, the rest held out)"
   run 200 python3 benchmarks/bench_recon.py --meshes "$MESHES" --limit 3 --views 16 8 --device cuda --out "$W/br"
-  for ex in sportscar basic_taxi suv; do
-    log "make-asset assets/examples/$ex.png (GPU, 50 steps, wall time of the command)"
-    s0=$(date +%s.%N)
-    timeout 90 mirage3d make-asset "assets/examples/$ex.png" -o "$W/$ex.glb" --model "$MODEL" --steps 50 --overwrite 2>&1 | tail -12 >> "$O/results.md"
-    echo "wall: $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s" >> "$O/results.md"
-  done
+  time_examples ""
   tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
-  [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null
+  render_heldout
   log "make-asset end to end on held-out appearances (orbit frame 1 as input, 50 steps)"
   run 240 python3 benchmarks/eval_asset.py --collection "$W/heldout" --model "$MODEL" --out "$W/asset" --objects 5 --steps 50 --device cuda
   cp "$W/asset/eval_asset.json" "$O/"
@@ -81,6 +81,6 @@ else
   log "views speed (H100, random weights, bf16)"
   run 60 python3 benchmarks/bench_views.py --views 8,16 --steps 25,50 --hard 0,1 --device cuda --repeats 2
   log "recon on orbit renders"
-  [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null
+  render_heldout
   run 90 python3 benchmarks/bench_recon.py --collection "$W/heldout" --views 16 8 --limit 3 --device cuda --out "$W/br"
 fi
