@@ -187,11 +187,12 @@ def flip_differences(cache: FeatureCache, dm: DescriptorModel, device: torch.dev
     from mirage3d.poses.facing import flip_difference
 
     out = []
+    dm = dm.to(device)
     for _, data in cache.iter_shards():
         if "feats_flip" not in data:
             raise InputError("the facing score needs mirror features; extract them with --flip image (or features)")
         feats = data["feats"].to(device).float()
-        fg = dm.to(device).foreground(feats, data["fg"].to(device).float(), data["has_mask"].bool().to(device))
+        fg = dm.foreground(feats, data["fg"].to(device).float(), data["has_mask"].bool().to(device))
         out.append(flip_difference(feats, data["feats_flip"].to(device).float(), fg, grid))
     return torch.cat(out)
 

@@ -45,11 +45,14 @@ class DescriptorModel:
 
     def raw(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised descriptors (N, D) of features (N, h, w, C) with alpha coverage (N, h, w)."""
+        return self._raw(feats, self.foreground(feats, fg_alpha, has_mask))
+
+    def _raw(self, feats: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+        """:meth:`raw` given the foreground weights from :meth:`foreground`."""
         if self.mode == "flat":
             x = flat_descriptors(feats, self.flat_grid)
             return (x - self.flat_mean.to(x.device)) @ self.flat_proj.to(x.device)
         pm = self.parts
-        fg = pm.foreground(feats, fg_alpha.to(feats.device), has_mask.to(feats.device))
         return part_descriptors(pm.assign(feats, fg), fg, pm.num_parts, self.fg_threshold)
 
     def foreground(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
@@ -61,10 +64,11 @@ class DescriptorModel:
     def raw_pair(self, feats: torch.Tensor, feats_flip: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised descriptors of images and of their mirror images (features ``feats_flip``), with the
         facing score (+s, −s) appended when the model has one."""
-        d = self.raw(feats, fg_alpha, has_mask)
+        fg = self.foreground(feats, fg_alpha, has_mask)  # once: the descriptor and the facing score share it
+        d = self._raw(feats, fg)
         f = self.raw(feats_flip, fg_alpha.flip(-1), has_mask)
         if self.facing is not None:
-            s = self.facing.score(feats, feats_flip, self.foreground(feats, fg_alpha, has_mask))[:, None]
+            s = self.facing.score(feats, feats_flip, fg)[:, None]
             d, f = torch.cat([d, s], 1), torch.cat([f, -s], 1)
         return d, f
 
