@@ -36,22 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mirage3d.cameras import circular_difference  # noqa: E402
 from mirage3d.poses.evaluate import read_ground_truth  # noqa: E402
 from mirage3d.poses.extract import FeatureCache  # noqa: E402
+from mirage3d.poses.facing import box_pool  # noqa: E402  (the pooling the facing score uses)
 from mirage3d.poses.parts import fit_pca, kmeans  # noqa: E402
-
-
-def box_pool(feats: torch.Tensor, fg: torch.Tensor, g: int) -> torch.Tensor:
-    """(N, h, w, C) unit features inside the foreground, pooled over each image's foreground box to g x g."""
-    u = F.normalize(feats.float(), dim=-1) * (fg >= 0.5)[..., None]
-    out = []
-    for i in range(len(u)):
-        m = fg[i] >= 0.5
-        if m.any():
-            ys, xs = torch.nonzero(m, as_tuple=True)
-            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-        else:
-            y0, y1, x0, x1 = 0, u.shape[1], 0, u.shape[2]
-        out.append(F.adaptive_avg_pool2d(u[i, y0:y1, x0:x1].permute(2, 0, 1)[None], (g, g)).flatten(1))
-    return torch.cat(out)
 
 
 def mirror_pair_facing(b: torch.Tensor, bf: torch.Tensor, labels: np.ndarray, mirror: np.ndarray, sin: np.ndarray, keep: np.ndarray) -> float:
