@@ -55,9 +55,7 @@ def discover(
     cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
                          w_box=w_box, spacing=spacing, device=device, seed=seed, centre_images=centre_images, max_self_mirror=max_self_mirror, w_facing=w_facing,
                          facing_component=facing_component)  # fmt: skip
-    check_discovery_input(len(list_images(collection)), cfg)
-    if w_facing > 0 and flip == "none":
-        raise InputError("--w-facing needs mirror features; use --flip image (or features)")
+    check_discovery_input(len(list_images(collection)), cfg, flip)
     check_output_dir(output, overwrite)
     if backbone is None:
         if features is None or not (features / MANIFEST).exists():

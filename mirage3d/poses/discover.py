@@ -110,8 +110,8 @@ class PoseSet:
         return len(self.mirror)
 
 
-def check_discovery_input(num_images: int, cfg: DiscoverConfig) -> None:
-    """Refuse impossible settings before any work is done."""
+def check_discovery_input(num_images: int, cfg: DiscoverConfig, flip: str | None = None) -> None:
+    """Refuse impossible settings before any work is done (``flip``: the feature cache's flip mode, if known)."""
     if cfg.mode not in MODES:
         raise InputError(f"descriptor mode {cfg.mode!r} is unknown; use one of {', '.join(MODES)}")
     if cfg.num_poses < 2:
@@ -122,6 +122,8 @@ def check_discovery_input(num_images: int, cfg: DiscoverConfig) -> None:
         raise InputError(f"spacing {cfg.spacing!r} is unknown; use uniform or sizes")
     if not cfg.w_facing >= 0 or cfg.facing_grid < 1 or cfg.facing_components < 1:
         raise InputError(f"--w-facing {cfg.w_facing} must be >= 0 (facing grid and components >= 1)")
+    if cfg.w_facing > 0 and flip == "none":
+        raise InputError("--w-facing needs mirror features; use --flip image (or features)")
     if cfg.facing_component is not None and not 0 <= cfg.facing_component < cfg.facing_components:
         raise InputError(f"--facing-component {cfg.facing_component} must be in 0..{cfg.facing_components - 1}")
     if num_images < MIN_IMAGES:
@@ -216,7 +218,7 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     from mirage3d.devices import resolve_device
 
     cfg = cfg or DiscoverConfig()
-    check_discovery_input(cache.num_images, cfg)
+    check_discovery_input(cache.num_images, cfg, cache.flip)
     collection = Path(collection)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -227,9 +229,7 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     f = dm.normalise(f_raw) if f_raw is not None else d  # no flips: f = d makes m = identity the best map
     mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     facing_eta2 = None
-    if cfg.w_facing > 0:
-        if f_raw is None:
-            raise InputError("--w-facing needs mirror features; extract them with --flip image (or features)")
+    if cfg.w_facing > 0:  # (check_discovery_input refused a cache without mirror features)
         d_raw, f_raw, facing_eta2 = add_facing(cache, dm, mc.labels.numpy(), d_raw, f_raw, cfg, device)
         if dm.facing is not None:  # (None: the features hold no left/right difference; the first pass stands)
             fit_normalisation(dm, d_raw, f_raw, cfg)

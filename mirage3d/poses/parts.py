@@ -97,10 +97,9 @@ class PartModel:
 
         ``fg`` (N, h, w) weighs the per-image mean (foreground patches only); None: from the features.
         """
-        return centre_per_image(feats, self.foreground_or_features(feats, fg)) if self.centre_images else F.normalize(feats.float(), dim=-1)
-
-    def foreground_or_features(self, feats: torch.Tensor, fg: torch.Tensor | None) -> torch.Tensor:
-        return self.feature_foreground(feats) if fg is None else fg
+        if not self.centre_images:
+            return F.normalize(feats.float(), dim=-1)
+        return centre_per_image(feats, self.feature_foreground(feats) if fg is None else fg)
 
     def embed(self, feats: torch.Tensor, fg: torch.Tensor | None = None) -> torch.Tensor:
         """(N, h, w, C) → (N, h, w, d) unit-norm reduced features (any (…, C) when not ``centre_images``)."""
