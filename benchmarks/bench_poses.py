@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--modes", default="parts", help="descriptor modes for UNet backbones: parts, flat or parts,flat")
     ap.add_argument("--colour-perms", default="1", help="comma-separated UNet colour_perms values (1..6)")
     ap.add_argument("--w-facing", default="0", help="comma-separated facing weights to sweep (0 = off)")
+    ap.add_argument("--w-front", default="0", help="comma-separated front/back weights to sweep (0 = off; only with a facing weight > 0)")
     ap.add_argument("--max-fixed", default="none", help="comma-separated max_self_mirror values: none, 0, 2, ...")
     ap.add_argument("--centre", default="0", help="comma-separated centre_images settings to sweep: 0, 1 or 0,1")
     ap.add_argument("--spacing", default="uniform", help="uniform or sizes")
@@ -77,8 +78,9 @@ def main() -> None:
     centres = [bool(int(x)) for x in args.centre.split(",")]
     fixeds = [None if x.strip() == "none" else int(x) for x in args.max_fixed.split(",")]
     facings = [float(x) for x in args.w_facing.split(",")]
-    print("| backbone | flip | centre | max self-mirror | w facing | P | K | w (vis, loc, box) | ARI | NMI | median az err (deg) | within 45 deg | flip agreement | extract s | discover s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    fronts = [float(x) for x in args.w_front.split(",")]
+    print("| backbone | flip | centre | max self-mirror | w facing | w front | P | K | w (vis, loc, box) | ARI | NMI | median az err (deg) | within 45 deg | flip agreement | extract s | discover s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, spec, mode), flip in itertools.product(settings, flips):
         bb = load_backbone(spec["spec"], timestep=spec.get("timestep", 100), blocks=spec.get("blocks", ("up0",)), seed=args.seed, colour_perms=spec.get("colour_perms", 1))
         t0 = time.perf_counter()
@@ -86,21 +88,23 @@ def main() -> None:
                                  ExtractConfig(batch_size=args.batch_size, flip=flip, device=args.device, dtype=args.dtype, num_workers=args.workers))  # fmt: skip
         t_extract = time.perf_counter() - t0
         del bb
-        for k, p, w, c, mf, wf in itertools.product(ks, parts if mode == "parts" else [0], weights if mode == "parts" else [weights[0]],
-                                                    centres if mode == "parts" else [False], fixeds, facings):  # fmt: skip
+        for k, p, w, c, mf, wf, wr in itertools.product(ks, parts if mode == "parts" else [0], weights if mode == "parts" else [weights[0]],
+                                                        centres if mode == "parts" else [False], fixeds, facings, fronts):  # fmt: skip
+            if wr > 0 and wf <= 0:
+                continue
             tag = (f"{name}_{flip}_{mode}_K{k}_P{p}_w{'-'.join(f'{x:g}' for x in w)}" + ("_centred" if c else "") + (f"_fix{mf}" if mf is not None else "")
-                   + (f"_facing{wf:g}" if wf else ""))  # fmt: skip
+                   + (f"_facing{wf:g}" if wf else "") + (f"_front{wr:g}" if wr else ""))  # fmt: skip
             cfg = DiscoverConfig(num_poses=k, num_parts=max(p, 2), mode=mode, pca_dim=args.pca_dim, w_visibility=w[0], w_location=w[1], w_box=w[2],
-                                 spacing=args.spacing, device=args.device, seed=args.seed, centre_images=c, max_self_mirror=mf, w_facing=wf)  # fmt: skip
+                                 spacing=args.spacing, device=args.device, seed=args.seed, centre_images=c, max_self_mirror=mf, w_facing=wf, w_front=wr)  # fmt: skip
             t0 = time.perf_counter()
             ps = discover_poses(cache, args.collection, args.out / "poses" / tag, cfg, overwrite=True)
             t_disc = time.perf_counter() - t0
             m = evaluate_poses(args.out / "poses" / tag, args.collection)
-            row = {"backbone": name, "mode": mode, "flip": flip, "centre_images": c, "max_self_mirror": mf, "w_facing": wf, "P": p if mode == "parts" else "-", "K": k, "w": w, **m.to_json(), "flip_agreement": ps.flip_agreement,
+            row = {"backbone": name, "mode": mode, "flip": flip, "centre_images": c, "max_self_mirror": mf, "w_facing": wf, "w_front": wr, "P": p if mode == "parts" else "-", "K": k, "w": w, **m.to_json(), "flip_agreement": ps.flip_agreement,
                    "extract_s": t_extract, "discover_s": t_disc}  # fmt: skip
             rows.append(row)
             wtxt = ", ".join(f"{x:g}" for x in w) if mode == "parts" else "-"
-            print(f"| {name} | {flip} | {'yes' if c else 'no'} | {'-' if mf is None else mf} | {wf:g} | {row['P']} | {k} | {wtxt} | {m.ari:.3f} | {m.nmi:.3f} | {m.median_error_deg:.1f} | {100 * m.within_45_deg:.0f}% | "
+            print(f"| {name} | {flip} | {'yes' if c else 'no'} | {'-' if mf is None else mf} | {wf:g} | {wr:g} | {row['P']} | {k} | {wtxt} | {m.ari:.3f} | {m.nmi:.3f} | {m.median_error_deg:.1f} | {100 * m.within_45_deg:.0f}% | "
                   f"{ps.flip_agreement:.2f} | {t_extract:.0f} | {t_disc:.0f} |", flush=True)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_poses.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -10,6 +10,11 @@
 #    images (wall time of the whole command, imports included), make-asset end-to-end eval on 5 objects.
 # P: poses on 6,000 renders: a profile of make-asset (import times + cProfile), the discovery sweep with
 #    MODEL's UNet (colour permutations, per-image centring), the HOG / random-ViT baselines, feature throughput.
+# R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
+#    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
+#    model.tar.part-* (join with cat, untar into assets/models/car).
+# F: the facing score on 6,000 renders (MODEL's UNet, t = 200, P = 8, w 0,1,0; --w-facing 0 / 0.5, three
+#    clustering seeds), where its poses go wrong, and the compact statistics (pose_stats_dump.py) for CPU study.
 set -uo pipefail
 W=$1; O=$2; PART=$3
 MESHES=${MESHES:-../shared/meshes/cars}; MODEL=${MODEL:-assets/models/car}
@@ -58,6 +63,37 @@ elif [ "$PART" = P ]; then
   run 100 python3 benchmarks/bench_poses.py --collection "$W/cars" --out "$W/bpb" --baselines --parts 16 --weights "1,1,0.5" --device cuda --workers 16
   log "feature extraction throughput"
   run 50 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --collection "$W/cars" --out "$W/bf"
+elif [ "$PART" = R ]; then
+  render_cars
+  for seed in 0 1; do
+    log "pose discovery, facing + front/back scores, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
+    run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bf$seed" --timesteps 200 --parts 8 \
+        --weights "0,1,0" --w-facing 0,0.5 --w-front 0,0.5 --seed "$seed" --device cuda --workers 16
+    if [ "$seed" = 0 ]; then
+      cp "$W/bf0/bench_poses.json" "$O/bench_poses_front.json"
+      log "where the poses go wrong, --w-facing 0.5 --w-front 0.5 (seed 0)"
+      python3 benchmarks/pose_confusion.py "$W/bf0/poses/unet_t200_up0_image_parts_K8_P8_w0-1-0_facing0.5_front0.5" "$W/cars" >> "$O/results.md" 2>&1
+    fi
+  done
+  log "discover-front (the new shipped labels)"
+  BACKBONE=$MODEL bash scripts/train_default_car.sh "$W" discover-front 2>&1 | tail -3 >> "$O/results.md"
+  cp "$W/poses_front/poses_sheet.png" "$O/" 2>/dev/null
+  log "phase2-front"
+  BACKBONE=$MODEL bash scripts/train_default_car.sh "$W" phase2-front "${MIN:-4}" > "$W/train.log" 2>&1; tail -5 "$W/train.log" >> "$O/results.md"
+  python3 scripts/pack_model.py "$W/model_front" "$W/packed" --dtype bf16 --overwrite >> "$O/results.md" 2>&1
+  tar cf - -C "$W" packed | split -b 15M - "$O/model.tar.part-"
+elif [ "$PART" = F ]; then
+  render_cars
+  for seed in 0 1 2; do
+    log "pose discovery with the facing score, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
+    run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bf$seed" --timesteps 200 --parts 8 \
+        --weights "0,1,0" --w-facing 0,0.5 --seed "$seed" --device cuda --workers 16
+    [ "$seed" = 0 ] && cp "$W/bf0/bench_poses.json" "$O/bench_poses_facing.json"
+    mkdir -p "$W/bf1/features" "$W/bf2/features"; ln -sfn "$W/bf0/features/unet_t200_up0_image" "$W/bf1/features/"; ln -sfn "$W/bf0/features/unet_t200_up0_image" "$W/bf2/features/"
+  done
+  log "where the poses go wrong, --w-facing 0.5 (seed 0)"
+  python3 benchmarks/pose_confusion.py "$W/bf0/poses/unet_t200_up0_image_parts_K8_P8_w0-1-0_facing0.5" "$W/cars" >> "$O/results.md" 2>&1
+  python3 benchmarks/pose_stats_dump.py "$W/bf0/features/unet_t200_up0_image" "$W/cars" "$O/stats" --parts 8 --device cuda >> "$O/results.md" 2>&1
 elif [ "$PART" = T ]; then
   render_cars
   mirage3d make-asset assets/examples/suv.png -o "$W/warm.glb" --model "$MODEL" --steps 50 --overwrite > /dev/null 2>&1

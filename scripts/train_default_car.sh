@@ -2,7 +2,9 @@
 # The recipe of the shipped default car model (assets/models/car), one stage per call, on one GPU.
 # Every stage is resumable: after an interruption run the same line again.
 #   scripts/train_default_car.sh WORK STAGE [MINUTES]
-# Stages: render | phase1 | sweep | discover | phase2
+# Stages: render | phase1 | sweep | discover | phase2 | discover-front | phase2-front
+# The shipped model since 2026-11-26 (third session) is phase2-front: the phase-2 model continued with the poses
+# that the facing and front/back scores find in its own features (docs/poses.md); BACKBONE = that phase-2 model.
 # MESHES defaults to ../shared/meshes/cars. On the offline GPU machine: `source scripts/device_env.sh` first.
 set -euo pipefail
 WORK=$1; STAGE=$2; MIN=${3:-8}
@@ -28,5 +30,11 @@ case "$STAGE" in
     mirage3d eval poses "$WORK/poses" --collection "$WORK/cars" ;;
   phase2)
     mirage3d train "$WORK/cars" --poses "$WORK/poses" --init "$WORK/backbone" -o "$WORK/model" "${COMMON[@]}" --minutes "$MIN" ;;
+  discover-front)
+    mirage3d poses discover "$WORK/cars" -o "$WORK/poses_front" --backbone "${BACKBONE:-assets/models/car}" -k "$K" -p 8 --timestep 200 --blocks up0 \
+      --w-visibility 0 --w-box 0 --w-facing 0.5 --w-front 0.5 --seed 0 --overwrite
+    mirage3d eval poses "$WORK/poses_front" --collection "$WORK/cars" ;;
+  phase2-front)
+    mirage3d train "$WORK/cars" --poses "$WORK/poses_front" --init "${BACKBONE:-assets/models/car}" -o "$WORK/model_front" "${COMMON[@]}" --minutes "$MIN" ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

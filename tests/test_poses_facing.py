@@ -1,4 +1,5 @@
-"""The facing score: box pooling, flip antisymmetry, axis selection, and discovery/assign with it (CPU)."""
+"""The facing and front scores: box pooling, flip (anti)symmetry, axis selection and refinement, the
+front/back split, and discovery/assign with them (CPU)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from typer.testing import CliRunner
 
 from mirage3d.cli.main import app
 from mirage3d.poses import PoseModel
-from mirage3d.poses.facing import box_pool, eta_squared, fit_facing, flip_difference, foreground_boxes
+from mirage3d.poses.cluster import mirror_kmeans
+from mirage3d.poses.discover import DiscoverConfig, add_front
+from mirage3d.poses.facing import (FrontModel, box_pool, eta_squared, fit_facing, fit_front, flip_difference, flip_sum, foreground_boxes, mirror_orbits,
+                                   refine_axis)  # fmt: skip
+from mirage3d.poses.model import DescriptorModel
 
 runner = CliRunner()
 
@@ -88,3 +93,111 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     assert r.exit_code == 1 and "mirror features" in r.output and not bad.exists()
     r = runner.invoke(app, [*args[:4], str(bad), *args[5:12], "-1", *args[13:]])
     assert r.exit_code == 1 and "--w-facing" in r.output
+    r = runner.invoke(app, [*args[:4], str(bad), *args[5:12], "0", *args[13:], "--w-front", "1"])
+    assert r.exit_code == 1 and "--w-front needs the facing score" in r.output and not bad.exists()
+    # With the front score: recorded in poses.json; when it was used, the saved model carries it and assigns alike.
+    front = tmp_path / "front"
+    r = runner.invoke(app, [*args[:4], str(front), *args[5:], "--w-front", "1", "--poses", "6"])
+    assert r.exit_code == 0, r.output
+    poses = json.loads((front / "poses.json").read_text())
+    model = PoseModel.load(front)
+    assert poses["front_used"] == (model.descriptor.front is not None)
+    if poses["front_used"]:  # (a collection this small and random seldom has a front/back pair of poses)
+        assert model.centres.shape[1] == 3 * 4 + 1 + 2 and json.loads((front / "pose_model.json").read_text())["front_k"] == 10
+        labels, _ = model.assign(x, m)
+        assert (labels == np.array(poses["labels"])).mean() >= 0.9
+    # Refit with the front score: the fixed poses vote by their azimuth, so a front model is always rebuilt.
+    r = runner.invoke(app, ["poses", "refit", str(front), "--backbone", str(unet), "--collection", str(coll), "-o", str(tmp_path / "refit"),
+                            "--features", str(tmp_path / "feats"), "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    refit = PoseModel.load(tmp_path / "refit")
+    assert refit.descriptor.front is not None and refit.centres.shape[1] == 3 * 4 + 1 + 2
+    assert json.loads((tmp_path / "refit" / "poses.json").read_text())["labels"] == poses["labels"]
+    # The descriptor path with a front model, through save and load: the score is appended to image and flip alike.
+    model = PoseModel.load(out)
+    dm = model.descriptor
+    feats = torch.randn(5, 4, 4, 32)  # the test UNet's feature width
+    fg, has = torch.ones(5, 4, 4), torch.ones(5, dtype=torch.bool)
+    g = flip_sum(feats, feats.flip(2), fg, 2)
+    dm.front = fit_front(torch.cat([g, torch.randn(20, g.shape[1])]), torch.tensor([1.0, -1.0] * 5), torch.arange(10), dim=4, k=3)
+    dm.desc_mean, dm.desc_scale = torch.cat([dm.desc_mean, torch.zeros(1)]), torch.cat([dm.desc_scale, torch.ones(1)])
+    model.centres = torch.cat([model.centres, torch.zeros(len(model.centres), 1)], 1)
+    model.save(tmp_path / "with_front")
+    again = PoseModel.load(tmp_path / "with_front").descriptor
+    d, f = again.raw_pair(feats, feats.flip(2), fg, has)
+    torch.testing.assert_close(d[:, -1], f[:, -1])
+    torch.testing.assert_close(d[:, -1], dm.front.score(feats, feats.flip(2), fg))
+    torch.testing.assert_close(d[:, -2], -f[:, -2])  # the facing score before it
+
+
+def test_refine_axis_moves_a_rough_axis_onto_the_facing():
+    """The facing is ±1 per image, the light a continuous left/right difference: self-training on the sign of
+    the score pulls an axis that mixes the two onto the facing (and keeps its orientation)."""
+    rng = np.random.default_rng(1)
+    n, dim = 3000, 10
+    u = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    facing = rng.choice([-1.0, 1.0], n)
+    c = facing[:, None] * u[:, 0] + rng.normal(size=n)[:, None] * u[:, 1] + 0.2 * rng.normal(size=(n, dim))
+    c = torch.as_tensor(c, dtype=torch.float32)
+    rough = torch.as_tensor(u[:, 0] + 0.9 * u[:, 1], dtype=torch.float32)
+    rough = rough / rough.norm()
+    acc = lambda a: float(((c @ a > 0).numpy() == (facing > 0)).mean())  # noqa: E731
+    refined = refine_axis(c, rough, iters=3)
+    assert float(refined.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert float(refined.double() @ torch.as_tensor(u[:, 0])) > 0.95 > float(rough.double() @ torch.as_tensor(u[:, 0]))
+    assert acc(refined) > 0.99 and acc(rough) < 0.95
+    assert torch.equal(refine_axis(c, rough, iters=0), rough)
+
+
+def test_front_score_is_flip_symmetric_and_votes_by_neighbours():
+    gen = torch.Generator().manual_seed(0)
+    feats, flipped = torch.randn(6, 8, 8, 5, generator=gen), torch.randn(6, 8, 8, 5, generator=gen)
+    fg = (torch.rand(6, 8, 8, generator=gen) > 0.3).float()
+    torch.testing.assert_close(flip_sum(flipped, feats, fg.flip(-1), 2), flip_sum(feats, flipped, fg, 2))
+    # Two groups of flip sums around two directions; references from each vote +1 / -1.
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=(2, 20)) * 3
+    group = rng.integers(0, 2, 400)
+    g = torch.as_tensor(centre[group] + rng.normal(size=(400, 20)), dtype=torch.float32)
+    ref = torch.arange(0, 400, 2)
+    votes = torch.as_tensor(np.where(group[ref.numpy()] == 0, 1.0, -1.0))
+    model = fit_front(g, votes, ref, dim=8, k=5)
+    score = model.score_sums(g[1::2]).numpy()
+    assert ((score > 0) == (group[1::2] == 0)).mean() > 0.97
+    # Saved and loaded through its tensors: the same scores.
+    again = FrontModel.from_tensors(model.tensors(), model.k, model.grid)
+    torch.testing.assert_close(again.score_sums(g[1::2]), model.score_sums(g[1::2]))
+
+
+def test_front_split_separates_front_from_back_in_the_merged_pair():
+    """Orbits by mean |facing|: the front/back pair (0, 1) holds both ends at random; the two oblique orbits
+    vote; the split puts each end in its own self-mirror pose, and refining from it keeps that."""
+    rng = np.random.default_rng(2)
+    n = 1600
+    view = rng.integers(0, 4, n)  # 0 front/back (merged), 1 front oblique, 2 back oblique, 3 side
+    end = np.where(view == 1, 1, np.where(view == 2, -1, np.where(view == 0, rng.choice([-1, 1], n), 0)))  # which end is seen
+    side = rng.choice([0, 1], n)  # which member of the mirror pair
+    labels = 2 * view + side
+    mirror = np.array([1, 0, 3, 2, 5, 4, 7, 6])
+    s = np.select([view == 0, view == 3], [0.1, 2.0], 1.0) * np.where(side == 0, 1.0, -1.0) + 0.05 * rng.normal(size=n)
+    assert [o for o in mirror_orbits(labels, mirror, s)][0] == (0, 1)
+    # Descriptors: the view and the pair member, plus the facing score as the last column; flips swap members.
+    base = np.stack([view == 1, view == 2, view == 3, view == 0], 1).astype(float) * 2
+    d_raw = torch.as_tensor(np.concatenate([base, np.where(side == 0, 1.0, -1.0)[:, None] * 0.3, s[:, None]], 1), dtype=torch.float32)
+    f_raw = torch.as_tensor(np.concatenate([base, -np.where(side == 0, 1.0, -1.0)[:, None] * 0.3, -s[:, None]], 1), dtype=torch.float32)
+    # Flip sums: which end is seen, plus noise.
+    direction = rng.normal(size=16)
+    b = torch.as_tensor(end[:, None] * direction + 0.3 * rng.normal(size=(n, 16)) + 2.0 * base[:, :1], dtype=torch.float32)
+    dm = DescriptorModel("parts")
+    out = add_front(b / 2, b / 2, dm, labels, mirror, d_raw, f_raw, DiscoverConfig(w_facing=1.0, w_front=1.0, front_dim=2, front_k=10))
+    assert out is not None and dm.front is not None
+    d2, f2, split, split_mirror = out
+    assert split_mirror[0] == 0 and split_mirror[1] == 1 and list(split_mirror[2:]) == [3, 2, 5, 4, 7, 6]
+    torch.testing.assert_close(d2[:, -1], f2[:, -1])  # the front score is the same for an image and its flip
+    fb = view == 0
+    agree = (split[fb] == 0) == (end[fb] == end[fb & (split == 0)][0])
+    assert agree.mean() > 0.95
+    refined = mirror_kmeans(d2, f2, 8, init=(split, split_mirror))
+    assert (refined.labels.numpy() == split).mean() > 0.95
+    # No front/back pair (the lowest orbit a single pose): nothing to split.
+    assert add_front(b, b, DescriptorModel("parts"), np.where(labels == 1, 0, labels), np.array([0, 1, 3, 2, 5, 4, 7, 6]), d_raw, f_raw, DiscoverConfig(w_facing=1.0, w_front=1.0)) is None

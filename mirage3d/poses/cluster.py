@@ -134,56 +134,70 @@ def joint_cost(d: torch.Tensor, f: torch.Tensor, centres: torch.Tensor, mirror: 
     return dd + ff[:, torch.as_tensor(mirror, device=d.device)]
 
 
+def _lloyd(d: torch.Tensor, f: torch.Tensor, c: torch.Tensor, mirror: np.ndarray, iters: int, flip_centres: bool,
+           max_fixed: int | None) -> tuple[torch.Tensor, np.ndarray]:  # fmt: skip
+    """Alternate labels, centres and the mirror map, from centres ``c`` and map ``mirror``, until nothing changes."""
+    n, k = d.shape[0], c.shape[0]
+    labels = torch.full((n,), -1, dtype=torch.long, device=d.device)
+    for _ in range(iters):
+        cost = joint_cost(d, f, c, mirror)
+        new = cost.argmin(1)
+        m_t = torch.as_tensor(mirror, device=d.device)
+        sums = torch.zeros_like(c).index_add_(0, new, d)
+        cnt = torch.bincount(new, minlength=k).float()
+        if flip_centres:
+            sums.index_add_(0, m_t[new], f)
+            cnt = cnt + torch.bincount(m_t[new], minlength=k).float()
+        c = torch.where(cnt[:, None] == 0, c, sums / cnt.clamp_min(1)[:, None])
+        # A pose that no real image takes (only flips: happens when flipped features are unlike any real
+        # image's, e.g. chiral parts) is re-seeded at the worst-fitting images.
+        empty = torch.bincount(new, minlength=k) == 0
+        if empty.any():
+            worst = cost.gather(1, new[:, None])[:, 0].argsort(descending=True)[: int(empty.sum())]
+            c[empty] = d[worst]
+        # Mirror map: S[a, b] = Σ_{i: l_i = a} ‖f_i − c_b‖²; the best involution minimises Σ_a S[a, m[a]].
+        ff = torch.cdist(f, c) ** 2  # (N, K)
+        s = torch.zeros((k, k), dtype=torch.float64, device=d.device).index_add_(0, new, ff.double())
+        new_mirror = best_involution(-s.cpu().numpy(), max_fixed)
+        if torch.equal(new, labels) and np.array_equal(new_mirror, mirror) and not empty.any():
+            break
+        labels, mirror = new, new_mirror
+    return c, mirror
+
+
 def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, flip_centres: bool = False,
-                  max_fixed: int | None = None) -> MirrorClusters:  # fmt: skip
+                  max_fixed: int | None = None, init: tuple[np.ndarray, np.ndarray] | None = None) -> MirrorClusters:  # fmt: skip
     """Cluster descriptors ``d`` (N, D) with flipped descriptors ``f`` (N, D) into ``k`` mirror-consistent poses.
 
     ``flip_centres`` False (default): centres are means of real images only (the flips constrain the labels
     and the mirror map but cannot pull a centre off the real images; measured more robust when flipped
     features are unlike real ones). True: exact coordinate descent on J (centres also average the flips).
     ``max_fixed``: at most this many self-mirror poses (see :func:`best_involution`); None = any number.
+    ``init`` (labels (N,), mirror (k,)): one run refined from these poses instead of ``n_init`` seeded starts.
     """
     n = d.shape[0]
     if n < k:
         raise InputError(f"cannot find {k} poses in {n} images; use at most {n} poses or add images")
     d, f = d.float(), f.float()
     best: MirrorClusters | None = None
-    for r in range(n_init):
-        # Alternate two starts: k-means of images and flips together (tends to flip-closed clusters), and of
-        # the images alone (can split mirror pairs); the joint objective decides between them.
-        if r % 2 == 0:
-            c, lab, _ = kmeans(torch.cat([d, f]), k, seed=seed * 1000 + r, n_init=1)
-            lab_d, lab_f = lab[:n], lab[n:]
+    for r in range(1 if init is not None else n_init):
+        if init is not None:  # the given poses: centres are their images' means
+            lab0 = torch.as_tensor(init[0], dtype=torch.long, device=d.device)
+            c = torch.zeros(k, d.shape[1], device=d.device).index_add_(0, lab0, d) / torch.bincount(lab0, minlength=k).float().clamp_min(1)[:, None]
+            mirror = np.asarray(init[1], dtype=np.int64)
         else:
-            c, lab_d, _ = kmeans(d, k, seed=seed * 1000 + r, n_init=1)
-            lab_f = (torch.cdist(f, c) ** 2).argmin(1)
-        counts = np.zeros((k, k))
-        np.add.at(counts, (lab_d.cpu().numpy(), lab_f.cpu().numpy()), 1.0)
-        mirror = best_involution(counts, max_fixed)
-        labels = torch.full((n,), -1, dtype=torch.long, device=d.device)
-        for _ in range(iters):
-            cost = joint_cost(d, f, c, mirror)
-            new = cost.argmin(1)
-            m_t = torch.as_tensor(mirror, device=d.device)
-            sums = torch.zeros_like(c).index_add_(0, new, d)
-            cnt = torch.bincount(new, minlength=k).float()
-            if flip_centres:
-                sums.index_add_(0, m_t[new], f)
-                cnt = cnt + torch.bincount(m_t[new], minlength=k).float()
-            c = torch.where(cnt[:, None] == 0, c, sums / cnt.clamp_min(1)[:, None])
-            # A pose that no real image takes (only flips: happens when flipped features are unlike any real
-            # image's, e.g. chiral parts) is re-seeded at the worst-fitting images.
-            empty = torch.bincount(new, minlength=k) == 0
-            if empty.any():
-                worst = cost.gather(1, new[:, None])[:, 0].argsort(descending=True)[: int(empty.sum())]
-                c[empty] = d[worst]
-            # Mirror map: S[a, b] = Σ_{i: l_i = a} ‖f_i − c_b‖²; the best involution minimises Σ_a S[a, m[a]].
-            ff = torch.cdist(f, c) ** 2  # (N, K)
-            s = torch.zeros((k, k), dtype=torch.float64, device=d.device).index_add_(0, new, ff.double())
-            new_mirror = best_involution(-s.cpu().numpy(), max_fixed)
-            if torch.equal(new, labels) and np.array_equal(new_mirror, mirror) and not empty.any():
-                break
-            labels, mirror = new, new_mirror
+            # Alternate two starts: k-means of images and flips together (tends to flip-closed clusters), and
+            # of the images alone (can split mirror pairs); the joint objective decides between them.
+            if r % 2 == 0:
+                c, lab, _ = kmeans(torch.cat([d, f]), k, seed=seed * 1000 + r, n_init=1)
+                lab_d, lab_f = lab[:n], lab[n:]
+            else:
+                c, lab_d, _ = kmeans(d, k, seed=seed * 1000 + r, n_init=1)
+                lab_f = (torch.cdist(f, c) ** 2).argmin(1)
+            counts = np.zeros((k, k))
+            np.add.at(counts, (lab_d.cpu().numpy(), lab_f.cpu().numpy()), 1.0)
+            mirror = best_involution(counts, max_fixed)
+        c, mirror = _lloyd(d, f, c, mirror, iters, flip_centres, max_fixed)
         cost = joint_cost(d, f, c, mirror)
         labels = cost.argmin(1)
         obj = float(cost.gather(1, labels[:, None]).sum())

@@ -69,6 +69,17 @@ class DiscoverConfig:
     """principal components of the flip differences the facing axis is chosen from"""
     facing_component: int | None = None
     """use this principal component (0-based) as the facing axis instead of the one the first-pass poses explain best"""
+    facing_refine: int = 3
+    """self-training rounds that refine the facing axis (mirage3d.poses.facing.refine_axis); 0 = the component as is"""
+    w_front: float = 0.0
+    """weight of the front/back score (mirage3d.poses.facing.FrontModel; needs w_facing > 0); 0 = off. With it, the
+    pose pair that holds both front and back views is split by the score and the poses are refined from there"""
+    front_dim: int = 128
+    """whitened principal components of the flip sums the front/back vote compares images in"""
+    front_k: int = 10
+    """neighbours that vote in the front/back score"""
+    front_max_refs: int = 8192
+    """at most this many reference images (a random sample) vote, at discovery and in the saved pose model"""
     elevation_deg: float = 17.5
     """camera elevation of every pose"""
     fov_deg: float = 40.0
@@ -124,6 +135,10 @@ def check_discovery_input(num_images: int, cfg: DiscoverConfig, flip: str | None
         raise InputError(f"--w-facing {cfg.w_facing} must be >= 0 (facing grid and components >= 1)")
     if cfg.w_facing > 0 and flip == "none":
         raise InputError("--w-facing needs mirror features; use --flip image (or features)")
+    if not cfg.w_front >= 0 or cfg.front_dim < 1 or cfg.front_k < 1 or cfg.front_max_refs < 2 or cfg.facing_refine < 0:
+        raise InputError(f"--w-front {cfg.w_front} must be >= 0 (front dimensions, neighbours >= 1, references >= 2, refine rounds >= 0)")
+    if cfg.w_front > 0 and cfg.w_facing <= 0:
+        raise InputError("--w-front needs the facing score; give --w-facing too (e.g. --w-facing 0.5 --w-front 0.5)")
     if cfg.facing_component is not None and not 0 <= cfg.facing_component < cfg.facing_components:
         raise InputError(f"--facing-component {cfg.facing_component} must be in 0..{cfg.facing_components - 1}")
     if num_images < MIN_IMAGES:
@@ -174,43 +189,102 @@ def compute_descriptors(cache: FeatureCache, dm: DescriptorModel, device: torch.
 def fit_normalisation(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor | None, cfg: DiscoverConfig) -> None:
     both = d_raw if f_raw is None else torch.cat([d_raw, f_raw])
     dm.desc_mean = both.mean(0)
-    base = both[:, :-1] if dm.facing is not None else both  # the facing score, when present, is the last column
+    # The facing and front scores, when present, are the last columns (in that order), each its own block.
+    extra = [w for w, m in ((cfg.w_facing, dm.facing), (cfg.w_front, dm.front)) if m is not None]
+    base = both[:, : both.shape[1] - len(extra)]
     if dm.mode == "flat":
         scale = torch.full((base.shape[1],), 1.0 / float(base.var(0, unbiased=False).sum().clamp_min(1e-12).sqrt()))
     else:
         scale = fit_block_scales(base, dm.parts.num_parts, cfg.descriptor_config())
-    if dm.facing is not None:  # its own block: unit variance times its weight
-        scale = torch.cat([scale, torch.tensor([cfg.w_facing / float(both[:, -1].std().clamp_min(1e-12))])])
+    for j, w in enumerate(extra):  # unit variance times its weight
+        col = both[:, base.shape[1] + j]
+        scale = torch.cat([scale, torch.tensor([w / float(col.std().clamp_min(1e-12))])])
     dm.desc_scale = scale
 
 
-def flip_differences(cache: FeatureCache, dm: DescriptorModel, device: torch.device, grid: int) -> torch.Tensor:
-    """(N, C·grid²) flip differences b(x) − b(flip x) of every cached image (mirage3d.poses.facing)."""
-    from mirage3d.poses.facing import flip_difference
+def pooled_pairs(cache: FeatureCache, dm: DescriptorModel, device: torch.device, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box-pooled features b(x) and b(flip x) (N, C·grid²) of every cached image (mirage3d.poses.facing)."""
+    from mirage3d.poses.facing import box_pool
 
-    out = []
+    bs, bfs = [], []
     dm = dm.to(device)
     for _, data in cache.iter_shards():
         if "feats_flip" not in data:
             raise InputError("the facing score needs mirror features; extract them with --flip image (or features)")
         feats = data["feats"].to(device).float()
         fg = dm.foreground(feats, data["fg"].to(device).float(), data["has_mask"].bool().to(device))
-        out.append(flip_difference(feats, data["feats_flip"].to(device).float(), fg, grid))
-    return torch.cat(out)
+        bs.append(box_pool(feats, fg, grid).cpu())
+        bfs.append(box_pool(data["feats_flip"].to(device).float(), fg.flip(-1), grid).cpu())
+    return torch.cat(bs), torch.cat(bfs)
 
 
-def add_facing(cache: FeatureCache, dm: DescriptorModel, labels: np.ndarray, d_raw: torch.Tensor, f_raw: torch.Tensor, cfg: DiscoverConfig,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[float]]:  # fmt: skip
-    """Fit the facing axis with pose ``labels`` and append the scores (+s to images, −s to flips)."""
+def add_facing(c: torch.Tensor, dm: DescriptorModel, labels: np.ndarray, d_raw: torch.Tensor, f_raw: torch.Tensor,
+               cfg: DiscoverConfig) -> tuple[torch.Tensor, torch.Tensor, list[float]]:  # fmt: skip
+    """Fit the facing axis on flip differences ``c`` with pose ``labels`` and append the scores (+s to images,
+    −s to flips)."""
     from mirage3d.poses.facing import fit_facing
 
-    c = flip_differences(cache, dm, device, cfg.facing_grid)
-    facing, etas = fit_facing(c, labels, cfg.facing_components, cfg.facing_grid, component=cfg.facing_component)
+    facing, etas = fit_facing(c, labels, cfg.facing_components, cfg.facing_grid, component=cfg.facing_component, refine=cfg.facing_refine)
     s = (c @ facing.axis.to(c.device)).cpu()[:, None]
     if float(s.std()) <= 1e-6 * float(c.norm(dim=1).mean().clamp_min(1e-12)):  # mirror-symmetric features: no facing signal
         return d_raw, f_raw, etas
     dm.facing = facing.to("cpu")
     return torch.cat([d_raw, s], 1), torch.cat([f_raw, -s], 1), etas
+
+
+def _reference_sample(votes: np.ndarray, cfg: DiscoverConfig) -> np.ndarray:
+    """Indices of the images that vote (votes != 0), at most ``cfg.front_max_refs`` of them (seeded sample)."""
+    idx = np.flatnonzero(votes != 0)
+    if len(idx) > cfg.front_max_refs:
+        idx = np.sort(np.random.default_rng(cfg.seed).choice(idx, cfg.front_max_refs, replace=False))
+    return idx
+
+
+def fit_front_model(g: torch.Tensor, votes: np.ndarray, dm: DescriptorModel, cfg: DiscoverConfig) -> np.ndarray | None:
+    """Front model from flip sums ``g`` and per-image ``votes`` (+1 / −1 / 0 = no vote) into ``dm.front``;
+    returns every image's score (a reference does not vote for itself), or None with too few voters."""
+    from mirage3d.poses.facing import fit_front
+
+    ref = _reference_sample(votes, cfg)
+    if len(ref) < 2 or len(np.unique(votes[ref])) < 2:
+        return None
+    front = fit_front(g, torch.as_tensor(votes[ref]), torch.as_tensor(ref), cfg.front_dim, cfg.front_k, cfg.facing_grid)
+    position = np.full(len(g), -1, dtype=np.int64)
+    position[ref] = np.arange(len(ref))
+    r = front.score_sums(g, exclude=torch.as_tensor(position)).numpy()
+    dm.front = front
+    return r
+
+
+def add_front(b: torch.Tensor, bf: torch.Tensor, dm: DescriptorModel, labels: np.ndarray, mirror: np.ndarray, d_raw: torch.Tensor,
+              f_raw: torch.Tensor, cfg: DiscoverConfig) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray] | None:  # fmt: skip
+    """Split the front/back pose pair with the front score (mirage3d.poses.facing, "Front or back").
+
+    ``labels``/``mirror``: the poses clustered with the facing score (the last column of ``d_raw``). The
+    mirror orbit with the lowest mean |facing score| is the front/back pair; the next two orbits vote +1 and
+    −1. Returns descriptors with the score appended (the same for an image and its flip) and the split
+    labels and mirror map to refine from, or None (``dm.front`` unset) when the lowest orbit is not a pair
+    of poses or fewer than three orbits exist.
+    """
+    from mirage3d.poses.facing import mirror_orbits
+
+    orbits = mirror_orbits(labels, mirror, d_raw[:, -1].numpy())
+    if len(orbits) < 3 or len(orbits[0]) != 2:
+        return None
+    votes = np.zeros(len(labels))
+    votes[np.isin(labels, orbits[1])], votes[np.isin(labels, orbits[2])] = 1.0, -1.0
+    r = fit_front_model(b + bf, votes, dm, cfg)
+    if r is None:
+        return None
+    pair, labels, mirror = orbits[0], labels.copy(), np.array(mirror).copy()
+    sel = np.isin(labels, pair)
+    # At the median score; the vote takes few values, so of ">" and ">=" the more even split is taken.
+    m = float(np.median(r[sel]))
+    front = min(r > m, r >= m, key=lambda x: abs(int((x & sel).sum()) - int(sel.sum()) / 2))
+    labels[sel & front], labels[sel & ~front] = pair[0], pair[1]
+    mirror[pair[0]], mirror[pair[1]] = pair[0], pair[1]
+    rt = torch.as_tensor(r, dtype=d_raw.dtype)[:, None]
+    return torch.cat([d_raw, rt], 1), torch.cat([f_raw, rt], 1), labels, mirror
 
 
 def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path, cfg: DiscoverConfig | None = None, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> PoseSet:
@@ -230,11 +304,19 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     facing_eta2 = None
     if cfg.w_facing > 0:  # (check_discovery_input refused a cache without mirror features)
-        d_raw, f_raw, facing_eta2 = add_facing(cache, dm, mc.labels.numpy(), d_raw, f_raw, cfg, device)
+        b, bf = pooled_pairs(cache, dm, device, cfg.facing_grid)
+        d_raw, f_raw, facing_eta2 = add_facing(b - bf, dm, mc.labels.numpy(), d_raw, f_raw, cfg)
         if dm.facing is not None:  # (None: the features hold no left/right difference; the first pass stands)
             fit_normalisation(dm, d_raw, f_raw, cfg)
             d, f = dm.normalise(d_raw), dm.normalise(f_raw)
             mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
+            split = add_front(b, bf, dm, mc.labels.numpy(), mc.mirror, d_raw, f_raw, cfg) if cfg.w_front > 0 else None
+            if split is not None:
+                d_raw, f_raw, init_labels, init_mirror = split
+                fit_normalisation(dm, d_raw, f_raw, cfg)
+                d, f = dm.normalise(d_raw), dm.normalise(f_raw)
+                mc = mirror_kmeans(d, f, cfg.num_poses, max_fixed=cfg.max_self_mirror, init=(init_labels, init_mirror))
+        del b, bf
     if f_raw is None:
         mc.mirror = np.arange(cfg.num_poses)
     k = cfg.num_poses
@@ -267,6 +349,7 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
             "ring_order": [int(inv[o]) for o in ring.order], "flip_agreement": mc.flip_agreement,
             "mirror_residual_deg": ring.mirror_residual_deg, "objective": mc.objective,
             **({} if facing_eta2 is None else {"facing_eta2": [round(x, 5) for x in facing_eta2], "facing_used": dm.facing is not None}),
+            **({} if cfg.w_front <= 0 else {"front_used": dm.front is not None}),
         })  # fmt: skip
         write_cameras(tmp, cameras)
         model.save(tmp)
@@ -336,7 +419,17 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     dm = fit_descriptor_model(cache, cfg, device)
     d_raw, f_raw = compute_descriptors(cache, dm, device)
     if cfg.w_facing > 0 and f_raw is not None:  # the facing axis is refitted too, with the fixed labels
-        d_raw, f_raw, _ = add_facing(cache, dm, labels.numpy(), d_raw, f_raw, cfg, device)
+        b, bf = pooled_pairs(cache, dm, device, cfg.facing_grid)
+        d_raw, f_raw, _ = add_facing(b - bf, dm, labels.numpy(), d_raw, f_raw, cfg)
+        if cfg.w_front > 0 and dm.facing is not None:
+            # The front score again, with the fixed poses voting by their azimuth: +1 within 60° of the pose
+            # at 0°, −1 within 60° of 180°, the rest not at all (at discovery the poses did not exist yet).
+            az = np.asarray(poses["azimuth_deg"], dtype=np.float64)
+            cos = np.cos(np.deg2rad(az))[labels.numpy()]
+            r = fit_front_model(b + bf, np.where(np.abs(cos) >= 0.5, np.sign(cos), 0.0), dm, cfg)
+            if r is not None:
+                rt = torch.as_tensor(r, dtype=d_raw.dtype)[:, None]
+                d_raw, f_raw = torch.cat([d_raw, rt], 1), torch.cat([f_raw, rt], 1)
     fit_normalisation(dm, d_raw, f_raw, cfg)
     d = dm.normalise(d_raw)
     f = dm.normalise(f_raw) if f_raw is not None else d

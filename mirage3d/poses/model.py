@@ -23,7 +23,7 @@ from mirage3d.io import atomic_path, atomic_write_json
 from mirage3d.poses.cluster import confidence_from_cost, joint_cost
 from mirage3d.poses.descriptors import flat_descriptors, part_descriptors
 from mirage3d.poses.features import Backbone, load_backbone
-from mirage3d.poses.facing import FacingModel
+from mirage3d.poses.facing import FacingModel, FrontModel
 from mirage3d.poses.parts import PartModel
 
 MODES = ("parts", "flat")
@@ -41,7 +41,8 @@ class DescriptorModel:
     fg_threshold: float = 0.5
     desc_mean: torch.Tensor | None = None  # (D,) set once fitted
     desc_scale: torch.Tensor | None = None  # (D,)
-    facing: FacingModel | None = None  # appends the facing score (image) and its negative (flip) as the last dimension
+    facing: FacingModel | None = None  # appends the facing score (image) and its negative (flip)
+    front: FrontModel | None = None  # then appends the front score (the same for image and flip)
 
     def raw(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised descriptors (N, D) of features (N, h, w, C) with alpha coverage (N, h, w)."""
@@ -63,13 +64,16 @@ class DescriptorModel:
 
     def raw_pair(self, feats: torch.Tensor, feats_flip: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised descriptors of images and of their mirror images (features ``feats_flip``), with the
-        facing score (+s, −s) appended when the model has one."""
+        facing score (+s, −s) and the front score (r, r) appended when the model has them."""
         fg = self.foreground(feats, fg_alpha, has_mask)  # once: the descriptor and the facing score share it
         d = self._raw(feats, fg)
         f = self.raw(feats_flip, fg_alpha.flip(-1), has_mask)
         if self.facing is not None:
             s = self.facing.score(feats, feats_flip, fg)[:, None]
             d, f = torch.cat([d, s], 1), torch.cat([f, -s], 1)
+        if self.front is not None:
+            r = self.front.score(feats, feats_flip, fg)[:, None]
+            d, f = torch.cat([d, r], 1), torch.cat([f, r], 1)
         return d, f
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
@@ -86,12 +90,15 @@ class DescriptorModel:
             t.update({"flat_mean": self.flat_mean, "flat_proj": self.flat_proj})
         if self.facing is not None:
             t["facing_axis"] = self.facing.axis
+        if self.front is not None:
+            t.update(self.front.tensors())
         return t
 
     def to(self, device: torch.device | str) -> DescriptorModel:
         mv = lambda x: None if x is None else x.to(device)  # noqa: E731
         return DescriptorModel(self.mode, None if self.parts is None else self.parts.to(device), mv(self.flat_mean), mv(self.flat_proj), self.flat_grid, self.fg_threshold,
-                               mv(self.desc_mean), mv(self.desc_scale), None if self.facing is None else self.facing.to(device))  # fmt: skip
+                               mv(self.desc_mean), mv(self.desc_scale), None if self.facing is None else self.facing.to(device),
+                               None if self.front is None else self.front.to(device))  # fmt: skip
 
 
 @dataclass
@@ -177,6 +184,7 @@ class PoseModel:
             "feature_fg_threshold": 0.0 if self.descriptor.parts is None else self.descriptor.parts.fg_threshold,
             "centre_images": False if self.descriptor.parts is None else self.descriptor.parts.centre_images,
             "facing_grid": None if self.descriptor.facing is None else self.descriptor.facing.grid,
+            **({} if self.descriptor.front is None else {"front_k": self.descriptor.front.k, "front_grid": self.descriptor.front.grid}),
             **self.extra,
         }
         atomic_write_json(folder / "pose_model.json", meta)
@@ -194,9 +202,11 @@ class PoseModel:
             mode = meta["mode"]
             parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0), bool(meta.get("centre_images", False))) if mode == "parts" else None
             facing = FacingModel(t["facing_axis"].float(), int(meta["facing_grid"])) if "facing_axis" in t else None
+            front = FrontModel.from_tensors(t, int(meta["front_k"]), int(meta["front_grid"])) if "front_refs" in t else None
             dm = DescriptorModel(mode, parts, t.get("flat_mean"), t.get("flat_proj"), int(meta.get("flat_grid", 8)), float(meta.get("descriptor_fg_threshold", 0.5)),
-                                 t["desc_mean"], t["desc_scale"], facing)  # fmt: skip
-            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold", "centre_images", "facing_grid"}
+                                 t["desc_mean"], t["desc_scale"], facing, front)  # fmt: skip
+            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold", "centre_images", "facing_grid",
+                     "front_k", "front_grid"}  # fmt: skip
             ref = dict(meta["backbone"])
             # A relative backbone path is relative to the pose-model folder (a shipped model refers to its own
             # UNet as ".."), so the model folder can move.
