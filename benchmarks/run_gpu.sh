@@ -10,6 +10,7 @@
 #    images (wall time of the whole command, imports included), make-asset end-to-end eval on 5 objects.
 # P: poses on 6,000 renders: a profile of make-asset (import times + cProfile), the discovery sweep with
 #    MODEL's UNet (colour permutations, per-image centring), the HOG / random-ViT baselines, feature throughput.
+# E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
 #    model.tar.part-* (join with cat, untar into assets/models/car).
@@ -63,6 +64,9 @@ elif [ "$PART" = P ]; then
   run 100 python3 benchmarks/bench_poses.py --collection "$W/cars" --out "$W/bpb" --baselines --parts 16 --weights "1,1,0.5" --device cuda --workers 16
   log "feature extraction throughput"
   run 50 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --collection "$W/cars" --out "$W/bf"
+elif [ "$PART" = E ]; then
+  time_examples ""
+  tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
 elif [ "$PART" = R ]; then
   render_cars
   for seed in 0 1; do
