@@ -10,6 +10,8 @@
 #    images (wall time of the whole command, imports included), make-asset end-to-end eval on 5 objects.
 # P: poses on 6,000 renders: a profile of make-asset (import times + cProfile), the discovery sweep with
 #    MODEL's UNet (colour permutations, per-image centring), the HOG / random-ViT baselines, feature throughput.
+# V: the shipped model as it is (no refit): make-asset end-to-end eval on 5 held-out objects, the sportscar
+#    gallery, then E.
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -64,6 +66,15 @@ elif [ "$PART" = P ]; then
   run 100 python3 benchmarks/bench_poses.py --collection "$W/cars" --out "$W/bpb" --baselines --parts 16 --weights "1,1,0.5" --device cuda --workers 16
   log "feature extraction throughput"
   run 50 python3 benchmarks/bench_features.py --backbone "$MODEL" --devices cuda --collection "$W/cars" --out "$W/bf"
+elif [ "$PART" = V ]; then
+  render_heldout
+  log "make-asset end to end on held-out appearances (orbit frame 1 as input, 50 steps)"
+  run 170 python3 benchmarks/eval_asset.py --collection "$W/heldout" --model "$MODEL" --out "$W/asset" --objects 5 --steps 50 --device cuda
+  cp "$W/asset/eval_asset.json" "$O/"
+  timeout 60 mirage3d make-asset assets/examples/sportscar.png -o "$W/sportscar.glb" --model "$MODEL" --steps 50 --preview --keep-views "$W/sc_views" --overwrite > /dev/null 2>&1
+  tar cf "$O/gallery.tar" -C "$W" sportscar.glb sportscar.preview.png sc_views/contact_sheet.png asset
+  time_examples ""
+  tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
 elif [ "$PART" = E ]; then
   time_examples ""
   tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb

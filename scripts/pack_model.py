@@ -3,7 +3,7 @@
 
     python3 scripts/pack_model.py MODEL OUT [--dtype bf16|fp16] [--max-shard 15MB]
 
-Copies model_index.json, scheduler/, poses/ and the small records (train_config.json, loss.png, the newest
+Copies model_index.json, scheduler/, poses/ and the small records (train_config.json, framing.json, loss.png, the newest
 sample grid); leaves checkpoints/ behind. The result loads with MiragePipeline.from_pretrained(OUT).
 """
 
@@ -35,7 +35,7 @@ def main() -> None:
         pipe.unet.save_pretrained(tmp / "unet", safe_serialization=True, max_shard_size=a.max_shard)
         pipe.scheduler.save_pretrained(tmp / "scheduler")
         shutil.copy2(a.model / "model_index.json", tmp / "model_index.json")
-        for name in ("train_config.json", "loss.png", "loss.jsonl", "config.json"):
+        for name in ("train_config.json", "loss.png", "loss.jsonl", "config.json", "framing.json"):
             if (a.model / name).exists():
                 shutil.copy2(a.model / name, tmp / name)
         if (a.model / "poses").is_dir():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mirage3d.diffusion.preprocess import bbox_fraction, load_fill, object_mask, prepare_reference
+from mirage3d.diffusion.preprocess import bbox_fraction, choose_fill, load_fill, load_framing, object_mask, prepare_reference
 from mirage3d.errors import DependencyError, InputError
 
 
@@ -82,3 +82,17 @@ def test_keep_framing_and_errors(tmp_path) -> None:
     (tmp_path / "framing.json").write_text('{"bbox_fraction": 7}')
     with pytest.raises(InputError, match="bbox_fraction"):
         load_fill(tmp_path)
+    (tmp_path / "framing.json").write_text('{"bbox_fraction": 0.7, "range": [0.9, 0.5]}')
+    with pytest.raises(InputError, match="range"):
+        load_framing(tmp_path)
+    (tmp_path / "framing.json").write_text('{"bbox_fraction": 0.7, "range": [0.5, 0.8]}')
+    assert load_framing(tmp_path) == (0.7, (0.5, 0.8))
+
+
+def test_choose_fill_keeps_a_scale_the_model_saw() -> None:
+    """An input whose object already spans a bbox fraction inside the training range keeps it; others get the median."""
+    inside = square_rgba(h=40, w=40, box=(6, 6, 34, 34))  # 28 / 40 = 0.7
+    outside = square_rgba(h=40, w=40, box=(15, 15, 25, 25))  # 0.25
+    assert choose_fill(inside, 0.75, (0.5, 0.8)) == pytest.approx(0.7, abs=0.03)
+    assert choose_fill(outside, 0.75, (0.5, 0.8)) == 0.75
+    assert choose_fill(inside, 0.75, None) == 0.75  # no range recorded: always the median

@@ -170,6 +170,9 @@ def test_exported_pipeline_reloads_and_samples_deterministically(phase1: Path) -
     assert all(torch.equal(sd[k], ema[k]) for k in ema)  # the shipped UNet is the EMA
     grid = Image.open(phase1 / "samples" / "step-000004.png")
     assert grid.size == (2 * 32, 4 * 32)  # phase 1: 4 rows of unconditional samples
+    # How the training images frame the object (24-pixel-high boxes in 40-pixel images), for framing inputs alike.
+    framing = json.loads((phase1 / "framing.json").read_text())
+    assert framing["bbox_fraction"] == pytest.approx(24 / 40, abs=0.04) and framing["images"] == N_IMAGES
 
 
 def test_phase2_from_phase1_with_poses(collection: Path, phase1: Path, tmp_path: Path) -> None:

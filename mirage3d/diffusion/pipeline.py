@@ -101,6 +101,7 @@ class MiragePipeline(DiffusionPipeline):
     pose_model: Any = None
     cameras: list[Any] | None = None
     fill: float = DEFAULT_FILL
+    fill_range: tuple[float, float] | None = None  # MODEL/framing.json's 5-95 % bbox fractions (preprocess.choose_fill)
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()

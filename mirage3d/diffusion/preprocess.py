@@ -106,16 +106,52 @@ def bbox_fraction(mask: np.ndarray) -> float:
 
 def load_fill(model_dir: str | Path) -> float | None:
     """``bbox_fraction`` from ``MODEL/framing.json`` if the model folder has one."""
+    framing = load_framing(model_dir)
+    return None if framing is None else framing[0]
+
+
+def load_framing(model_dir: str | Path) -> tuple[float, tuple[float, float] | None] | None:
+    """(``bbox_fraction``, ``range`` or None) from ``MODEL/framing.json`` if the model folder has one."""
     path = Path(model_dir) / "framing.json"
     if not path.exists():
         return None
     try:
-        value = float(json.loads(path.read_text())["bbox_fraction"])
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise InputError(f"{path} must be JSON with a number 'bbox_fraction' in (0, 1]") from None
-    if not 0 < value <= 1:
-        raise InputError(f"{path}: bbox_fraction must be in (0, 1], got {value}")
-    return value
+        data = json.loads(path.read_text())
+        value = float(data["bbox_fraction"])
+        rng = None if data.get("range") is None else (float(data["range"][0]), float(data["range"][1]))
+    except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError):
+        raise InputError(f"{path} must be JSON with a number 'bbox_fraction' in (0, 1] (and optionally 'range': [low, high])") from None
+    if not 0 < value <= 1 or (rng is not None and not 0 < rng[0] <= rng[1] <= 1):
+        raise InputError(f"{path}: bbox_fraction and range must lie in (0, 1], got {value} and {rng}")
+    return value, rng
+
+
+def choose_fill(image: Image.Image | np.ndarray, fill: float, fill_range: tuple[float, float] | None, tolerance: float = DEFAULT_TOLERANCE,
+                name: str = "image") -> float:  # fmt: skip
+    """The framing for an input: its own bbox fraction when that lies in ``fill_range`` (the training images'
+    5-95 % range: the object already has a scale the model saw, and the pose model reads scale), else ``fill``.
+
+    Why: a render's bbox fraction depends on the pose (a car seen from the front is narrower than from the
+    side), so bringing every input to one fraction rescales some poses away from how they were seen in
+    training. Measured on held-out orbit renders with the default car model: re-framed to 0.85 the input's
+    pose was wrong for 3 of 5 cars at 22.5°, at its own scale for none (``docs/asset.md``).
+    """
+    if fill_range is None:
+        return fill
+    mask, _ = object_mask(_to_rgba(image, name), tolerance, name)
+    own = bbox_fraction(mask)
+    return own if fill_range[0] <= own <= fill_range[1] else fill
+
+
+def _to_rgba(image: Image.Image | np.ndarray, name: str) -> np.ndarray:
+    """PIL (any mode) or array (H, W, 3|4), uint8 or float in [0, 1] → float32 (H, W, 4) in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return rgba_to_array(image)
+    arr = np.asarray(image)
+    arr = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise InputError(f"{name}: expected an (H, W, 3) or (H, W, 4) image array, got shape {arr.shape}")
+    return arr if arr.shape[2] == 4 else np.concatenate([arr, np.ones_like(arr[..., :1])], axis=2)
 
 
 def prepare_reference(
@@ -131,14 +167,7 @@ def prepare_reference(
     an orbit render): the whole image is used, only padded to a square and resized.
     ``image``: PIL (any mode) or array (H, W, 3|4), uint8 or float in [0, 1].
     """
-    if isinstance(image, Image.Image):
-        rgba = rgba_to_array(image)
-    else:
-        arr = np.asarray(image)
-        arr = arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-            raise InputError(f"{name}: expected an (H, W, 3) or (H, W, 4) image array, got shape {arr.shape}")
-        rgba = arr if arr.shape[2] == 4 else np.concatenate([arr, np.ones_like(arr[..., :1])], axis=2)
+    rgba = _to_rgba(image, name)
     if fill is not None and not 0 < fill <= 1:
         raise InputError(f"fill must be in (0, 1], got {fill}")
     mask, source = object_mask(rgba, tolerance, name)

@@ -34,6 +34,7 @@ from mirage3d.diffusion.train_outputs import (
     SAVE_DTYPES,
     append_loss,
     copy_poses,
+    write_framing,
     draw_loss,
     export_pipeline,
     latest_checkpoint,
@@ -277,6 +278,8 @@ def train(
     # Data: this process's shard, decoded once into uint8 (n, 4, res, res), on the GPU when it fits.
     shard = list(range(rank, len(files), world))
     images = load_uint8_images([files[i] for i in shard], ucfg.res, cfg.workers)
+    if main:  # how the training images frame the object, for framing input photos alike (views, make-asset)
+        write_framing(output, images)
     on_device = device.type != "cpu" and (
         cfg.data_on_device == "yes"
         or (cfg.data_on_device == "auto" and images.numel() < 0.25 * torch.cuda.get_device_properties(device).total_memory)

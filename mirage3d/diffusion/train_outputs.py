@@ -87,6 +87,25 @@ def copy_poses(poses: PoseLabels, output: Path) -> None:
     os.replace(tmp, dst)
 
 
+def write_framing(output: Path, images: torch.Tensor, max_images: int = 2000) -> float | None:
+    """``MODEL/framing.json`` {"bbox_fraction": f}: the median, over (up to ``max_images`` of) the training
+    images (uint8 (n, 4, res, res)), of the object's bounding-box side over the frame side
+    (``preprocess.bbox_fraction`` of the alpha), and the 5-95 % range of it, so that `views` / `make-asset`
+    frame an input photo as the training images were framed (``preprocess.choose_fill``). Images without
+    transparency are skipped; none with it: nothing is written."""
+    from mirage3d.diffusion.preprocess import bbox_fraction
+
+    step = max(1, -(-len(images) // max_images))  # an even sample: collections are often ordered by object
+    alpha = images[::step, 3].cpu().numpy().astype(np.float32) / 255.0
+    fractions = [bbox_fraction(a) for a in alpha if (a < 0.5).mean() >= 0.01]
+    if not fractions:
+        return None
+    value = round(float(np.median(fractions)), 4)
+    lo, hi = (round(float(x), 4) for x in np.percentile(fractions, [5, 95]))
+    atomic_write_json(output / "framing.json", {"bbox_fraction": value, "range": [lo, hi], "images": len(fractions)})
+    return value
+
+
 # --------------------------------------------------------------------------------------------------
 # Exports: pipeline, sample grids, loss curve
 # --------------------------------------------------------------------------------------------------

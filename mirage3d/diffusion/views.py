@@ -19,7 +19,7 @@ from PIL import Image
 
 from mirage3d.config import save_config
 from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline, MiragePipelineOutput
-from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_fill, prepare_reference
+from mirage3d.diffusion.preprocess import DEFAULT_FILL, choose_fill, load_framing, prepare_reference
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_save_image, load_image, write_transforms
@@ -48,7 +48,8 @@ class ViewsConfig:
     hard_temperature: float = 0.0
     """0: arg-max hard attention; > 0: softmax at this temperature."""
     fill: float | None = None
-    """Object bbox / frame for the input; None: MODEL/framing.json, else the default 0.85."""
+    """Object bbox / frame for the input; None: the input's own when in MODEL/framing.json's range, else its
+    median bbox fraction, else the default 0.85 (preprocess.choose_fill)."""
     reframe: bool = True
     """False: the input is already framed like the training renders (only padded and resized)."""
     alpha_low: float = 0.03
@@ -103,8 +104,9 @@ def load_model(model_dir: str | Path, device: str = "auto", need_pose_model: boo
         raise ModelError(f"{model_dir}: the UNet has no pose classes; it is not a MiragePipeline model")
     pipe.to(resolve_device(device))
     pipe.cameras = load_cameras_json(model_dir)
-    fill = load_fill(model_dir)
-    pipe.fill = DEFAULT_FILL if fill is None else fill
+    framing = load_framing(model_dir)
+    pipe.fill = DEFAULT_FILL if framing is None else framing[0]
+    pipe.fill_range = None if framing is None else framing[1]
     if need_pose_model:
         from mirage3d.poses.model import PoseModel
 
@@ -176,7 +178,7 @@ def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir
         raise InputError(f"--pose {cfg.reference_pose} is out of range: this model has poses 0..{num_poses - 1}")
     prepared = None
     if photo is not None:
-        fill = None if not cfg.reframe else (cfg.fill or pipe.fill)
+        fill = None if not cfg.reframe else (cfg.fill or choose_fill(photo, pipe.fill, pipe.fill_range, name=str(input_path)))
         prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path))
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(cfg.seed)
