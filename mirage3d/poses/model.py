@@ -157,7 +157,8 @@ class PoseModel:
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.descriptor.tensors().items() if v is not None}
+        # fp32, except the front model's reference embeddings (unit vectors, up to 8,192 x 128): fp16 halves the file
+        tensors = {k: v.detach().to(torch.float16 if k == "front_refs" else torch.float32).cpu().contiguous() for k, v in self.descriptor.tensors().items() if v is not None}
         tensors["pose_centres"] = self.centres.detach().float().cpu().contiguous()
         with atomic_path(folder / "pose_model.safetensors") as tmp:
             save_file(tensors, str(tmp))
