@@ -12,6 +12,7 @@
 #    MODEL's UNet (colour permutations, per-image centring), the HOG / random-ViT baselines, feature throughput.
 # V: the shipped model as it is (no refit): make-asset end-to-end eval on 5 held-out objects, the sportscar
 #    gallery, then E.
+# Q: the R sweep (facing + front/back scores, 6,000 renders) for the seeds in SEEDS (default "2 3"), no training.
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -75,6 +76,13 @@ elif [ "$PART" = V ]; then
   tar cf "$O/gallery.tar" -C "$W" sportscar.glb sportscar.preview.png sc_views/contact_sheet.png asset
   time_examples ""
   tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
+elif [ "$PART" = Q ]; then
+  render_cars
+  for seed in ${SEEDS:-2 3}; do
+    log "pose discovery, facing + front/back scores, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
+    run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bq$seed" --timesteps 200 --parts 8 \
+        --weights "0,1,0" --w-facing 0,0.5 --w-front 0,0.5 --seed "$seed" --device cuda --workers 16
+  done
 elif [ "$PART" = E ]; then
   time_examples ""
   tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
