@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in docs/, in two calls of < 10 minutes each (the offline device machine: `source
 # scripts/device_env.sh` first). WORK is scratch space; OUTDIR receives tables (results.md) and artifacts.
-#   benchmarks/run_gpu.sh WORK OUTDIR A|B
+#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|E|R
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
 # T: make-asset wall time after one warm-up command (the three examples), feature
@@ -17,8 +17,6 @@
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
 #    model.tar.part-* (join with cat, untar into assets/models/car).
-# F: the facing score on 6,000 renders (MODEL's UNet, t = 200, P = 8, w 0,1,0; --w-facing 0 / 0.5, three
-#    clustering seeds), where its poses go wrong, and the compact statistics (pose_stats_dump.py) for CPU study.
 set -uo pipefail
 W=$1; O=$2; PART=$3
 MESHES=${MESHES:-../shared/meshes/cars}; MODEL=${MODEL:-assets/models/car}
@@ -27,6 +25,14 @@ log() { echo; echo "## $*"; } >> "$O/results.md"
 run() { local t=$1; shift; timeout "$t" "$@" 2>&1 | grep -E "^\|" >> "$O/results.md"; }
 render_cars() { [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null; }
 render_heldout() { [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null; }
+front_sweep() {  # SEEDS PREFIX: bench_poses off / facing / facing + front/back on the 6,000 renders, into $W/PREFIX<seed>
+  for seed in $1; do
+    log "pose discovery, facing + front/back scores, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
+    run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/$2$seed" --timesteps 200 --parts 8 \
+        --weights "0,1,0" --w-facing 0,0.5 --w-front 0,0.5 --seed "$seed" --device cuda --workers 16
+  done
+}
+examples() { time_examples ""; tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb; }
 time_examples() {  # make-asset on the three example images: stage table and wall time of each command
   for ex in sportscar basic_taxi suv; do
     log "make-asset assets/examples/$ex.png (GPU, 50 steps$1, wall time of the command)"
@@ -74,30 +80,18 @@ elif [ "$PART" = V ]; then
   cp "$W/asset/eval_asset.json" "$O/"
   timeout 60 mirage3d make-asset assets/examples/sportscar.png -o "$W/sportscar.glb" --model "$MODEL" --steps 50 --preview --keep-views "$W/sc_views" --overwrite > /dev/null 2>&1
   tar cf "$O/gallery.tar" -C "$W" sportscar.glb sportscar.preview.png sc_views/contact_sheet.png asset
-  time_examples ""
-  tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
+  examples
 elif [ "$PART" = Q ]; then
   render_cars
-  for seed in ${SEEDS:-2 3}; do
-    log "pose discovery, facing + front/back scores, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
-    run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bq$seed" --timesteps 200 --parts 8 \
-        --weights "0,1,0" --w-facing 0,0.5 --w-front 0,0.5 --seed "$seed" --device cuda --workers 16
-  done
+  front_sweep "${SEEDS:-2 3}" bq
 elif [ "$PART" = E ]; then
-  time_examples ""
-  tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
+  examples
 elif [ "$PART" = R ]; then
   render_cars
-  for seed in 0 1; do
-    log "pose discovery, facing + front/back scores, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
-    run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bf$seed" --timesteps 200 --parts 8 \
-        --weights "0,1,0" --w-facing 0,0.5 --w-front 0,0.5 --seed "$seed" --device cuda --workers 16
-    if [ "$seed" = 0 ]; then
-      cp "$W/bf0/bench_poses.json" "$O/bench_poses_front.json"
-      log "where the poses go wrong, --w-facing 0.5 --w-front 0.5 (seed 0)"
-      python3 benchmarks/pose_confusion.py "$W/bf0/poses/unet_t200_up0_image_parts_K8_P8_w0-1-0_facing0.5_front0.5" "$W/cars" >> "$O/results.md" 2>&1
-    fi
-  done
+  front_sweep "0 1" bf
+  cp "$W/bf0/bench_poses.json" "$O/bench_poses_front.json"
+  log "where the poses go wrong, --w-facing 0.5 --w-front 0.5 (seed 0)"
+  python3 benchmarks/pose_confusion.py "$W/bf0/poses/unet_t200_up0_image_parts_K8_P8_w0-1-0_facing0.5_front0.5" "$W/cars" >> "$O/results.md" 2>&1
   log "discover-front (the new shipped labels)"
   BACKBONE=$MODEL bash scripts/train_default_car.sh "$W" discover-front 2>&1 | tail -3 >> "$O/results.md"
   cp "$W/poses_front/poses_sheet.png" "$O/" 2>/dev/null
@@ -105,18 +99,6 @@ elif [ "$PART" = R ]; then
   BACKBONE=$MODEL bash scripts/train_default_car.sh "$W" phase2-front "${MIN:-4}" > "$W/train.log" 2>&1; tail -5 "$W/train.log" >> "$O/results.md"
   python3 scripts/pack_model.py "$W/model_front" "$W/packed" --dtype bf16 --overwrite >> "$O/results.md" 2>&1
   tar cf - -C "$W" packed | split -b 15M - "$O/model.tar.part-"
-elif [ "$PART" = F ]; then
-  render_cars
-  for seed in 0 1 2; do
-    log "pose discovery with the facing score, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
-    run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/bf$seed" --timesteps 200 --parts 8 \
-        --weights "0,1,0" --w-facing 0,0.5 --seed "$seed" --device cuda --workers 16
-    [ "$seed" = 0 ] && cp "$W/bf0/bench_poses.json" "$O/bench_poses_facing.json"
-    mkdir -p "$W/bf1/features" "$W/bf2/features"; ln -sfn "$W/bf0/features/unet_t200_up0_image" "$W/bf1/features/"; ln -sfn "$W/bf0/features/unet_t200_up0_image" "$W/bf2/features/"
-  done
-  log "where the poses go wrong, --w-facing 0.5 (seed 0)"
-  python3 benchmarks/pose_confusion.py "$W/bf0/poses/unet_t200_up0_image_parts_K8_P8_w0-1-0_facing0.5" "$W/cars" >> "$O/results.md" 2>&1
-  python3 benchmarks/pose_stats_dump.py "$W/bf0/features/unet_t200_up0_image" "$W/cars" "$O/stats" --parts 8 --device cuda >> "$O/results.md" 2>&1
 elif [ "$PART" = T ]; then
   render_cars
   mirage3d make-asset assets/examples/suv.png -o "$W/warm.glb" --model "$MODEL" --steps 50 --overwrite > /dev/null 2>&1
@@ -130,8 +112,7 @@ elif [ "$PART" = T ]; then
 elif [ "$PART" = S ]; then
   log "recon on orbit renders (32-view orbits; 16 or 8 for training, the rest held out)"
   run 200 python3 benchmarks/bench_recon.py --meshes "$MESHES" --limit 3 --views 16 8 --device cuda --out "$W/br"
-  time_examples ""
-  tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb
+  examples
   render_heldout
   log "make-asset end to end on held-out appearances (orbit frame 1 as input, 50 steps)"
   run 240 python3 benchmarks/eval_asset.py --collection "$W/heldout" --model "$MODEL" --out "$W/asset" --objects 5 --steps 50 --device cuda

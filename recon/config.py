@@ -11,6 +11,23 @@ from mirage3d.errors import InputError
 FORMATS = ("glb", "obj", "ply")
 
 
+def output_checks(iters: int, faces: int, texture_size: int, fmt: str | None) -> list[tuple[bool, str]]:
+    """(ok, one-line message) checks of the settings both reconstruction backends share."""
+    return [
+        (1 <= iters <= 1_000_000, f"--iters {iters} must be between 1 and 1000000"),
+        (4 <= faces <= 10_000_000, f"--faces {faces} must be between 4 and 10000000"),
+        (16 <= texture_size <= 8192, f"--texture-size {texture_size} must be between 16 and 8192"),
+        (fmt is None or fmt in FORMATS, f"--format {fmt!r} must be one of {', '.join(FORMATS)}"),
+    ]
+
+
+def raise_failed(checks: list[tuple[bool, str]]) -> None:
+    """:class:`InputError` with the message of the first failed check."""
+    for ok, msg in checks:
+        if not ok:
+            raise InputError(msg)
+
+
 @dataclass
 class ReconConfig:
     """Settings of the views → radiance field → textured mesh stage (defaults: 16 views at 128² on a CPU)."""
@@ -80,22 +97,16 @@ class ReconConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` (one line) for absurd settings."""
-        checks = [
-            (self.iters >= 1 and self.iters <= 1_000_000, f"--iters {self.iters} must be between 1 and 1000000"),
+        checks = output_checks(self.iters, self.faces, self.texture_size, self.format) + [
             (8 <= self.res <= 1024, f"--res {self.res} must be between 8 and 1024 voxels"),
             (16 <= self.batch_rays <= 1 << 22, f"batch_rays {self.batch_rays} must be between 16 and 4194304"),
-            (4 <= self.faces <= 10_000_000, f"--faces {self.faces} must be between 4 and 10000000"),
-            (16 <= self.texture_size <= 8192, f"--texture-size {self.texture_size} must be between 16 and 8192"),
             (0.0 < self.level < 1.0, f"--level {self.level} must be in (0, 1)"),
             (0.05 <= self.step_ratio <= 4.0, f"step_ratio {self.step_ratio} must be in [0.05, 4]"),
             (len(self.res_levels) == len(self.level_starts) and len(self.res_levels) > 0, "res_levels and level_starts must have the same, non-zero length"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"--device {self.device!r} must be auto, cpu or cuda"),
-            (self.format is None or self.format in FORMATS, f"--format {self.format!r} must be one of {', '.join(FORMATS)}"),
             (self.hull_misses >= 0 and self.hull_dilate_px >= 0, "hull_misses and hull_dilate_px must be >= 0"),
             (self.cpu_threads >= 0, f"cpu_threads {self.cpu_threads} must be >= 0"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise InputError(msg)
+        raise_failed(checks)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise InputError(f"--device {self.device} asked for, but no CUDA GPU is available; use --device cpu or auto")

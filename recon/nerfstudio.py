@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-from mirage3d.config import save_config
 from mirage3d.errors import DependencyError, InputError, MirageError
 from mirage3d.io import check_writable_parent, read_transforms
-from mirage3d.recon.config import FORMATS, ReconConfig
+from mirage3d.recon.config import ReconConfig, output_checks, raise_failed
 from mirage3d.recon.fit import Progress, scene_box
 from mirage3d.recon.mesh import TexturedMesh, export
-from mirage3d.recon.pipeline import ReconResult, check_output, write_mesh_preview
+from mirage3d.recon.pipeline import ReconResult, Stages, check_output, write_records
 from mirage3d.recon.views import ViewSet, load_views
 
 METHODS = ("instant-ngp-bounded", "nerfacto")
@@ -81,17 +79,9 @@ class NerfstudioConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` (one line) for absurd settings."""
-        checks = [
-            (self.method in METHODS, f"--method {self.method!r} must be one of {', '.join(METHODS)}"),
-            (1 <= self.iters <= 1_000_000, f"--iters {self.iters} must be between 1 and 1000000"),
-            (4 <= self.faces <= 10_000_000, f"--faces {self.faces} must be between 4 and 10000000"),
-            (16 <= self.texture_size <= 8192, f"--texture-size {self.texture_size} must be between 16 and 8192"),
-            (self.hull_misses >= 0, f"--hull-misses {self.hull_misses} must be >= 0"),
-            (self.format is None or self.format in FORMATS, f"--format {self.format!r} must be one of {', '.join(FORMATS)}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise InputError(msg)
+        raise_failed([(self.method in METHODS, f"--method {self.method!r} must be one of {', '.join(METHODS)}"),
+                      *output_checks(self.iters, self.faces, self.texture_size, self.format),
+                      (self.hull_misses >= 0, f"--hull-misses {self.hull_misses} must be >= 0")])  # fmt: skip
 
 
 def find_nerfstudio() -> tuple[str, str]:
@@ -278,23 +268,15 @@ def reconstruct_nerfstudio(views_dir: str | Path, output: str | Path, config: Ne
     fmt = check_output(output, cfg.format)
     train_exe, export_exe = find_nerfstudio()
     check_writable_parent(output)
-    say = phase or (lambda name: None)
-    timings: dict[str, float] = {}
-    t_all = t = time.perf_counter()
-
-    def tick(name: str, t0: float) -> float:
-        now = time.perf_counter()
-        timings[name] = now - t0
-        return now
-
-    say("load")
+    stages = Stages(phase)
+    stages.say("load")
     views = load_views(views_dir)  # the voxel backend's checks and messages, before anything is launched
     data = Path(views_dir).resolve()
     root = data if data.is_dir() else data.parent
     if "orientation_override" in read_transforms(data, check_images=False).extra:
         raise InputError(f"{root / 'transforms.json'} has 'orientation_override', which would move nerfstudio's frame; remove it")
     scene = scene_bounds(views, cfg)
-    t = tick("load", t)
+    stages.done("load")
 
     def on_train_output(text: str) -> None:
         steps = _STEP.findall(text)
@@ -303,29 +285,21 @@ def reconstruct_nerfstudio(views_dir: str | Path, output: str | Path, config: Ne
 
     with tempfile.TemporaryDirectory(prefix="mirage3d-nerfstudio-") as tmp:
         work = Path(tmp)
-        say("train")
+        stages.say("train")
         train = train_command(data, work / "outputs", cfg, scene)
         run_tool(train, train_exe, work, "ns-train", on_train_output)
         config_yml = newest_config(work / "outputs")
-        t = tick("train", t)
-        say("export")
+        stages.done("train")
+        stages.say("export")
         exp = export_command(config_yml, work / "export", cfg, scene[0])
         run_tool(exp, export_exe, work, "ns-export")
-        t = tick("export", t)
-        say("convert")
+        stages.done("export")
+        stages.say("convert")
         textured = load_export(work / "export")
         files = export(textured, output, fmt)
-    config_path = output.with_name(output.name + ".config.json")
-    save_config(cfg, config_path, backend="nerfstudio", views=str(views_dir), faces=len(textured.faces),
-                commands=[shlex.join(train), shlex.join(exp)])
-    files.append(config_path)
-    t = tick("convert", t)
-    if cfg.preview:
-        say("preview")
-        files += write_mesh_preview(textured, output)
-        t = tick("preview", t)
-    timings["total"] = time.perf_counter() - t_all
+    write_records(textured, output, files, cfg, stages, "convert", backend="nerfstudio", views=str(views_dir),
+                  commands=[shlex.join(train), shlex.join(exp)])
     return ReconResult(
-        mesh_path=output, files=files, timings=timings, psnr=float("nan"), faces=len(textured.faces),
+        mesh_path=output, files=files, timings=stages.total(), psnr=float("nan"), faces=len(textured.faces),
         vertices=len(textured.vertices), device=f"nerfstudio {cfg.method}",
     )

@@ -47,6 +47,36 @@ def write_mesh_preview(textured: TexturedMesh, output: Path) -> list[Path]:
     return [png, gif]
 
 
+class Stages:
+    """Phase announcements (``phase(name)``) and seconds per phase, the same for both backends."""
+
+    def __init__(self, phase: Callable[[str], None] | None) -> None:
+        self.say = phase or (lambda name: None)
+        self.timings: dict[str, float] = {}
+        self.t_all = self.t = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name], self.t = now - self.t, now
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = time.perf_counter() - self.t_all
+        return self.timings
+
+
+def write_records(textured: TexturedMesh, output: Path, files: list[Path], cfg, stages: Stages, stage: str, **record) -> None:
+    """``OUTPUT.config.json`` (``cfg`` + ``record``), timed as part of ``stage``, then the preview if
+    ``cfg.preview``; appends what it writes to ``files``. Shared by the backends."""
+    config_path = output.with_name(output.name + ".config.json")
+    save_config(cfg, config_path, faces=int(len(textured.faces)), **record)
+    files.append(config_path)
+    stages.done(stage)
+    if cfg.preview:
+        stages.say("preview")
+        files += write_mesh_preview(textured, output)
+        stages.done("preview")
+
+
 def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig | None = None,
                 progress: Progress | None = None, phase: Callable[[str], None] | None = None) -> ReconResult:
     """Fit a voxel radiance field to the views in ``views_dir`` and write a textured mesh to ``output``.
@@ -59,41 +89,24 @@ def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig |
     cfg.validate()
     output = Path(output)
     fmt = check_output(output, cfg.format)
-    say = phase or (lambda name: None)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    def tick(name: str, t0: float) -> float:
-        now = time.perf_counter()
-        timings[name] = now - t0
-        return now
-
-    t = time.perf_counter()
-    say("load")
+    stages = Stages(phase)
+    stages.say("load")
     views = load_views(views_dir)
-    t = tick("load", t)
-    say("fit")
+    stages.done("load")
+    stages.say("fit")
     fit = fit_field(views, cfg, progress)
-    t = tick("fit", t)
-    say("mesh")
+    stages.done("fit")
+    stages.say("mesh")
     mesh = extract_mesh(fit.field, cfg)
-    t = tick("mesh", t)
-    say("texture")
+    stages.done("mesh")
+    stages.say("texture")
     textured = bake_texture(mesh, fit.field, cfg.texture_size)
-    t = tick("texture", t)
-    say("export")
+    stages.done("texture")
+    stages.say("export")
     files = export(textured, output, fmt)
-    config_path = output.with_name(output.name + ".config.json")
-    save_config(cfg, config_path, views=str(views_dir), psnr=fit.psnr, faces=int(len(textured.faces)))
-    files.append(config_path)
-    t = tick("export", t)
-    if cfg.preview:
-        say("preview")
-        files += write_mesh_preview(textured, output)
-        t = tick("preview", t)
-    timings["total"] = time.perf_counter() - t_all
+    write_records(textured, output, files, cfg, stages, "export", views=str(views_dir), psnr=fit.psnr)
     return ReconResult(
-        mesh_path=output, files=files, timings=timings, psnr=fit.psnr, faces=int(len(textured.faces)),
+        mesh_path=output, files=files, timings=stages.total(), psnr=fit.psnr, faces=int(len(textured.faces)),
         vertices=int(len(textured.vertices)), device=str(fit.field.lo.device), history=fit.history,
     )
 

@@ -101,7 +101,7 @@ class MiragePipeline(DiffusionPipeline):
     pose_model: Any = None
     cameras: list[Any] | None = None
     fill: float = DEFAULT_FILL
-    fill_range: tuple[float, float] | None = None  # MODEL/framing.json's 5-95 % bbox fractions (preprocess.choose_fill)
+    fill_range: tuple[float, float] | None = None  # MODEL/framing.json's 5-95 % bbox fractions (preprocess.fill_for_mask)
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
@@ -245,7 +245,7 @@ class MiragePipeline(DiffusionPipeline):
             if ref.shape[0] != 1 or ref.shape[1] != self.unet.config.in_channels or tuple(ref.shape[2:]) != (res, res):
                 raise ValueError(f"image tensor must be (1, {self.unet.config.in_channels}, {res}, {res}) in [-1, 1], got {tuple(image.shape)}")
             return ref.float(), None
-        prepared = image if isinstance(image, PreparedImage) else prepare_reference(image, res, fill=self.fill)
+        prepared = image if isinstance(image, PreparedImage) else prepare_reference(image, res, fill=self.fill, fill_range=self.fill_range)
         if prepared.image.shape[:2] != (res, res):
             raise ValueError(f"prepared image is {prepared.image.shape[:2]}, the model expects {res}x{res}")
         ref = prepared.to_tensor()

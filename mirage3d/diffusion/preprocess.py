@@ -126,10 +126,10 @@ def load_framing(model_dir: str | Path) -> tuple[float, tuple[float, float] | No
     return value, rng
 
 
-def choose_fill(image: Image.Image | np.ndarray, fill: float, fill_range: tuple[float, float] | None, tolerance: float = DEFAULT_TOLERANCE,
-                name: str = "image") -> float:  # fmt: skip
-    """The framing for an input: its own bbox fraction when that lies in ``fill_range`` (the training images'
-    5-95 % range: the object already has a scale the model saw, and the pose model reads scale), else ``fill``.
+def fill_for_mask(mask: np.ndarray, fill: float, fill_range: tuple[float, float] | None) -> float:
+    """The framing for an input with object ``mask``: its own bbox fraction when that lies in ``fill_range``
+    (the training images' 5-95 % range: the object already has a scale the model saw, and the pose model
+    reads scale), else ``fill``.
 
     Why: a render's bbox fraction depends on the pose (a car seen from the front is narrower than from the
     side), so bringing every input to one fraction rescales some poses away from how they were seen in
@@ -138,9 +138,16 @@ def choose_fill(image: Image.Image | np.ndarray, fill: float, fill_range: tuple[
     """
     if fill_range is None:
         return fill
-    mask, _ = object_mask(_to_rgba(image, name), tolerance, name)
     own = bbox_fraction(mask)
     return own if fill_range[0] <= own <= fill_range[1] else fill
+
+
+def choose_fill(image: Image.Image | np.ndarray, fill: float, fill_range: tuple[float, float] | None, tolerance: float = DEFAULT_TOLERANCE,
+                name: str = "image") -> float:  # fmt: skip
+    """:func:`fill_for_mask` of an image (its object mask found as :func:`prepare_reference` finds it)."""
+    if fill_range is None:
+        return fill
+    return fill_for_mask(object_mask(_to_rgba(image, name), tolerance, name)[0], fill, fill_range)
 
 
 def _to_rgba(image: Image.Image | np.ndarray, name: str) -> np.ndarray:
@@ -160,17 +167,21 @@ def prepare_reference(
     fill: float | None = DEFAULT_FILL,
     tolerance: float = DEFAULT_TOLERANCE,
     name: str = "image",
+    fill_range: tuple[float, float] | None = None,
 ) -> PreparedImage:
     """Find the object, crop a square so its bbox spans ``fill`` of it, composite on white, resize.
 
     ``fill=None`` keeps the input's framing (for inputs already framed like the training renders, e.g.
     an orbit render): the whole image is used, only padded to a square and resized.
+    ``fill_range``: an object whose bbox fraction already lies in it keeps that scale (:func:`fill_for_mask`).
     ``image``: PIL (any mode) or array (H, W, 3|4), uint8 or float in [0, 1].
     """
     rgba = _to_rgba(image, name)
     if fill is not None and not 0 < fill <= 1:
         raise InputError(f"fill must be in (0, 1], got {fill}")
     mask, source = object_mask(rgba, tolerance, name)
+    if fill is not None:
+        fill = fill_for_mask(mask, fill, fill_range)
     ys, xs = np.nonzero(mask > 0.5)
     if len(xs) < 4:
         raise InputError(f"{name}: no object found (the image is all background); give a photo of one object")

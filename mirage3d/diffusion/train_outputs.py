@@ -91,7 +91,7 @@ def write_framing(output: Path, images: torch.Tensor, max_images: int = 2000) ->
     """``MODEL/framing.json`` {"bbox_fraction": f}: the median, over (up to ``max_images`` of) the training
     images (uint8 (n, 4, res, res)), of the object's bounding-box side over the frame side
     (``preprocess.bbox_fraction`` of the alpha), and the 5-95 % range of it, so that `views` / `make-asset`
-    frame an input photo as the training images were framed (``preprocess.choose_fill``). Images without
+    frame an input photo as the training images were framed (``preprocess.fill_for_mask``). Images without
     transparency are skipped; none with it: nothing is written."""
     from mirage3d.diffusion.preprocess import bbox_fraction
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from mirage3d.config import save_config
 from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline, MiragePipelineOutput
-from mirage3d.diffusion.preprocess import DEFAULT_FILL, choose_fill, load_framing, prepare_reference
+from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_framing, prepare_reference
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_save_image, load_image, write_transforms
@@ -49,7 +49,7 @@ class ViewsConfig:
     """0: arg-max hard attention; > 0: softmax at this temperature."""
     fill: float | None = None
     """Object bbox / frame for the input; None: the input's own when in MODEL/framing.json's range, else its
-    median bbox fraction, else the default 0.85 (preprocess.choose_fill)."""
+    median bbox fraction, else the default 0.85 (preprocess.fill_for_mask)."""
     reframe: bool = True
     """False: the input is already framed like the training renders (only padded and resized)."""
     alpha_low: float = 0.03
@@ -178,8 +178,8 @@ def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir
         raise InputError(f"--pose {cfg.reference_pose} is out of range: this model has poses 0..{num_poses - 1}")
     prepared = None
     if photo is not None:
-        fill = None if not cfg.reframe else (cfg.fill or choose_fill(photo, pipe.fill, pipe.fill_range, name=str(input_path)))
-        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path))
+        fill = None if not cfg.reframe else (cfg.fill or pipe.fill)
+        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill else pipe.fill_range)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     cross = CrossFrameConfig(enabled=cfg.cross_frame != "off", mode=cfg.cross_frame if cfg.cross_frame != "off" else "concat", layers=cfg.cross_frame_layers)

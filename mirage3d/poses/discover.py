@@ -276,7 +276,7 @@ def add_front(b: torch.Tensor, bf: torch.Tensor, dm: DescriptorModel, labels: np
     r = fit_front_model(b + bf, votes, dm, cfg)
     if r is None:
         return None
-    pair, labels, mirror = orbits[0], labels.copy(), np.array(mirror).copy()
+    pair, labels, mirror = orbits[0], labels.copy(), np.array(mirror)
     sel = np.isin(labels, pair)
     # At the median score; the vote takes few values, so of ">" and ">=" the more even split is taken.
     m = float(np.median(r[sel]))

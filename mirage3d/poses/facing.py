@@ -118,6 +118,10 @@ class FacingModel:
         """(N,) facing score of the images; their flips score exactly the negative."""
         return flip_difference(feats, feats_flip, fg, self.grid) @ self.axis.to(feats.device)
 
+    def score_pooled(self, b: torch.Tensor, b_flip: torch.Tensor) -> torch.Tensor:
+        """:meth:`score` from the box-pooled features of the images and of their flips (``box_pool``)."""
+        return (b - b_flip) @ self.axis.to(b.device)
+
     def to(self, device: torch.device | str) -> FacingModel:
         return FacingModel(self.axis.to(device), self.grid)
 
@@ -207,7 +211,7 @@ class FrontModel:
         return self.score_sums(flip_sum(feats, feats_flip, fg, self.grid))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"front_mean": self.mean, "front_proj": self.proj, "front_scale": self.scale, "front_refs": self.refs, "front_votes": self.votes}
+        return {"front_mean": self.mean, "front_proj": self.proj, "front_scale": self.scale, "front_refs": self.refs.half(), "front_votes": self.votes}
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor], k: int, grid: int) -> FrontModel:

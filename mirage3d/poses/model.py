@@ -23,7 +23,7 @@ from mirage3d.io import atomic_path, atomic_write_json
 from mirage3d.poses.cluster import confidence_from_cost, joint_cost
 from mirage3d.poses.descriptors import flat_descriptors, part_descriptors
 from mirage3d.poses.features import Backbone, load_backbone
-from mirage3d.poses.facing import FacingModel, FrontModel
+from mirage3d.poses.facing import FacingModel, FrontModel, box_pool
 from mirage3d.poses.parts import PartModel
 
 MODES = ("parts", "flat")
@@ -68,11 +68,19 @@ class DescriptorModel:
         fg = self.foreground(feats, fg_alpha, has_mask)  # once: the descriptor and the facing score share it
         d = self._raw(feats, fg)
         f = self.raw(feats_flip, fg_alpha.flip(-1), has_mask)
+        pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # grid → (b(x), b(flip x)), shared by both scores
+
+        def pool(grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if grid not in pooled:
+                pooled[grid] = (box_pool(feats, fg, grid), box_pool(feats_flip, fg.flip(-1), grid))
+            return pooled[grid]
+
         if self.facing is not None:
-            s = self.facing.score(feats, feats_flip, fg)[:, None]
+            s = self.facing.score_pooled(*pool(self.facing.grid))[:, None]
             d, f = torch.cat([d, s], 1), torch.cat([f, -s], 1)
         if self.front is not None:
-            r = self.front.score(feats, feats_flip, fg)[:, None]
+            b, b_flip = pool(self.front.grid)
+            r = self.front.score_sums(b + b_flip)[:, None]
             d, f = torch.cat([d, r], 1), torch.cat([f, r], 1)
         return d, f
 
@@ -157,8 +165,8 @@ class PoseModel:
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
-        # fp32, except the front model's reference embeddings (unit vectors, up to 8,192 x 128): fp16 halves the file
-        tensors = {k: v.detach().to(torch.float16 if k == "front_refs" else torch.float32).cpu().contiguous() for k, v in self.descriptor.tensors().items() if v is not None}
+        # fp32, except tensors the descriptor keeps in fp16 (the front model's unit reference embeddings)
+        tensors = {k: v.detach().to(v.dtype if v.dtype == torch.float16 else torch.float32).cpu().contiguous() for k, v in self.descriptor.tensors().items() if v is not None}
         tensors["pose_centres"] = self.centres.detach().float().cpu().contiguous()
         with atomic_path(folder / "pose_model.safetensors") as tmp:
             save_file(tensors, str(tmp))
