@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--pca-dim", type=int, default=64)
     ap.add_argument("--modes", default="parts", help="descriptor modes for UNet backbones: parts, flat or parts,flat")
     ap.add_argument("--colour-perms", default="1", help="comma-separated UNet colour_perms values (1..6)")
+    ap.add_argument("--noise-maps", default="1", help="comma-separated UNet noise_maps values (1..32)")
     ap.add_argument("--w-facing", default="0", help="comma-separated facing weights to sweep (0 = off)")
     ap.add_argument("--w-front", default="0", help="comma-separated front/back weights to sweep (0 = off; only with a facing weight > 0)")
     ap.add_argument("--max-fixed", default="none", help="comma-separated max_self_mirror values: none, 0, 2, ...")
@@ -64,10 +65,11 @@ def main() -> None:
     flips = [f.strip() for f in args.flips.split(",")]
     settings: list[tuple[str, dict, str]] = []  # (name, backbone spec dict for load_backbone, mode)
     if args.backbone is not None:
-        for t, blocks, cp in itertools.product([int(x) for x in args.timesteps.split(",")], args.blocks.split(";"), [int(x) for x in args.colour_perms.split(",")]):
+        for t, blocks, cp, nm in itertools.product([int(x) for x in args.timesteps.split(",")], args.blocks.split(";"), [int(x) for x in args.colour_perms.split(",")],
+                                                   [int(x) for x in args.noise_maps.split(",")]):  # fmt: skip
             for mode in args.modes.split(","):  # the flat mode reads the same feature cache
-                settings.append((f"unet_t{t}_{blocks.replace(',', '+')}" + (f"_cp{cp}" if cp > 1 else ""),
-                                 {"spec": str(args.backbone), "timestep": t, "blocks": tuple(blocks.split(",")), "colour_perms": cp}, mode))
+                settings.append((f"unet_t{t}_{blocks.replace(',', '+')}" + (f"_cp{cp}" if cp > 1 else "") + (f"_nm{nm}" if nm > 1 else ""),
+                                 {"spec": str(args.backbone), "timestep": t, "blocks": tuple(blocks.split(",")), "colour_perms": cp, "noise_maps": nm}, mode))
     if args.baselines:
         settings.append(("random-vit", {"spec": "random-vit"}, "parts"))
         settings.append(("hog", {"spec": "hog"}, "flat"))
@@ -82,7 +84,8 @@ def main() -> None:
     print("| backbone | flip | centre | max self-mirror | w facing | w front | P | K | w (vis, loc, box) | ARI | NMI | median az err (deg) | within 45 deg | flip agreement | extract s | discover s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (name, spec, mode), flip in itertools.product(settings, flips):
-        bb = load_backbone(spec["spec"], timestep=spec.get("timestep", 100), blocks=spec.get("blocks", ("up0",)), seed=args.seed, colour_perms=spec.get("colour_perms", 1))
+        bb = load_backbone(spec["spec"], timestep=spec.get("timestep", 100), blocks=spec.get("blocks", ("up0",)), seed=args.seed, colour_perms=spec.get("colour_perms", 1),
+                          noise_maps=spec.get("noise_maps", 1))
         t0 = time.perf_counter()
         cache = extract_features(args.collection, args.out / "features" / f"{name}_{flip}", bb,
                                  ExtractConfig(batch_size=args.batch_size, flip=flip, device=args.device, dtype=args.dtype, num_workers=args.workers))  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in docs/, in two calls of < 10 minutes each (the offline device machine: `source
 # scripts/device_env.sh` first). WORK is scratch space; OUTDIR receives tables (results.md) and artifacts.
-#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|E|R
+#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|E|R
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
 # T: make-asset wall time after one warm-up command (the three examples), feature
@@ -12,7 +12,10 @@
 #    MODEL's UNet (colour permutations, per-image centring), the HOG / random-ViT baselines, feature throughput.
 # V: the shipped model as it is (no refit): make-asset end-to-end eval on 5 held-out objects, the sportscar
 #    gallery, then E.
-# Q: the R sweep (facing + front/back scores, 6,000 renders) for the seeds in SEEDS (default "2 3"), no training.
+# Q: the R sweep (facing + front/back scores, 6,000 renders) for the seeds in SEEDS (default "2 3"), no training;
+#    NOISE_MAPS=N averages the UNet features over N noise maps.
+# N: the Q sweep with NOISE_MAPS (default 4) for SEEDS (default "0 1"), pose statistics of the last seed's
+#    cache (benchmarks/pose_stats_dump.py, into OUTDIR/stats), then the import-time table of make-asset.
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -29,7 +32,7 @@ front_sweep() {  # SEEDS PREFIX: bench_poses off / facing / facing + front/back 
   for seed in $1; do
     log "pose discovery, facing + front/back scores, seed $seed (MODEL's UNet, t = 200, up0, P = 8, w 0,1,0, 6,000 renders)"
     run 200 python3 benchmarks/bench_poses.py --collection "$W/cars" --backbone "$MODEL" --out "$W/$2$seed" --timesteps 200 --parts 8 \
-        --weights "0,1,0" --w-facing 0,0.5 --w-front 0,0.5 --seed "$seed" --device cuda --workers 16
+        --weights "0,1,0" --w-facing 0,0.5 --w-front 0,0.5 --seed "$seed" --device cuda --workers 16 --noise-maps "${NOISE_MAPS:-1}" --batch-size 128
   done
 }
 examples() { time_examples ""; tar cf "$O/examples_gpu.tar" -C "$W" sportscar.glb basic_taxi.glb suv.glb; }
@@ -84,6 +87,14 @@ elif [ "$PART" = V ]; then
 elif [ "$PART" = Q ]; then
   render_cars
   front_sweep "${SEEDS:-2 3}" bq
+elif [ "$PART" = N ]; then
+  render_cars
+  NOISE_MAPS=${NOISE_MAPS:-4}
+  front_sweep "${SEEDS:-0 1}" bn
+  last=${SEEDS:-0 1}; last=${last##* }
+  timeout 60 python3 benchmarks/pose_stats_dump.py "$W/bn$last/features/unet_t200_up0_nm${NOISE_MAPS}_image" "$W/cars" "$O/stats" --parts 8 --device cuda >> "$O/results.md" 2>&1
+  log "import times (fresh interpreters, best of 1)"
+  run 170 python3 benchmarks/bench_imports.py --repeats 1 --cuda
 elif [ "$PART" = E ]; then
   examples
 elif [ "$PART" = R ]; then

@@ -58,6 +58,7 @@ def extract(
     timestep: int = typer.Option(100, help="UNet backbones: noise timestep of the input (0..999)."),
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated blocks whose outputs are the features (up0, up1, mid, down2, ...)."),
     colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6; docs/poses.md)."),
+    noise_maps: int = typer.Option(1, "--noise-maps", help="UNet backbones: average features over this many fixed noise maps (1..32; docs/poses.md)."),
     image_size: int = typer.Option(None, help="Input size for hog / ViT backbones (default 64 / 224)."),
     flip: str = typer.Option("image", help="Mirror features: image (extract the flipped image too), features (flip the map), none."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
@@ -65,13 +66,13 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under accelerate launch: one GPU per process)."),
     dtype: str = typer.Option("float32", help="Backbone compute dtype on CUDA: float32, bfloat16, float16."),
     workers: int = typer.Option(2, help="Image-decoding workers."),
-    seed: int = typer.Option(0, help="Seed of the UNet noise map / random-init ViT."),
+    seed: int = typer.Option(0, help="Seed of the UNet noise maps / random-init ViT."),
 ) -> None:
     """Extract patch features of every image into a resumable cache (multi-GPU with `accelerate launch`)."""
     from mirage3d.poses.extract import ExtractConfig, extract_features, is_main_process
     from mirage3d.poses.features import load_backbone
 
-    bb = load_backbone(backbone, timestep=timestep, blocks=tuple(b.strip() for b in blocks.split(",") if b.strip()), seed=seed, image_size=image_size, colour_perms=colour_perms)
+    bb = load_backbone(backbone, timestep=timestep, blocks=tuple(b.strip() for b in blocks.split(",") if b.strip()), seed=seed, image_size=image_size, colour_perms=colour_perms, noise_maps=noise_maps)
     cfg = ExtractConfig(batch_size=batch_size, shard_size=shard_size, flip=flip, device=device, dtype=dtype, num_workers=workers)
     with progress_bar("extracting") as bar:
         task = bar.add_task("extract", total=None)

@@ -31,6 +31,7 @@ def discover(
     timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
     colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6; docs/poses.md)."),
+    noise_maps: int = typer.Option(1, "--noise-maps", help="UNet backbones: average features over this many fixed noise maps (1..32; docs/poses.md)."),
     image_size: int = typer.Option(None, help="Input size for hog / ViT backbones."),
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
     w_visibility: float = typer.Option(0.25, help="Descriptor weight of part visibility."),
@@ -63,7 +64,7 @@ def discover(
             raise InputError("give --backbone BACKBONE (or --features FOLDER made by `mirage3d features extract`)")
         cache = FeatureCache.open(features)
     else:
-        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=seed, image_size=image_size, colour_perms=colour_perms)
+        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=seed, image_size=image_size, colour_perms=colour_perms, noise_maps=noise_maps)
         ecfg = ExtractConfig(batch_size=batch_size, flip=flip, device=device, num_workers=workers)
         with progress_bar("features") as bar:
             task = bar.add_task("features", total=None)
@@ -112,6 +113,7 @@ def refit(
     timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
     colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6)."),
+    noise_maps: int = typer.Option(1, "--noise-maps", help="UNet backbones: average features over this many fixed noise maps (1..32; docs/poses.md)."),
     features: Path = typer.Option(None, "--features", help="Feature cache folder for the new backbone."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
@@ -123,7 +125,7 @@ def refit(
     from mirage3d.poses.features import load_backbone
 
     check_output_dir(output, overwrite)
-    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), colour_perms=colour_perms)
+    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), colour_perms=colour_perms, noise_maps=noise_maps)
     res = refit_pose_model(poses, bb, collection, output, features, ExtractConfig(device=device), overwrite)
     console.print(f"refitted the pose model for {backbone}: it gives the fixed label to {100 * res.agreement:.1f}% of the images; wrote {res.folder}")
 

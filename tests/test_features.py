@@ -89,6 +89,29 @@ def test_colour_permutations_make_features_colour_invariant(unet_folder):
         load_backbone(str(unet_folder), colour_perms=7)
 
 
+def test_noise_maps_average_the_single_map_features(unet_folder):
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    one = load_backbone(str(unet_folder), timestep=300)
+    three = load_backbone(str(unet_folder), timestep=300, noise_maps=3)
+    torch.testing.assert_close(three.noise[:1], one.noise)  # map 0 is the single map: old caches stay comparable
+    # The batched average over the maps equals the mean of one-map backbones, each holding one of the maps.
+    singles = []
+    for i in range(3):
+        bb = load_backbone(str(unet_folder), timestep=300)
+        bb.noise = three.noise[i : i + 1].clone()
+        singles.append(bb(x))
+    torch.testing.assert_close(three(x), torch.stack(singles).mean(0), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(three(x), one(x), atol=1e-3)
+    torch.testing.assert_close(three(x[1:2]), three(x)[1:2], rtol=1e-4, atol=1e-5)  # still no dependence on batch mates
+    ref = three.reference()
+    assert ref["noise_maps"] == 3 and "noise_maps" not in one.reference()
+    torch.testing.assert_close(load_backbone(ref)(x), three(x))
+    both = load_backbone(str(unet_folder), timestep=300, colour_perms=2, noise_maps=2)
+    assert both(x).shape == one(x).shape
+    with pytest.raises(InputError, match="noise-maps"):
+        load_backbone(str(unet_folder), noise_maps=0)
+
+
 def test_unet_backbone_with_alpha_channel(tmp_path):
     bb = load_backbone(str(make_unet_folder(tmp_path / "m4", in_channels=4)))
     x = torch.rand(2, 3, 32, 32) * 2 - 1

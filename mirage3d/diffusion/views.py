@@ -120,7 +120,8 @@ def load_model(model_dir: str | Path, device: str = "auto", need_pose_model: boo
             from mirage3d.poses.features import UNetBackbone
 
             pose_model.backbone = UNetBackbone(pipe.unet, pipe.scheduler.alphas_cumprod, int(ref.get("timestep", 100)), tuple(ref.get("blocks", ("up0",))),
-                                               int(ref.get("seed", 0)), folder=str(model_dir.resolve()), colour_perms=int(ref.get("colour_perms", 1))).to(pipe.device)  # fmt: skip
+                                               int(ref.get("seed", 0)), folder=str(model_dir.resolve()), colour_perms=int(ref.get("colour_perms", 1)),
+                                               noise_maps=int(ref.get("noise_maps", 1))).to(pipe.device)  # fmt: skip
         pipe.pose_model = pose_model
     return pipe
 

@@ -487,10 +487,11 @@ def assign_files(images: list[Path], poses_dir: str | Path, backbone: str | Path
 
 
 def _unet_settings(poses_dir: str | Path) -> dict:
-    """Timestep / blocks / seed / colour permutations recorded in the pose model, so a replacement UNet is read the same way."""
+    """Timestep / blocks / seed / colour permutations / noise maps recorded in the pose model, so a replacement UNet is read the same way."""
     import json
 
     ref = json.loads((Path(poses_dir) / "pose_model.json").read_text()).get("backbone", {}) if (Path(poses_dir) / "pose_model.json").exists() else {}
     if ref.get("kind") != "unet":
         return {}
-    return {"timestep": ref.get("timestep", 100), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": ref.get("seed", 0), "colour_perms": ref.get("colour_perms", 1)}
+    return {"timestep": ref.get("timestep", 100), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": ref.get("seed", 0), "colour_perms": ref.get("colour_perms", 1),
+            "noise_maps": ref.get("noise_maps", 1)}
