@@ -58,6 +58,8 @@ class DiscoverConfig:
     """flat mode: PCA dimensions of the descriptor"""
     n_init: int = 8
     """pose clusterings from different seeds; the lowest objective is kept"""
+    part_inits: int = 4
+    """part k-means runs (k-means++ seeds); the lowest inertia is kept"""
     max_self_mirror: int | None = None
     """at most this many poses may be their own mirror image (front and back: 2); None = no limit"""
     w_facing: float = 0.0
@@ -165,7 +167,8 @@ def fit_descriptor_model(cache: FeatureCache, cfg: DiscoverConfig, device: torch
     if cfg.mode == "flat":
         mean, proj = fit_pca(flat_descriptors(feats, cfg.flat_grid), cfg.flat_dim)
         return DescriptorModel("flat", flat_mean=mean, flat_proj=proj, flat_grid=cfg.flat_grid)
-    pm = fit_parts(feats, sample["fg"].to(device).float(), sample["has_mask"].bool().to(device), cfg.num_parts, cfg.pca_dim, cfg.seed, cfg.max_patches, cfg.centre_images)
+    pm = fit_parts(feats, sample["fg"].to(device).float(), sample["has_mask"].bool().to(device), cfg.num_parts, cfg.pca_dim, cfg.seed, cfg.max_patches, cfg.centre_images,
+                   cfg.part_inits)
     return DescriptorModel("parts", parts=pm)
 
 

@@ -155,7 +155,7 @@ def fit_foreground_axis(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def fit_parts(feats: torch.Tensor, fg: torch.Tensor, has_mask: torch.Tensor, num_parts: int, pca_dim: int = 64, seed: int = 0, max_patches: int = 200_000,
-              centre_images: bool = False) -> PartModel:
+              centre_images: bool = False, n_init: int = 4) -> PartModel:
     """Fit the part model on a sample: ``feats`` (N, h, w, C), ``fg`` (N, h, w) alpha coverage in [0, 1].
 
     Images without a mask (``has_mask`` (N,) false) get their foreground from the features' first principal
@@ -172,5 +172,5 @@ def fit_parts(feats: torch.Tensor, fg: torch.Tensor, has_mask: torch.Tensor, num
         x = x[torch.randperm(x.shape[0], generator=g)[:max_patches]]
     mean, proj = fit_pca(x, pca_dim if pca_dim > 0 else x.shape[1])  # (C,), (C, d)
     z = F.normalize((x - mean) @ proj, dim=-1)
-    centroids, _, _ = kmeans(z, num_parts, seed=seed, spherical=True)
+    centroids, _, _ = kmeans(z, num_parts, seed=seed, n_init=n_init, spherical=True)
     return PartModel(mean, proj, F.normalize(centroids, dim=1), fg_mean, fg_axis, centre_images=centre_images)
