@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in docs/, in two calls of < 10 minutes each (the offline device machine: `source
 # scripts/device_env.sh` first). WORK is scratch space; OUTDIR receives tables (results.md) and artifacts.
-#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|C|E|R
+#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|E|R
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
 # T: make-asset wall time after one warm-up command (the three examples), feature
@@ -17,7 +17,6 @@
 # N: the Q sweep with NOISE_MAPS (default 4) for SEEDS (default "0 1"), pose statistics of the last seed's
 #    cache (benchmarks/pose_stats_dump.py, into OUTDIR/stats), then the import-time table of make-asset.
 # D: discovery against its own seed (benchmarks/bench_part_seeds.py, SEEDS default 0-7, part k-means runs 4 and 16).
-# C: relabel MODEL's poses with its own UNet as a pose classifier (mirage3d poses relabel), evaluated.
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -102,17 +101,6 @@ elif [ "$PART" = D ]; then
   log "pose discovery against its seed (MODEL's UNet, t = 200, up0, noise seed 0, P = 8, w 0,1,0, K = 8, 6,000 renders)"
   run 480 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$MODEL" --out "$W/ps" --seeds "${SEEDS:-0-7}" --part-inits 4,16 --device cuda --workers 16
   cp "$W/ps/bench_part_seeds.json" "$O/" 2>/dev/null
-elif [ "$PART" = C ]; then
-  render_cars
-  for spec in "4 --flip" "4 --no-flip" "8 --flip"; do
-    set -- $spec
-    log "relabel MODEL's poses with its UNet as a classifier (timesteps $1, $2), 6,000 renders"
-    s0=$(date +%s.%N)
-    timeout 200 mirage3d poses relabel "$MODEL" --collection "$W/cars" -o "$W/rl_$1$2" --timesteps "$1" "$2" --batch-size 128 --device cuda --workers 16 --overwrite 2>&1 | tail -2 >> "$O/results.md"
-    echo "wall: $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s" >> "$O/results.md"
-    mirage3d eval poses "$W/rl_$1$2" --collection "$W/cars" 2>&1 | tail -3 >> "$O/results.md"
-    python3 benchmarks/pose_confusion.py "$W/rl_$1$2" "$W/cars" >> "$O/results.md" 2>&1
-  done
 elif [ "$PART" = E ]; then
   examples
 elif [ "$PART" = R ]; then

@@ -1,4 +1,4 @@
-"""``mirage3d poses ...``: discover poses in a collection, assign them to new images, relabel them with the UNet, refit for another backbone."""
+"""``mirage3d poses ...``: discover poses in a collection, assign them to new images, refit for another backbone."""
 
 from __future__ import annotations
 
@@ -101,33 +101,6 @@ def assign(
 
         atomic_write_json(output, {"poses": str(poses), "assignments": rows})
         console.print(f"wrote {output}")
-
-
-@poses_app.command("relabel")
-@handle_errors
-def relabel(
-    model: Path = typer.Argument(..., help="Model folder from `mirage3d train` (pose-conditioned UNet, with poses/)."),
-    collection: Path = typer.Option(..., "--collection", help="The collection the poses were discovered on."),
-    output: Path = typer.Option(..., "-o", "--output", help="New poses folder (same cameras and mirror map, labels from the UNet)."),
-    poses: Path = typer.Option(None, "--poses", help="Poses folder to relabel (default MODEL/poses)."),
-    timesteps: int = typer.Option(8, help="Noise levels scored per image and pose."),
-    flip: bool = typer.Option(True, "--flip/--no-flip", help="Also score each image's mirror image under the mirror pose."),
-    batch_size: int = typer.Option(64, help="Images per batch (each runs under every pose and noise level)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    workers: int = typer.Option(4, help="Image-decoding threads."),
-    seed: int = typer.Option(0, help="Seed of the fixed noise maps."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-) -> None:
-    """Relabel poses with the pose-conditioned UNet as a classifier (the pose it denoises each image best under)."""
-    from mirage3d.diffusion.classify import RelabelConfig, relabel_poses
-
-    cfg = RelabelConfig(timesteps=timesteps, flip=flip, batch_size=batch_size, device=device, seed=seed, workers=workers)
-    cfg.validate()
-    with progress_bar("scoring") as bar:
-        task = bar.add_task("scoring", total=None)
-        res = relabel_poses(model, collection, output, cfg, poses, overwrite, lambda d, t: bar.update(task, completed=d, total=t))
-    console.print(f"relabelled {len(res.labels)} images: {100 * res.changed:.1f}% changed pose; wrote {res.folder} "
-                  f"(its pose model still fits the old labels: `mirage3d poses refit` fits it to the new ones)")
 
 
 @poses_app.command("refit")
