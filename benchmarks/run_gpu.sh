@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in docs/, in two calls of < 10 minutes each (the offline device machine: `source
 # scripts/device_env.sh` first). WORK is scratch space; OUTDIR receives tables (results.md) and artifacts.
-#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|E|R
+#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|W|E|R
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
 # T: make-asset wall time after one warm-up command (the three examples), feature
@@ -17,6 +17,7 @@
 # N: the Q sweep with NOISE_MAPS (default 4) for SEEDS (default "0 1"), pose statistics of the last seed's
 #    cache (benchmarks/pose_stats_dump.py, into OUTDIR/stats), then the import-time table of make-asset.
 # D: discovery against its own seed (benchmarks/bench_part_seeds.py, SEEDS default 0-7, part k-means runs 4 and 16).
+# W: make-asset through `mirage3d serve` (client wall time, each example twice), then E's cold commands on the same machine.
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -101,6 +102,20 @@ elif [ "$PART" = D ]; then
   log "pose discovery against its seed (MODEL's UNet, t = 200, up0, noise seed 0, P = 8, w 0,1,0, K = 8, 6,000 renders)"
   run 480 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$MODEL" --out "$W/ps" --seeds "${SEEDS:-0-7}" --part-inits 4,16 --device cuda --workers 16
   cp "$W/ps/bench_part_seeds.json" "$O/" 2>/dev/null
+elif [ "$PART" = W ]; then
+  log "make-asset through a warm server (mirage3d serve, MODEL, cuda): wall time of each client command"
+  s0=$(date +%s.%N)
+  mirage3d serve --model "$MODEL" --device cuda --port 8765 > "$W/serve.log" 2>&1 &
+  until python3 -c "from mirage3d.serve import server_health; server_health('http://127.0.0.1:8765')" 2>/dev/null; do sleep 0.5; done
+  echo "server ready after $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s (imports + model load): $(head -1 "$W/serve.log")" >> "$O/results.md"
+  for ex in suv sportscar basic_taxi suv sportscar basic_taxi; do
+    log "make-asset assets/examples/$ex.png --server (50 steps)"
+    s0=$(date +%s.%N)
+    timeout 90 mirage3d make-asset "assets/examples/$ex.png" -o "$W/srv_$ex.glb" --server http://127.0.0.1:8765 --steps 50 --overwrite 2>&1 | tail -14 >> "$O/results.md"
+    echo "wall: $(python3 -c "print(f'{$(date +%s.%N) - $s0:.1f}')") s" >> "$O/results.md"
+  done
+  tar cf "$O/served.tar" -C "$W" srv_suv.glb srv_sportscar.glb srv_basic_taxi.glb serve.log
+  time_examples " (no server, same machine)"
 elif [ "$PART" = E ]; then
   examples
 elif [ "$PART" = R ]; then

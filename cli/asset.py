@@ -27,8 +27,12 @@ def make_asset(
     seed: int = typer.Option(0, "--seed", help="Seed of the views and the reconstruction."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    server: str | None = typer.Option(None, "--server", envvar="MIRAGE3D_SERVER", help="URL of a `mirage3d serve` process to do the work (skips imports and model loading)."),
 ) -> None:
     """Turn one photo of an object into a textured 3D mesh (GLB)."""
+    if server:
+        _remote(server, image, output, model, views, steps, pose, guidance, hard_guidance, iters, faces, preview, keep_views, seed, device, overwrite)
+        return
     from mirage3d.asset import AssetConfig, make_asset as run
 
     cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance, reference_pose=pose,
@@ -45,6 +49,39 @@ def make_asset(
     est = "given" if pose is not None else f"estimated, confidence {res.pose_confidence:.2f}" if res.pose_confidence is not None else "estimated"
     console.print(f"input pose {res.reference_pose} ({est}); {len(res.poses)} views: poses {res.poses}")
     console.print("files: " + ", ".join(str(p) for p in res.files) + (f"; views: {res.views_dir}" if res.views_dir else ""))
+
+
+def _remote(server: str, image: Path, output: Path, model: str, views: int | None, steps: int, pose: int | None, guidance: float, hard_guidance: float,
+            iters: int, faces: int, preview: bool, keep_views: Path | None, seed: int, device: str, overwrite: bool) -> None:  # fmt: skip
+    """make-asset through a server: no torch here; the server's model and device do the work."""
+    import time
+
+    from mirage3d.errors import InputError
+    from mirage3d.serve import make_asset_remote, server_health
+
+    t0 = time.perf_counter()
+    if keep_views is not None:
+        raise InputError("--keep-views is not available with --server (the views stay on the server); run without --server to keep them")
+    if device != "auto":
+        raise InputError(f"--device {device} cannot be chosen per request; the server runs on the device it was started with")
+    health = server_health(server)
+    if model not in ("default", health.get("model")) and str(Path(model).resolve()) != health.get("model"):
+        raise InputError(f"the server at {server} serves {health.get('model')}, not {model}; start one with `mirage3d serve --model {model}` or drop --server")
+    options = {"views": views, "steps": steps, "reference_pose": pose, "guidance_scale": guidance, "hard_guidance_scale": hard_guidance,
+               "recon_iters": iters, "faces": faces, "preview": preview, "seed": seed}  # fmt: skip
+    with console.status(f"working on {server}..."):
+        res = make_asset_remote(server, image, output, options, overwrite=overwrite)
+    table = Table(title=f"wrote {output} (server {server}, {health.get('device')})", show_header=True)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for k, v in res.get("timings", {}).items():
+        table.add_row(f"server: {k}", f"{v:.1f}")
+    table.add_row("this command", f"{time.perf_counter() - t0:.1f}")
+    console.print(table)
+    conf = res.get("pose_confidence")
+    est = "given" if pose is not None else f"estimated, confidence {conf:.2f}" if conf is not None else "estimated"
+    console.print(f"input pose {res.get('reference_pose')} ({est}); {len(res.get('poses', []))} views: poses {res.get('poses')}")
+    console.print("files: " + ", ".join(str(p) for p in res["files"]))
 
 
 def register(app: typer.Typer) -> None:

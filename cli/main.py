@@ -38,7 +38,7 @@ def _register() -> None:
 
 
 # One entry per command module in cli/ (keep this list sorted).
-COMMAND_MODULES: list[str] = ["asset", "data", "evaluate", "features", "poses", "recon", "train", "views"]
+COMMAND_MODULES: list[str] = ["asset", "data", "evaluate", "features", "poses", "recon", "serve", "train", "views"]
 
 _register()
 

@@ -84,8 +84,40 @@ def load_cameras_json(model_dir: Path) -> list[Any] | None:
     return cams
 
 
+# Loaded models kept by a long-lived process (`mirage3d serve`): key (folder, device, with pose model) → pipeline.
+# None (the default) = load on every call, as a one-shot command should.
+_LOADED: dict[tuple[str, str, bool], MiragePipeline] | None = None
+
+
+def keep_models_loaded(enabled: bool = True) -> None:
+    """Make :func:`load_model` keep what it loads in this process and return it on later calls (``False``:
+    forget them and load afresh again).
+
+    Only for a process that serves many requests from one unchanging model folder: a folder retrained in
+    place is not reloaded. Generation leaves the pipeline as it found it (attention processors are restored
+    after each call), so reuse gives the same outputs as a fresh load (tests/test_serve.py).
+    """
+    global _LOADED
+    if not enabled:
+        _LOADED = None
+    elif _LOADED is None:
+        _LOADED = {}
+
+
 def load_model(model_dir: str | Path, device: str = "auto", need_pose_model: bool = False) -> MiragePipeline:
     """A MiragePipeline with its cameras (and, if asked, pose model) from a model folder."""
+    if _LOADED is not None:
+        folder, dev = str(Path(model_dir).resolve()), str(resolve_device(device))
+        if (folder, dev, True) in _LOADED:  # one with its pose model serves both kinds of call
+            return _LOADED[(folder, dev, True)]
+        key = (folder, dev, need_pose_model)
+        if key not in _LOADED:
+            _LOADED[key] = _load_model(model_dir, device, need_pose_model)
+        return _LOADED[key]
+    return _load_model(model_dir, device, need_pose_model)
+
+
+def _load_model(model_dir: str | Path, device: str = "auto", need_pose_model: bool = False) -> MiragePipeline:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(f"model folder {model_dir} does not exist")
