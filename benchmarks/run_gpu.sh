@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in docs/, in two calls of < 10 minutes each (the offline device machine: `source
 # scripts/device_env.sh` first). WORK is scratch space; OUTDIR receives tables (results.md) and artifacts.
-#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|W|E|R
+#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|W|F|G|E|R
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
 # T: make-asset wall time after one warm-up command (the three examples), feature
@@ -18,6 +18,8 @@
 #    cache (benchmarks/pose_stats_dump.py, into OUTDIR/stats), then the import-time table of make-asset.
 # D: discovery against its own seed (benchmarks/bench_part_seeds.py, SEEDS default 0-7, part k-means runs 4 and 16).
 # W: make-asset through `mirage3d serve` (client wall time, each example twice), then E's cold commands on the same machine.
+# F: render, then phase 1 (the offline feature backbone) for MIN minutes (default 6) into WORK/backbone.
+# G: D's seed study on F's backbone (SEEDS default 0-3); run right after F, while the machine holds WORK.
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -116,6 +118,14 @@ elif [ "$PART" = W ]; then
   done
   tar cf "$O/served.tar" -C "$W" srv_suv.glb srv_sportscar.glb srv_basic_taxi.glb serve.log
   time_examples " (no server, same machine)"
+elif [ "$PART" = F ]; then
+  render_cars
+  log "phase 1 (the offline backbone, = mirage3d features train) for MIN minutes"
+  bash scripts/train_default_car.sh "$W" phase1 "${MIN:-6}" > "$W/phase1.log" 2>&1; tail -3 "$W/phase1.log" >> "$O/results.md"
+elif [ "$PART" = G ]; then
+  log "pose discovery against its seed on the phase-1 backbone of F (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders)"
+  run 480 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$W/backbone" --out "$W/ps1" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16
+  cp "$W/ps1/bench_part_seeds.json" "$O/" 2>/dev/null
 elif [ "$PART" = E ]; then
   examples
 elif [ "$PART" = R ]; then
