@@ -20,7 +20,7 @@ from mirage3d.serve import CLIENT_OPTIONS, AssetServer, options_from_query
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-FAST = ["--steps", "2", "--iters", "60", "--faces", "2000", "--pose", "1"]
+FAST = ["--steps", "2", "--iters", "20", "--faces", "500", "--views", "2", "--pose", "1"]
 
 
 @pytest.fixture(scope="module")
