@@ -128,6 +128,7 @@ class AssetServer(HTTPServer):
 class AssetHandler(BaseHTTPRequestHandler):
     server: AssetServer
     protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds a client may stall while sending; the server serves one request at a time
 
     def _send(self, code: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode("utf-8")
@@ -176,6 +177,9 @@ class AssetHandler(BaseHTTPRequestHandler):
 # Client
 # --------------------------------------------------------------------------------------------------
 def _request(url: str, data: bytes | None = None, timeout: float = 3600.0) -> dict[str, Any]:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError(f"--server {url.split('?')[0].rsplit('/', 1)[0]!r} is not a server URL; give one like http://127.0.0.1:8765")
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
                                  headers={"Content-Type": "application/octet-stream"} if data is not None else {})  # fmt: skip
     try:

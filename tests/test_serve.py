@@ -91,6 +91,7 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path: Path, model_dir: Path, 
     out = tmp_path / "o" / "car.glb"
     # Nothing listening.
     assert "no mirage3d server answers" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", "http://127.0.0.1:9", *FAST]))
+    assert "not a server URL" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", "localhost:8765", *FAST]))
     # Checked before sending: not an image.
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
