@@ -6,8 +6,8 @@ of work). ``mirage3d serve`` pays that once; the server keeps the model loaded a
 ``mirage3d make-asset IMAGE -o OUT --server URL`` (or ``MIRAGE3D_SERVER=URL``) then imports no torch: it checks
 its inputs, sends the photo and its options, and writes the files it gets back beside OUT, atomically.
 
-Protocol (HTTP/1.1 on the loopback interface by default; the standard library's server, one request at a
-time, since the GPU runs one job at a time anyway):
+Protocol (HTTP/1.1 on the loopback interface by default; the standard library's threading server: health
+checks answer at once, while make-asset jobs queue on a lock and run one at a time, as the GPU would anyway):
 - ``GET /health`` → ``{"status": "ok", "model": ..., "device": ..., "served": N}``.
 - ``POST /make-asset?name=car.glb&steps=50&...`` with the image file as the body → ``{"result": {...},
   "files": {name: base64}}``: the mesh and its sidecar files (``name.config.json``, ``name.make-asset.json``,
@@ -30,7 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,10 @@ class ServerInfo:
     served: int = 0
 
 
-class AssetServer(HTTPServer):
-    """An HTTP server holding one loaded model; :meth:`run` is ``make_asset`` on it."""
+class AssetServer(ThreadingHTTPServer):
+    """An HTTP server holding one loaded model; :meth:`run` is ``make_asset`` on it (one job at a time)."""
+
+    daemon_threads = True
 
     def __init__(self, address: tuple[str, int], model: str, device: str = "auto"):
         from mirage3d.asset import AssetConfig, resolve_model
@@ -117,7 +119,7 @@ class AssetServer(HTTPServer):
             out.parent.mkdir()
             with self.lock:
                 res = make_asset(image, out, cfg)
-            self.info.served += 1
+                self.info.served += 1
             files = {p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in sorted(out.parent.iterdir()) if p.is_file()}
             result = {"reference_pose": res.reference_pose, "pose_confidence": res.pose_confidence, "poses": res.poses, "timings": res.timings}
             return {"result": result, "files": files}
@@ -128,7 +130,7 @@ class AssetServer(HTTPServer):
 class AssetHandler(BaseHTTPRequestHandler):
     server: AssetServer
     protocol_version = "HTTP/1.1"
-    timeout = 120  # seconds a client may stall while sending; the server serves one request at a time
+    timeout = 120  # seconds a client may stall while sending
 
     def _send(self, code: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode("utf-8")

@@ -16,7 +16,7 @@ from mirage3d.asset import AssetConfig
 from mirage3d.cli.main import app
 from mirage3d.diffusion.views import keep_models_loaded
 from mirage3d.errors import InputError
-from mirage3d.serve import CLIENT_OPTIONS, AssetServer, options_from_query
+from mirage3d.serve import CLIENT_OPTIONS, AssetServer, options_from_query, server_health
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,6 +107,15 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path: Path, model_dir: Path, 
     assert srv.info.served == 2  # (from the test above) failed requests are not counted
 
 
+def test_health_answers_while_a_job_runs(server) -> None:
+    srv, url = server
+    with srv.lock:  # as while a make-asset job holds the model
+        health = server_health(url)
+    assert health["status"] == "ok" and health["device"] == "cpu" and Path(health["model"]).name == "model"
+
+
 def test_serve_cli_bad_port() -> None:
     r = runner.invoke(app, ["serve", "--port", "70000"])
     assert r.exit_code == 1 and "--port" in r.stderr
+    r = runner.invoke(app, ["serve", "--model", "/nonexistent/model", "--port", "0"])
+    assert r.exit_code == 1 and "does not exist" in r.stderr
