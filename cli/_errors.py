@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mirage3d.errors import MirageError
+from mirage3d.errors import MirageError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,13 +28,6 @@ _EXPECTED: tuple[type[BaseException], ...] = (MirageError, FileNotFoundError, Pe
 
 def debug_enabled() -> bool:
     return os.environ.get("MIRAGE3D_DEBUG", "").lower() not in ("", "0", "false", "no")
-
-
-def one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) and e.filename:
-        msg = f"{e.strerror or type(e).__name__}: {e.filename}"
-    return msg
 
 
 def handle_errors(fn: F) -> F:

@@ -31,7 +31,9 @@ def make_asset(
 ) -> None:
     """Turn one photo of an object into a textured 3D mesh (GLB)."""
     if server:
-        _remote(server, image, output, model, views, steps, pose, guidance, hard_guidance, iters, faces, preview, keep_views, seed, device, overwrite)
+        options = {"views": views, "steps": steps, "reference_pose": pose, "guidance_scale": guidance, "hard_guidance_scale": hard_guidance,
+                   "recon_iters": iters, "faces": faces, "preview": preview, "seed": seed}  # fmt: skip
+        _remote(server, image, output, model, options, keep_views, device, overwrite)
         return
     from mirage3d.asset import AssetConfig, make_asset as run
 
@@ -51,8 +53,7 @@ def make_asset(
     console.print("files: " + ", ".join(str(p) for p in res.files) + (f"; views: {res.views_dir}" if res.views_dir else ""))
 
 
-def _remote(server: str, image: Path, output: Path, model: str, views: int | None, steps: int, pose: int | None, guidance: float, hard_guidance: float,
-            iters: int, faces: int, preview: bool, keep_views: Path | None, seed: int, device: str, overwrite: bool) -> None:  # fmt: skip
+def _remote(server: str, image: Path, output: Path, model: str, options: dict, keep_views: Path | None, device: str, overwrite: bool) -> None:
     """make-asset through a server: no torch here; the server's model and device do the work."""
     import time
 
@@ -67,8 +68,6 @@ def _remote(server: str, image: Path, output: Path, model: str, views: int | Non
     health = server_health(server)
     if model not in ("default", health.get("model")) and str(Path(model).resolve()) != health.get("model"):
         raise InputError(f"the server at {server} serves {health.get('model')}, not {model}; start one with `mirage3d serve --model {model}` or drop --server")
-    options = {"views": views, "steps": steps, "reference_pose": pose, "guidance_scale": guidance, "hard_guidance_scale": hard_guidance,
-               "recon_iters": iters, "faces": faces, "preview": preview, "seed": seed}  # fmt: skip
     with console.status(f"working on {server}..."):
         res = make_asset_remote(server, image, output, options, overwrite=overwrite)
     table = Table(title=f"wrote {output} (server {server}, {health.get('device')})", show_header=True)
@@ -79,7 +78,7 @@ def _remote(server: str, image: Path, output: Path, model: str, views: int | Non
     table.add_row("this command", f"{time.perf_counter() - t0:.1f}")
     console.print(table)
     conf = res.get("pose_confidence")
-    est = "given" if pose is not None else f"estimated, confidence {conf:.2f}" if conf is not None else "estimated"
+    est = "given" if options["reference_pose"] is not None else f"estimated, confidence {conf:.2f}" if conf is not None else "estimated"
     console.print(f"input pose {res.get('reference_pose')} ({est}); {len(res.get('poses', []))} views: poses {res.get('poses')}")
     console.print("files: " + ", ".join(str(p) for p in res["files"]))
 

@@ -21,3 +21,11 @@ class ModelError(MirageError, ValueError):
 
 class DependencyError(MirageError, ImportError):
     """An optional dependency (extra) or pretrained weights are not available here."""
+
+
+def one_line(e: BaseException) -> str:
+    """The one-line message of an expected error (the CLI prints it; ``mirage3d serve`` sends it to the client)."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) and e.filename:
+        msg = f"{e.strerror or type(e).__name__}: {e.filename}"
+    return msg

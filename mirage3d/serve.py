@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from mirage3d.errors import InputError, MirageError
+from mirage3d.errors import InputError, MirageError, one_line
 
 log = logging.getLogger("mirage3d.serve")
 
@@ -164,8 +164,6 @@ class AssetHandler(BaseHTTPRequestHandler):
             name, opts = options_from_query(urllib.parse.parse_qs(url.query, keep_blank_values=True))
             self._send(200, self.server.run(body, name, opts))
         except (MirageError, FileNotFoundError) as e:
-            from mirage3d.cli._errors import one_line
-
             self._send(400, {"error": one_line(e)})
         except Exception as e:  # a bug: keep serving, log the traceback, tell the client in one line
             log.exception("make-asset failed")

@@ -149,11 +149,9 @@ def _load_model(model_dir: str | Path, device: str = "auto", need_pose_model: bo
         ref = pose_model.backbone_ref
         if ref.get("kind") == "unet" and Path(str(ref.get("path", ""))).resolve() == model_dir.resolve():
             # The pose model reads this model's own UNet (a shipped model): share it rather than load a copy.
-            from mirage3d.poses.features import UNetBackbone
+            from mirage3d.poses.features import UNetBackbone, unet_settings
 
-            pose_model.backbone = UNetBackbone(pipe.unet, pipe.scheduler.alphas_cumprod, int(ref.get("timestep", 100)), tuple(ref.get("blocks", ("up0",))),
-                                               int(ref.get("seed", 0)), folder=str(model_dir.resolve()), colour_perms=int(ref.get("colour_perms", 1)),
-                                               noise_maps=int(ref.get("noise_maps", 1))).to(pipe.device)  # fmt: skip
+            pose_model.backbone = UNetBackbone(pipe.unet, pipe.scheduler.alphas_cumprod, folder=str(model_dir.resolve()), **unet_settings(ref)).to(pipe.device)
         pipe.pose_model = pose_model
     return pipe
 

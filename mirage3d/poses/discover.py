@@ -21,7 +21,7 @@ from mirage3d.poses.cameras import CameraConfig, make_cameras, write_cameras
 from mirage3d.poses.cluster import confidence_from_cost, mirror_kmeans
 from mirage3d.poses.descriptors import DescriptorConfig, fit_block_scales, flat_descriptors
 from mirage3d.poses.extract import ExtractConfig, FeatureCache, sample_indices
-from mirage3d.poses.features import Backbone
+from mirage3d.poses.features import Backbone, unet_settings
 from mirage3d.poses.model import MODES, DescriptorModel, PoseModel
 from mirage3d.poses.parts import fit_parts, fit_pca
 from mirage3d.poses.ring import ring_azimuths
@@ -494,7 +494,4 @@ def _unet_settings(poses_dir: str | Path) -> dict:
     import json
 
     ref = json.loads((Path(poses_dir) / "pose_model.json").read_text()).get("backbone", {}) if (Path(poses_dir) / "pose_model.json").exists() else {}
-    if ref.get("kind") != "unet":
-        return {}
-    return {"timestep": ref.get("timestep", 100), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": ref.get("seed", 0), "colour_perms": ref.get("colour_perms", 1),
-            "noise_maps": ref.get("noise_maps", 1)}
+    return unet_settings(ref) if ref.get("kind") == "unet" else {}

@@ -78,8 +78,8 @@ def _unet_folder(folder: Path) -> Path:
     raise ModelError(f"{folder} holds no diffusers UNet2DModel (expected {folder}/unet/config.json); train one with `mirage3d features train`")
 
 
-# RGB channel orders for colour_perms (identity first, then the two cyclic shifts, then the three swaps).
 MAX_NOISE_MAPS = 32
+# RGB channel orders for colour_perms (identity first, then the two cyclic shifts, then the three swaps).
 COLOUR_PERMS: tuple[tuple[int, int, int], ...] = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
 
 
@@ -95,9 +95,9 @@ class UNetBackbone(Backbone):
     features, so parts cluster by what the patch shows rather than by paint. Costs N forward passes.
 
     ``noise_maps`` > 1 averages the features over that many fixed noise maps (the first is the single map of
-    ``noise_maps`` = 1). One noise map adds the same pattern to every image, and which pattern it is moves
-    pose discovery a lot (docs/poses.md: ARI 0.18 to 0.52 across seeds); the average is closer to the
-    expectation over the noise. Costs N forward passes (N × colour_perms with both).
+    ``noise_maps`` = 1): closer to the expectation over the noise than one map's pattern. Measured on pose
+    discovery: no change (docs/poses.md, "What the seed moves"). Costs N forward passes (N × colour_perms
+    with both).
     """
 
     def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, folder: str | None = None,
@@ -311,6 +311,12 @@ class HogBackbone(Backbone):
 # --------------------------------------------------------------------------------------------------
 # Building a backbone from a CLI spec or a saved reference
 # --------------------------------------------------------------------------------------------------
+def unet_settings(ref: dict[str, Any]) -> dict[str, Any]:
+    """The ``UNetBackbone`` settings a saved reference records (absent keys: their defaults), as keyword arguments."""
+    return {"timestep": int(ref.get("timestep", 100)), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": int(ref.get("seed", 0)),
+            "colour_perms": int(ref.get("colour_perms", 1)), "noise_maps": int(ref.get("noise_maps", 1))}
+
+
 def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, image_size: int | None = None,
                   colour_perms: int = 1, noise_maps: int = 1) -> Backbone:  # fmt: skip
     """Backbone from a spec string or a saved :meth:`Backbone.reference` dict.
@@ -321,8 +327,7 @@ def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tu
     if isinstance(spec, dict):
         kind = spec.get("kind")
         if kind == "unet":
-            return UNetBackbone.from_folder(spec["path"], spec.get("timestep", 100), tuple(spec.get("blocks", ("up0",))), spec.get("seed", 0), spec.get("colour_perms", 1),
-                                        spec.get("noise_maps", 1))
+            return UNetBackbone.from_folder(spec["path"], **unet_settings(spec))
         if kind == "dinov2":
             return Dinov2Backbone.from_pretrained(spec["path"], spec.get("image_size", 224))
         if kind == "random-vit":
