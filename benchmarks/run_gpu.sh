@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in docs/, in two calls of < 10 minutes each (the offline device machine: `source
 # scripts/device_env.sh` first). WORK is scratch space; OUTDIR receives tables (results.md) and artifacts.
-#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|W|F|G|E|R
+#   benchmarks/run_gpu.sh WORK OUTDIR A|B|T|S|P|V|Q|N|D|W|F|G|L|M|E|R
 # A: render, refit the shipped model's pose model to its own UNet, make-asset end-to-end eval, views eval.
 # B: views speed, recon speed/quality. (Training throughput: benchmarks/bench_multigpu.sh, on its GPU 1.)
 # T: make-asset wall time after one warm-up command (the three examples), feature
@@ -20,6 +20,10 @@
 # W: make-asset through `mirage3d serve` (client wall time, each example twice), then E's cold commands on the same machine.
 # F: render, then phase 1 (the offline feature backbone) for MIN minutes (default 6) into WORK/backbone.
 # G: D's seed study on F's backbone (SEEDS default 0-3); run right after F, while the machine holds WORK.
+# L: render, then a longer phase 1 continued from the backbone INIT (e.g. a carried phase-1 folder) in the
+#    background (setsid, so it outlives the call while the machine is held): chunks of CHUNKS minutes (default
+#    "9 8"), each exported to WORK/snapN; meanwhile G's seed study on INIT.
+# M: wait for WORK/snapSNAP (from L), G's seed study on it, pose statistics of its cache into OUTDIR/stats.
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -126,6 +130,25 @@ elif [ "$PART" = G ]; then
   log "pose discovery against its seed on the phase-1 backbone of F (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders)"
   run 480 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$W/backbone" --out "$W/ps1" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16
   cp "$W/ps1/bench_part_seeds.json" "$O/" 2>/dev/null
+elif [ "$PART" = L ]; then
+  render_cars
+  if [ ! -f "$W/long.started" ]; then
+    touch "$W/long.started"
+    setsid nohup bash -c 'i=0; for m in '"${CHUNKS:-9 8}"'; do i=$((i+1))
+      mirage3d train "$0/cars" --init "$1" -o "$0/long" --batch-size 128 --seed 0 --checkpoint-every 500 --keep-checkpoints 2 \
+        --sample-every 1500 --sample-steps 50 --max-steps 200000 --compile --minutes "$m" >> "$0/long.log" 2>&1
+      mkdir -p "$0/snap$i"; for f in "$0"/long/*; do [ "$(basename "$f")" = checkpoints ] || cp -r "$f" "$0/snap$i/"; done
+      touch "$0/snap$i.done"; done' "$W" "$INIT" > /dev/null 2>&1 < /dev/null &
+  fi
+  log "pose discovery against its seed on INIT (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders), while phase 1 continues from it"
+  run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$INIT" --out "$W/ps_init" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16
+elif [ "$PART" = M ]; then
+  until [ -f "$W/snap$SNAP.done" ]; do sleep 5; done
+  grep -E "trained|step" "$W/long.log" | tail -2 >> "$O/results.md"
+  log "pose discovery against its seed on snapshot $SNAP of the continued phase 1 (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders)"
+  run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$W/snap$SNAP" --out "$W/ps$SNAP" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16
+  timeout 60 python3 benchmarks/pose_stats_dump.py "$W/ps$SNAP/features" "$W/cars" "$O/stats" --parts 8 --device cuda >> "$O/results.md" 2>&1
+  cp "$W/snap$SNAP/train_config.json" "$O/" 2>/dev/null
 elif [ "$PART" = E ]; then
   examples
 elif [ "$PART" = R ]; then
