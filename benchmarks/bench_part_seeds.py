@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--part-inits", default="4")
     ap.add_argument("--w-facing", type=float, default=0.5)
     ap.add_argument("--w-front", type=float, default=0.5)
+    ap.add_argument("--facing-component", type=int, default=None,
+                    help="also run facing + front with this principal component as the facing axis (DiscoverConfig.facing_component)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=8)
@@ -74,16 +76,18 @@ def main() -> None:
     bb = load_backbone(args.backbone, timestep=args.timestep, blocks=("up0",), seed=0)
     cache = extract_features(args.collection, args.out / "features", bb, ExtractConfig(batch_size=args.batch_size, flip="image", device=args.device, num_workers=args.workers))
     del bb
-    settings = [("plain", 0.0, 0.0), ("facing + front", args.w_facing, args.w_front)]
+    settings = [("plain", 0.0, 0.0, None), ("facing + front", args.w_facing, args.w_front, None)]
+    if args.facing_component is not None:
+        settings.append((f"facing c{args.facing_component} + front", args.w_facing, args.w_front, args.facing_component))
     rows = []
     print("| part inits | seed | setting | ARI | median az err | part fit | J/N | flip agreement | facing eta² max | front used |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for inits, seed in itertools.product([int(x) for x in args.part_inits.split(",")], seeds(args.seeds)):
         base = DiscoverConfig(num_poses=args.poses, num_parts=args.parts, w_visibility=w[0], w_location=w[1], w_box=w[2], device=args.device, seed=seed, part_inits=inits)
         fit = part_fit(cache, base, device)
-        for name, wf, wr in settings:
-            cfg = DiscoverConfig(**{**base.__dict__, "w_facing": wf, "w_front": wr})
-            folder = args.out / "poses" / f"i{inits}_s{seed}_{'plain' if wf == 0 else 'front'}"
+        for name, wf, wr, comp in settings:
+            cfg = DiscoverConfig(**{**base.__dict__, "w_facing": wf, "w_front": wr, "facing_component": comp})
+            folder = args.out / "poses" / f"i{inits}_s{seed}_{'plain' if wf == 0 else 'front'}{'' if comp is None else f'_c{comp}'}"
             ps = discover_poses(cache, args.collection, folder, cfg, overwrite=True)
             m = evaluate_poses(folder, args.collection)
             info = json.loads((folder / "poses.json").read_text())
@@ -96,7 +100,7 @@ def main() -> None:
     print()
     print("| part inits | setting | ARI mean ± sd | min–max | picked by best part fit | by lowest J/N | by highest consensus |")
     print("|---|---|---|---|---|---|---|")
-    for inits, (name, _, _) in itertools.product([int(x) for x in args.part_inits.split(",")], settings):
+    for inits, (name, _, _, _) in itertools.product([int(x) for x in args.part_inits.split(",")], settings):
         group = [r for r in rows if r["part_inits"] == inits and r["setting"] == name]
         aris = np.array([r["ari"] for r in group])
         for r in group:

@@ -128,7 +128,7 @@ elif [ "$PART" = F ]; then
   bash scripts/train_default_car.sh "$W" phase1 "${MIN:-6}" > "$W/phase1.log" 2>&1; tail -3 "$W/phase1.log" >> "$O/results.md"
 elif [ "$PART" = G ]; then
   log "pose discovery against its seed on the phase-1 backbone of F (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders)"
-  run 480 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$W/backbone" --out "$W/ps1" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16
+  run 480 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$W/backbone" --out "$W/ps1" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16 ${FC:+--facing-component $FC}
   cp "$W/ps1/bench_part_seeds.json" "$O/" 2>/dev/null
 elif [ "$PART" = L ]; then
   render_cars
@@ -141,12 +141,12 @@ elif [ "$PART" = L ]; then
       touch "$0/snap$i.done"; done' "$W" "$INIT" > /dev/null 2>&1 < /dev/null &
   fi
   log "pose discovery against its seed on INIT (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders), while phase 1 continues from it"
-  run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$INIT" --out "$W/ps_init" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16
+  run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$INIT" --out "$W/ps_init" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16 ${FC:+--facing-component $FC}
 elif [ "$PART" = M ]; then
   until [ -f "$W/snap$SNAP.done" ]; do sleep 5; done
   grep -E "trained|step" "$W/long.log" | tail -2 >> "$O/results.md"
   log "pose discovery against its seed on snapshot $SNAP of the continued phase 1 (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders)"
-  run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$W/snap$SNAP" --out "$W/ps$SNAP" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16
+  run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$W/snap$SNAP" --out "$W/ps$SNAP" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16 ${FC:+--facing-component $FC}
   timeout 60 python3 benchmarks/pose_stats_dump.py "$W/ps$SNAP/features" "$W/cars" "$O/stats" --parts 8 --device cuda >> "$O/results.md" 2>&1
   cp "$W/snap$SNAP/train_config.json" "$O/" 2>/dev/null
 elif [ "$PART" = E ]; then
