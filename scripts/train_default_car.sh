@@ -32,7 +32,7 @@ case "$STAGE" in
     mirage3d train "$WORK/cars" --poses "$WORK/poses" --init "$WORK/backbone" -o "$WORK/model" "${COMMON[@]}" --minutes "$MIN" ;;
   discover-front)
     mirage3d poses discover "$WORK/cars" -o "$WORK/poses_front" --backbone "${BACKBONE:-assets/models/car}" -k "$K" -p 8 --timestep 200 --blocks up0 \
-      --w-visibility 0 --w-box 0 --w-facing 0.5 --w-front 0.5 --seed 0 --overwrite
+      --w-visibility 0 --w-box 0 --w-facing 0.5 --w-front 0.5 --front-refine --seed 0 --overwrite
     mirage3d eval poses "$WORK/poses_front" --collection "$WORK/cars" ;;
   phase2-front)
     mirage3d train "$WORK/cars" --poses "$WORK/poses_front" --init "${BACKBONE:-assets/models/car}" -o "$WORK/model_front" "${COMMON[@]}" --minutes "$MIN" ;;

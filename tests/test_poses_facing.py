@@ -104,8 +104,18 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     assert poses["front_used"] == (model.descriptor.front is not None)
     if poses["front_used"]:  # (a collection this small and random seldom has a front/back pair of poses)
         assert model.centres.shape[1] == 3 * 4 + 1 + 2 and json.loads((front / "pose_model.json").read_text())["front_k"] == 10
+        # The split is kept as it is: the model agrees about as often as recorded. Margin: 16 images, the fp16
+        # cache at discovery against fp32 features here, and a reference image votes for itself at assign time
+        # but not at discovery, so a few near-ties flip.
         labels, _ = model.assign(x, m)
-        assert (labels == np.array(poses["labels"])).mean() >= 0.9
+        assert 0 < poses["assign_agreement"] <= 1 and (labels == np.array(poses["labels"])).mean() >= poses["assign_agreement"] - 0.25
+    # --front-refine clusters again from the split: labels are then the model's nearest centres.
+    r = runner.invoke(app, [*args[:4], str(tmp_path / "front_refined"), *args[5:], "--w-front", "1", "--poses", "6", "--front-refine"])
+    assert r.exit_code == 0, r.output
+    refined = json.loads((tmp_path / "front_refined" / "poses.json").read_text())
+    if refined["front_used"]:
+        labels, _ = PoseModel.load(tmp_path / "front_refined").assign(x, m)
+        assert refined["assign_agreement"] == 1.0 and (labels == np.array(refined["labels"])).mean() >= 0.75  # (margin as above)
     # Refit with the front score: the fixed poses vote by their azimuth, so a front model is always rebuilt.
     r = runner.invoke(app, ["poses", "refit", str(front), "--backbone", str(unet), "--collection", str(coll), "-o", str(tmp_path / "refit"),
                             "--features", str(tmp_path / "feats"), "--device", "cpu"])  # fmt: skip

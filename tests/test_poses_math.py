@@ -259,3 +259,44 @@ def test_cameras_roundtrip_and_geometry(tmp_path):
         assert float(circular_difference(az, c.azimuth_deg)) < 1e-6 and el == pytest.approx(17.5)
     data = json.loads((tmp_path / "cameras.json").read_text())
     assert data["num_poses"] == 3 and "assumptions" in data and len(data["cameras"][0]["transform_matrix"]) == 4
+
+
+def test_score_order_runs_around_the_ring_from_facing_and_front_scores():
+    from mirage3d.poses.ring import ring_azimuths, score_order
+
+    rng = np.random.default_rng(0)
+    k, per = 8, 50
+    true_az = np.arange(k) * 45.0  # pose j sits at 45·j°
+    perm = rng.permutation(k)  # pose ids shuffled against the ring
+    labels = np.repeat(perm, per)
+    phi = np.deg2rad(np.repeat(true_az, per) + rng.normal(0, 8, k * per))
+    s = 3.0 * np.sin(phi) + rng.normal(0, 0.2, k * per)  # facing ~ sin φ, any scale
+    r = -0.5 * np.cos(phi) + rng.normal(0, 0.05, k * per)  # front ~ cos φ, any scale and sign (a reflection)
+    order = score_order(labels, s, r, k)
+    ring_ids = [int(perm[j]) for j in range(k)]  # pose at 0°, 45°, ...
+    i = order.index(ring_ids[0])
+    rolled = order[i:] + order[:i]
+    assert rolled in (ring_ids, [ring_ids[0], *ring_ids[:0:-1]])  # the ring, either way round (wrap-around included)
+    mirror = np.empty(k, dtype=int)
+    for j in range(k):
+        mirror[perm[j]] = perm[(k - j) % k]  # φ → −φ
+    ring = ring_azimuths(np.zeros((k, k)), mirror, order=order)
+    az = ring.azimuth_deg[perm]  # azimuth of the poses at 0°, 45°, ...
+    assert best_alignment(az, true_az)[0] < 0.1 and ring.mirror_residual_deg < 1e-6  # exact up to rotation/reflection
+    assert np.isclose(az[0], 0.0) or np.isclose(az[0], 180.0)  # the self-mirror poses sit on the mirror axis
+    with pytest.raises(ValueError, match="permutation"):
+        ring_azimuths(np.zeros((k, k)), mirror, order=[0, 1, 2])
+
+
+def test_clusters_from_labels_keeps_the_labels_and_scores_them():
+    from mirage3d.poses.cluster import clusters_from_labels, joint_cost
+
+    g = torch.Generator().manual_seed(0)
+    d, f = torch.randn(40, 5, generator=g), torch.randn(40, 5, generator=g)
+    labels = np.arange(40) % 4
+    mirror = np.array([1, 0, 2, 3])
+    mc = clusters_from_labels(d, f, labels, mirror)
+    assert np.array_equal(mc.labels.numpy(), labels) and np.array_equal(mc.mirror, mirror)
+    assert torch.allclose(mc.centres[2], d[labels == 2].mean(0), atol=1e-6)
+    cost = joint_cost(d, f, mc.centres, mirror)
+    assert torch.allclose(mc.cost, cost) and abs(mc.objective - float(cost[torch.arange(40), torch.as_tensor(labels)].sum())) < 1e-3

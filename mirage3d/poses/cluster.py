@@ -209,6 +209,22 @@ def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_ini
     return best
 
 
+def clusters_from_labels(d: torch.Tensor, f: torch.Tensor, labels: np.ndarray, mirror: np.ndarray) -> MirrorClusters:
+    """The poses ``labels`` (N,) with mirror map ``mirror`` as they are: centres = means of their images, costs
+    and objective as in :func:`mirror_kmeans`, no label changes."""
+    d, f = d.float(), f.float()
+    k = len(mirror)
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=d.device)
+    cnt = torch.bincount(lab, minlength=k).float().clamp_min(1)[:, None]
+    c = torch.zeros(k, d.shape[1], device=d.device).index_add_(0, lab, d) / cnt
+    mirror = np.asarray(mirror, dtype=np.int64)
+    cost = joint_cost(d, f, c, mirror)
+    obj = float(cost.gather(1, lab[:, None]).sum())
+    flip_alone = (torch.cdist(f, c) ** 2).argmin(1)
+    agree = float((flip_alone == torch.as_tensor(mirror, device=d.device)[lab]).float().mean())
+    return MirrorClusters(c, lab, mirror, cost, obj, agree)
+
+
 def confidence_from_cost(cost: torch.Tensor, temperature: float) -> torch.Tensor:
     """Softmax weight of the chosen pose: exp(−cost / T) normalised over poses, at the arg-min."""
     p = torch.softmax(-cost / max(temperature, 1e-8), dim=1)

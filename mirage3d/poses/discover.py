@@ -18,13 +18,13 @@ from mirage3d.config import save_config
 from mirage3d.errors import InputError
 from mirage3d.io import atomic_dir, atomic_write_json
 from mirage3d.poses.cameras import CameraConfig, make_cameras, write_cameras
-from mirage3d.poses.cluster import confidence_from_cost, mirror_kmeans
+from mirage3d.poses.cluster import clusters_from_labels, confidence_from_cost, mirror_kmeans
 from mirage3d.poses.descriptors import DescriptorConfig, fit_block_scales, flat_descriptors
 from mirage3d.poses.extract import ExtractConfig, FeatureCache, sample_indices
 from mirage3d.poses.features import Backbone, unet_settings
 from mirage3d.poses.model import MODES, DescriptorModel, PoseModel
 from mirage3d.poses.parts import fit_parts, fit_pca
-from mirage3d.poses.ring import ring_azimuths
+from mirage3d.poses.ring import ring_azimuths, score_order
 from mirage3d.poses.visual import parts_sheet, pose_sheet
 
 MIN_IMAGES = 8
@@ -75,7 +75,11 @@ class DiscoverConfig:
     """self-training rounds that refine the facing axis (mirage3d.poses.facing.refine_axis); 0 = the component as is"""
     w_front: float = 0.0
     """weight of the front/back score (mirage3d.poses.facing.FrontModel; needs w_facing > 0); 0 = off. With it, the
-    pose pair that holds both front and back views is split by the score and the poses are refined from there"""
+    pose pair that holds both front and back views is split by the score, and the ring is ordered by the angle of
+    each pose's mean (facing, front) scores (mirage3d.poses.ring.score_order)"""
+    front_refine: bool = False
+    """after the front/back split, refine the poses by clustering again from it (measured worse in 10 of 12 runs,
+    docs/poses.md; the first shipped model's poses were refined)"""
     front_dim: int = 128
     """whitened principal components of the flip sums the front/back vote compares images in"""
     front_k: int = 10
@@ -306,26 +310,35 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     f = dm.normalise(f_raw) if f_raw is not None else d  # no flips: f = d makes m = identity the best map
     mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     facing_eta2 = None
+    ring_order = None
     if cfg.w_facing > 0:  # (check_discovery_input refused a cache without mirror features)
         b, bf = pooled_pairs(cache, dm, device, cfg.facing_grid)
         d_raw, f_raw, facing_eta2 = add_facing(b - bf, dm, mc.labels.numpy(), d_raw, f_raw, cfg)
         if dm.facing is not None:  # (None: the features hold no left/right difference; the first pass stands)
             fit_normalisation(dm, d_raw, f_raw, cfg)
             d, f = dm.normalise(d_raw), dm.normalise(f_raw)
-            mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
+            # With the front/back step, no pose may be its own mirror yet: the front and back views (facing ≈ 0)
+            # must land in one mirror pair, which add_front splits into two self-mirror poses. A free mirror map
+            # sometimes made the front/back views one self-mirror pose, and the split was skipped (docs/poses.md).
+            max_fixed = 0 if cfg.w_front > 0 else cfg.max_self_mirror
+            mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=max_fixed)
             split = add_front(b, bf, dm, mc.labels.numpy(), mc.mirror, d_raw, f_raw, cfg) if cfg.w_front > 0 else None
             if split is not None:
                 d_raw, f_raw, init_labels, init_mirror = split
                 fit_normalisation(dm, d_raw, f_raw, cfg)
                 d, f = dm.normalise(d_raw), dm.normalise(f_raw)
-                mc = mirror_kmeans(d, f, cfg.num_poses, max_fixed=cfg.max_self_mirror, init=(init_labels, init_mirror))
+                if cfg.front_refine:
+                    mc = mirror_kmeans(d, f, cfg.num_poses, max_fixed=cfg.max_self_mirror, init=(init_labels, init_mirror))
+                else:  # the split poses as they are (centres and costs recomputed with the front column)
+                    mc = clusters_from_labels(d, f, init_labels, init_mirror)
+                ring_order = score_order(mc.labels.numpy(), d_raw[:, -2].numpy(), d_raw[:, -1].numpy(), cfg.num_poses)
         del b, bf
     if f_raw is None:
         mc.mirror = np.arange(cfg.num_poses)
     k = cfg.num_poses
     counts = np.bincount(mc.labels.numpy(), minlength=k)
     dist = torch.cdist(mc.centres.double(), mc.centres.double()).numpy()
-    ring = ring_azimuths(dist, mc.mirror, counts if cfg.spacing == "sizes" else None)
+    ring = ring_azimuths(dist, mc.mirror, counts if cfg.spacing == "sizes" else None, order=ring_order)
 
     # Renumber poses by azimuth (pose 0 nearest azimuth 0, then counter-clockwise).
     perm = np.argsort(ring.azimuth_deg, kind="stable")  # new → old
@@ -350,6 +363,9 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
             "confidence": [round(float(x), 5) for x in confidence], "mirror": [int(x) for x in mirror],
             "azimuth_deg": [float(a) for a in azimuth], "counts": [int(c) for c in counts],
             "ring_order": [int(inv[o]) for o in ring.order], "flip_agreement": mc.flip_agreement,
+            # share of the images that the saved model (nearest centre) assigns as labelled here: < 1 when the
+            # front/back split is kept as it is (front_refine False)
+            "assign_agreement": float((mc.cost.argmin(1) == mc.labels).float().mean()),
             "mirror_residual_deg": ring.mirror_residual_deg, "objective": mc.objective,
             **({} if facing_eta2 is None else {"facing_eta2": [round(x, 5) for x in facing_eta2], "facing_used": dm.facing is not None}),
             **({} if cfg.w_front <= 0 else {"front_used": dm.front is not None}),

@@ -35,8 +35,8 @@ vote among the nearest neighbours (cosine, in whitened principal components of g
 reference images with known ends: the two mirror orbits of poses whose mean |s| is lowest after the
 front/back orbit itself. Those are the oblique views nearest to front and to back, one on each side by the
 symmetry |sin φ| = |sin(180° − φ)|; which one is called "front" is arbitrary (the global rotation of the
-frame). The front/back orbit is split at the median score and the poses are refined from there with the
-score appended to the descriptor. A nearest-neighbour vote rather than a linear classifier: a ridge
+frame). The front/back orbit is split at the median score, the score is appended to the descriptor, and the
+split is kept as found (``DiscoverConfig.front_refine`` clusters again from it; measured worse, docs/poses.md). A nearest-neighbour vote rather than a linear classifier: a ridge
 regression fitted on the oblique groups separates them perfectly but tells front from back views no better
 than chance (0.50), while the vote, being local, reaches 0.82 (6,000 renders).
 """

@@ -107,15 +107,36 @@ def mirror_axis(theta: np.ndarray, mirror: np.ndarray, step_deg: float = 0.25) -
     return float(alphas[i]), float(np.sqrt(cost[i]))
 
 
-def ring_azimuths(centre_dist: np.ndarray, mirror: np.ndarray, sizes: np.ndarray | None = None) -> Ring:
+def score_order(labels: np.ndarray, facing: np.ndarray, front: np.ndarray, k: int) -> list[int]:
+    """Cyclic order of ``k`` poses by the angle atan2(mean facing, mean front) of their images.
+
+    The facing score follows sin φ (which way the object points) and the front/back score cos φ (which end is
+    seen), each up to scale and sign, so the angle of a pose's mean (facing, front), each standardised, runs
+    around the ring; a sign flip of either score reflects the ring, which the symmetry allows. Used instead of
+    the centre distances when both scores exist: on car renders the distance tour misplaced whole poses
+    (median error 31-38° against 12-19°, docs/poses.md).
+    """
+    s = np.asarray(facing, dtype=np.float64) / max(float(np.std(facing)), 1e-12)
+    r = np.asarray(front, dtype=np.float64) / max(float(np.std(front)), 1e-12)
+    counts = np.bincount(labels, minlength=k)
+    ms = np.bincount(labels, weights=s, minlength=k) / np.maximum(counts, 1)
+    mr = np.bincount(labels, weights=r, minlength=k) / np.maximum(counts, 1)
+    return [int(i) for i in np.argsort(np.arctan2(ms, mr), kind="stable")]
+
+
+def ring_azimuths(centre_dist: np.ndarray, mirror: np.ndarray, sizes: np.ndarray | None = None, order: list[int] | None = None) -> Ring:
     """Azimuth per pose from the distances between pose centres (K, K), the mirror map and cluster sizes.
 
-    ``sizes`` None: uniform spacing; else arcs proportional to the sizes.
+    ``sizes`` None: uniform spacing; else arcs proportional to the sizes. ``order``: the cyclic order of the
+    poses when known otherwise (e.g. :func:`score_order`); None = the shortest tour of the centre distances.
     """
     k = centre_dist.shape[0]
     mirror = np.asarray(mirror)
-    sym = 0.5 * (centre_dist + centre_dist[np.ix_(mirror, mirror)])
-    order = cyclic_order(sym)
+    if order is None:
+        sym = 0.5 * (centre_dist + centre_dist[np.ix_(mirror, mirror)])
+        order = cyclic_order(sym)
+    elif sorted(order) != list(range(k)):
+        raise ValueError(f"order must be a permutation of the {k} poses, got {order}")
     if sizes is None:
         arcs = np.full(k, 360.0 / k)
     else:
