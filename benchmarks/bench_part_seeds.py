@@ -9,7 +9,8 @@ numbers that need no truth:
 - part fit: mean cosine similarity of the sampled foreground patches to their part centre (higher = tighter parts);
 - J/N: the pose clustering's objective per image (descriptors have unit variance per block, so runs compare);
 - flip agreement, the facing score's eta² (share of its variance the first-pass poses explain);
-- consensus: mean ARI of the run's labels against the other seeds' labels of the same setting.
+- consensus: mean ARI of the run's labels against the other seeds' labels of the same setting;
+- flip agreement: what `mirage3d poses discover --restarts N` keeps the highest of.
 The last rows say what picking the run by each number would have given.
 """
 
@@ -98,8 +99,8 @@ def main() -> None:
             print(f"| {inits} | {seed} | {name} | {m.ari:.3f} | {m.median_error_deg:.1f} | {fit:.4f} | {row['objective_per_image']:.4f} | {ps.flip_agreement:.3f} | "
                   f"{row['facing_eta2_max']:.3f} | {row['front_used']} |", flush=True)  # fmt: skip
     print()
-    print("| part inits | setting | ARI mean ± sd | min–max | picked by best part fit | by lowest J/N | by highest consensus |")
-    print("|---|---|---|---|---|---|---|")
+    print("| part inits | setting | ARI mean ± sd | min–max | picked by best part fit | by lowest J/N | by highest consensus | by highest flip agreement (--restarts) |")
+    print("|---|---|---|---|---|---|---|---|")
     for inits, (name, _, _, _) in itertools.product([int(x) for x in args.part_inits.split(",")], settings):
         group = [r for r in rows if r["part_inits"] == inits and r["setting"] == name]
         aris = np.array([r["ari"] for r in group])
@@ -112,7 +113,7 @@ def main() -> None:
             return f"{r['ari']:.3f} / {r['median_error_deg']:.1f}° (seed {r['seed']})"
 
         print(f"| {inits} | {name} | {aris.mean():.3f} ± {aris.std():.3f} | {aris.min():.3f}–{aris.max():.3f} | {pick('part_fit')} | "
-              f"{pick('objective_per_image', min)} | {pick('consensus')} |")  # fmt: skip
+              f"{pick('objective_per_image', min)} | {pick('consensus')} | {pick('flip_agreement')} |")  # fmt: skip
     for r in rows:
         r.pop("labels")
     (args.out / "bench_part_seeds.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -41,6 +41,7 @@ def discover(
     facing_component: int = typer.Option(None, help="Principal component of the flip difference used as the facing axis (default: chosen automatically)."),
     w_front: float = typer.Option(0.0, help="Weight of the front/back score that splits the pose pair holding front and back views (needs --w-facing; 0 = off; docs/poses.md)."),
     spacing: str = typer.Option("uniform", help="Azimuth spacing: uniform or sizes."),
+    restarts: int = typer.Option(1, "--restarts", help="Discovery runs with seeds SEED, SEED+1, ...; the one most consistent with the mirror images is kept (docs/poses.md)."),
     front_refine: bool = typer.Option(False, "--front-refine/--no-front-refine", help="After the front/back split, cluster the poses again from it (measured worse; docs/poses.md)."),
     max_self_mirror: int = typer.Option(None, "--max-self-mirror", help="At most this many poses may be their own mirror image (2: front and back)."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
@@ -57,7 +58,7 @@ def discover(
 
     cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
                          w_box=w_box, spacing=spacing, device=device, seed=seed, centre_images=centre_images, max_self_mirror=max_self_mirror, w_facing=w_facing,
-                         facing_component=facing_component, w_front=w_front, front_refine=front_refine)  # fmt: skip
+                         facing_component=facing_component, w_front=w_front, front_refine=front_refine, restarts=restarts)  # fmt: skip
     check_discovery_input(len(list_images(collection)), cfg, flip)
     check_output_dir(output, overwrite)
     if backbone is None:

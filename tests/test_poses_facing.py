@@ -211,3 +211,25 @@ def test_front_split_separates_front_from_back_in_the_merged_pair():
     assert (refined.labels.numpy() == split).mean() > 0.95
     # No front/back pair (the lowest orbit a single pose): nothing to split.
     assert add_front(b, b, DescriptorModel("parts"), np.where(labels == 1, 0, labels), np.array([0, 1, 3, 2, 5, 4, 7, 6]), d_raw, f_raw, DiscoverConfig(w_facing=1.0, w_front=1.0)) is None
+
+
+def test_restarts_keep_the_run_with_the_highest_flip_agreement(tmp_path):
+    coll, unet = make_collection(tmp_path / "coll", n=16), make_unet_folder(tmp_path / "bb")
+    base = ["poses", "discover", str(coll), "--backbone", str(unet), "--poses", "4", "--parts", "4", "--w-facing", "1", "--w-front", "1",
+            "--features", str(tmp_path / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    r = runner.invoke(app, [*base, "-o", str(tmp_path / "r3"), "--restarts", "3", "--seed", "5"])
+    assert r.exit_code == 0, r.output
+    poses = json.loads((tmp_path / "r3" / "poses.json").read_text())
+    runs = poses["restarts"]
+    assert [x["seed"] for x in runs] == [5, 6, 7]
+    best = max(runs, key=lambda x: x["flip_agreement"])  # (max keeps the first of equals, as discovery does)
+    assert poses["seed_used"] == best["seed"] and abs(poses["flip_agreement"] - best["flip_agreement"]) < 1e-4
+    # The kept run is the single run with that seed.
+    r = runner.invoke(app, [*base, "-o", str(tmp_path / "one"), "--seed", str(best["seed"])])
+    assert r.exit_code == 0, r.output
+    one = json.loads((tmp_path / "one" / "poses.json").read_text())
+    assert one["labels"] == poses["labels"] and "restarts" not in one
+    plain = ["poses", "discover", str(coll), "--backbone", str(unet), "--poses", "4", "--parts", "4", "--device", "cpu", "--workers", "0"]
+    for bad, msg in ((["--restarts", "0"], "--restarts 0 must be in 1..64"), (["--restarts", "2", "--flip", "none"], "--restarts compares runs by their flip agreement")):
+        r = runner.invoke(app, [*plain, "-o", str(tmp_path / "bad"), *bad])
+        assert r.exit_code == 1 and msg in r.output and not (tmp_path / "bad").exists(), r.output
