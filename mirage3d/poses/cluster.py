@@ -182,8 +182,7 @@ def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_ini
     best: MirrorClusters | None = None
     for r in range(1 if init is not None else n_init):
         if init is not None:  # the given poses: centres are their images' means
-            lab0 = torch.as_tensor(init[0], dtype=torch.long, device=d.device)
-            c = torch.zeros(k, d.shape[1], device=d.device).index_add_(0, lab0, d) / torch.bincount(lab0, minlength=k).float().clamp_min(1)[:, None]
+            c = _label_means(d, torch.as_tensor(init[0], dtype=torch.long, device=d.device), k)
             mirror = np.asarray(init[1], dtype=np.int64)
         else:
             # Alternate two starts: k-means of images and flips together (tends to flip-closed clusters), and
@@ -202,27 +201,32 @@ def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_ini
         labels = cost.argmin(1)
         obj = float(cost.gather(1, labels[:, None]).sum())
         if best is None or obj < best.objective:
-            flip_alone = (torch.cdist(f, c) ** 2).argmin(1)
-            agree = float((flip_alone == torch.as_tensor(mirror, device=d.device)[labels]).float().mean())
-            best = MirrorClusters(c, labels, mirror, cost, obj, agree)
+            best = _clusters(f, c, labels, mirror, cost, obj)
     assert best is not None
     return best
+
+
+def _label_means(d: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, D) mean descriptor of each pose's images (0 for an empty pose)."""
+    return torch.zeros(k, d.shape[1], device=d.device).index_add_(0, labels, d) / torch.bincount(labels, minlength=k).float().clamp_min(1)[:, None]
+
+
+def _clusters(f: torch.Tensor, c: torch.Tensor, labels: torch.Tensor, mirror: np.ndarray, cost: torch.Tensor, obj: float) -> MirrorClusters:
+    """MirrorClusters with the flip agreement: the share of images whose flip alone is nearest the mirror pose."""
+    flip_alone = (torch.cdist(f, c) ** 2).argmin(1)
+    agree = float((flip_alone == torch.as_tensor(mirror, device=f.device)[labels]).float().mean())
+    return MirrorClusters(c, labels, mirror, cost, obj, agree)
 
 
 def clusters_from_labels(d: torch.Tensor, f: torch.Tensor, labels: np.ndarray, mirror: np.ndarray) -> MirrorClusters:
     """The poses ``labels`` (N,) with mirror map ``mirror`` as they are: centres = means of their images, costs
     and objective as in :func:`mirror_kmeans`, no label changes."""
     d, f = d.float(), f.float()
-    k = len(mirror)
-    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=d.device)
-    cnt = torch.bincount(lab, minlength=k).float().clamp_min(1)[:, None]
-    c = torch.zeros(k, d.shape[1], device=d.device).index_add_(0, lab, d) / cnt
     mirror = np.asarray(mirror, dtype=np.int64)
+    lab = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=d.device)
+    c = _label_means(d, lab, len(mirror))
     cost = joint_cost(d, f, c, mirror)
-    obj = float(cost.gather(1, lab[:, None]).sum())
-    flip_alone = (torch.cdist(f, c) ** 2).argmin(1)
-    agree = float((flip_alone == torch.as_tensor(mirror, device=d.device)[lab]).float().mean())
-    return MirrorClusters(c, lab, mirror, cost, obj, agree)
+    return _clusters(f, c, lab, mirror, cost, float(cost.gather(1, lab[:, None]).sum()))
 
 
 def confidence_from_cost(cost: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -82,8 +82,8 @@ class DiscoverConfig:
     whose mirror image falls in the mirror pose) is kept. Measured on car renders with the facing and front/back
     scores (docs/poses.md)"""
     front_refine: bool = False
-    """after the front/back split, refine the poses by clustering again from it (measured worse in 10 of 12 runs,
-    docs/poses.md; the first shipped model's poses were refined)"""
+    """after the front/back split, refine the poses by clustering again from it (measured worse in 4 of 6 runs on
+    car renders, docs/poses.md; the first shipped model's poses were refined)"""
     front_dim: int = 128
     """whitened principal components of the flip sums the front/back vote compares images in"""
     front_k: int = 10
@@ -308,7 +308,6 @@ class _Run:
 
     dm: DescriptorModel
     mc: MirrorClusters
-    has_flips: bool
     facing_eta2: list[float] | None
     ring_order: list[int] | None
 
@@ -343,11 +342,12 @@ def _discover_once(cache: FeatureCache, cfg: DiscoverConfig, device: torch.devic
                     mc = mirror_kmeans(d, f, cfg.num_poses, max_fixed=cfg.max_self_mirror, init=(init_labels, init_mirror))
                 else:  # the split poses as they are (centres and costs recomputed with the front column)
                     mc = clusters_from_labels(d, f, init_labels, init_mirror)
+                # the last two descriptor columns: the facing score, then the front score add_front appended
                 ring_order = score_order(mc.labels.numpy(), d_raw[:, -2].numpy(), d_raw[:, -1].numpy(), cfg.num_poses)
         del b, bf
     if f_raw is None:
         mc.mirror = np.arange(cfg.num_poses)
-    return _Run(dm, mc, f_raw is not None, facing_eta2, ring_order)
+    return _Run(dm, mc, facing_eta2, ring_order)
 
 
 def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path, cfg: DiscoverConfig | None = None, overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> PoseSet:
@@ -360,14 +360,14 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     device = resolve_device(cfg.device)
     # Restarts: discovery with seeds seed, seed + 1, ...; the run whose poses are most consistent with the
     # mirror images (highest flip agreement) is kept. Measured on car renders (docs/poses.md).
-    runs: list[tuple[int, _Run]] = []
-    for r in range(cfg.restarts):
-        run = _discover_once(cache, replace(cfg, seed=cfg.seed + r), device, progress)
-        runs.append((cfg.seed + r, run))
-    seed_used, best = max(runs, key=lambda sr: sr[1].mc.flip_agreement)  # first of equals: the lowest seed
+    best, seed_used, restarts_info = None, cfg.seed, []
+    for seed in range(cfg.seed, cfg.seed + cfg.restarts):
+        run = _discover_once(cache, replace(cfg, seed=seed), device, progress)
+        restarts_info.append({"seed": seed, "flip_agreement": round(run.mc.flip_agreement, 5)})
+        if best is None or run.mc.flip_agreement > best.mc.flip_agreement:  # of equals, the lowest seed
+            best, seed_used = run, seed
+    assert best is not None
     dm, mc, facing_eta2, ring_order = best.dm, best.mc, best.facing_eta2, best.ring_order
-    restarts_info = [{"seed": sd, "flip_agreement": round(rn.mc.flip_agreement, 5)} for sd, rn in runs]
-    del runs
     k = cfg.num_poses
     counts = np.bincount(mc.labels.numpy(), minlength=k)
     dist = torch.cdist(mc.centres.double(), mc.centres.double()).numpy()
@@ -386,7 +386,7 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     confidence = confidence_from_cost(cost, temperature).numpy()
     counts = counts[perm]
 
-    model = PoseModel(cache.backbone, dm.to("cpu"), centres, mirror, cache.flip if best.has_flips else "none", temperature,
+    model = PoseModel(cache.backbone, dm.to("cpu"), centres, mirror, cache.flip, temperature,
                       extra={"grid": list(cache.grid), "image_size": cache.image_size})  # fmt: skip
     cameras = make_cameras(azimuth, _image_res(collection, cache), cfg.camera_config())
     files = [collection / p for p in cache.files]
