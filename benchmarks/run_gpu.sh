@@ -24,6 +24,9 @@
 #    background (setsid, so it outlives the call while the machine is held): chunks of CHUNKS minutes (default
 #    "9 8"), each exported to WORK/snapN; meanwhile G's seed study on INIT.
 # M: wait for WORK/snapSNAP (from L), G's seed study on it, pose statistics of its cache into OUTDIR/stats.
+# X: pose statistics for study off the GPU machine: 6,000 renders of render seeds 0 and 1, MODEL's features (t = 200,
+#    up0, flip image), descriptors of part models P = 8 and 16 with part seeds 0-7 (benchmarks/pose_stats_dump.py)
+#    into OUTDIR/stats_cars (no pooled features: the same as M's) and OUTDIR/stats_cars1 (with them).
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -142,6 +145,15 @@ elif [ "$PART" = L ]; then
   fi
   log "pose discovery against its seed on INIT (t = 200, up0, P = 8, w 0,1,0, K = 8, 6,000 renders), while phase 1 continues from it"
   run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$INIT" --out "$W/ps_init" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16 ${FC:+--facing-component $FC}
+elif [ "$PART" = X ]; then
+  render_cars
+  [ -f "$W/cars1/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars1" --n-per-mesh 400 --res 128 --workers 16 --seed 1 > /dev/null
+  for c in cars cars1; do
+    log "pose statistics of $c (MODEL's UNet, t = 200, up0, P = 8 and 16, part seeds 0-7)"
+    mirage3d features extract "$W/$c" -o "$W/f_$c" --backbone "$MODEL" --timestep 200 --blocks up0 --flip image --device cuda > /dev/null 2>&1
+    timeout 240 python3 benchmarks/pose_stats_dump.py "$W/f_$c" "$W/$c" "$O/stats_$c" --parts 8,16 --seeds 0-7 --device cuda >> "$O/results.md" 2>&1
+  done
+  rm -f "$O"/stats_cars/pooled*.safetensors
 elif [ "$PART" = M ]; then
   until [ -f "$W/snap$SNAP.done" ]; do sleep 5; done
   grep -E "trained|step" "$W/long.log" | tail -2 >> "$O/results.md"
