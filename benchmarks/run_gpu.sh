@@ -27,6 +27,8 @@
 # X: pose statistics for study off the GPU machine: 6,000 renders of render seeds 0 and 1, MODEL's features (t = 200,
 #    up0, flip image), descriptors of part models P = 8 and 16 with part seeds 0-7 (benchmarks/pose_stats_dump.py)
 #    into OUTDIR/stats_cars (no pooled features: the same as M's) and OUTDIR/stats_cars1 (with them).
+# Y: the README's discovery recipe through the CLI (`mirage3d poses discover` + `mirage3d eval poses`) with MODEL as
+#    the backbone, on 6,000 renders of render seed 0 (SEEDS, default 0-7) and render seed 1 (SEEDS1, default 0-3).
 # E: make-asset on the three example images (wall time of each command), GLBs sent back as examples_gpu.tar.
 # R: the facing + front/back scores on 6,000 renders (two seeds), then the shipped model's retraining
 #    (scripts/train_default_car.sh discover-front, phase2-front for MIN minutes), packed and sent back as
@@ -154,6 +156,27 @@ elif [ "$PART" = X ]; then
     timeout 240 python3 benchmarks/pose_stats_dump.py "$W/f_$c" "$W/$c" "$O/stats_$c" --parts 8,16 --seeds 0-7 --device cuda >> "$O/results.md" 2>&1
   done
   rm -f "$O"/stats_cars/pooled*.safetensors
+elif [ "$PART" = Y ]; then
+  render_cars
+  [ -f "$W/cars1/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars1" --n-per-mesh 400 --res 128 --workers 16 --seed 1 > /dev/null
+  for c in cars cars1; do
+    log "mirage3d poses discover on $c (render seed $([ $c = cars ] && echo 0 || echo 1); backbone MODEL, -k 8 --timestep 200 --w-facing 0.35 --w-front 0.5 --facing-component 2, other options default: P = 16, weights 0.25 / 1 / 0.25)"
+    echo "| discovery seed | ARI | NMI | median az err | discover wall time (s) |" >> "$O/results.md"; echo "|---|---|---|---|---|" >> "$O/results.md"
+    seeds=${SEEDS:-0 1 2 3 4 5 6 7}; [ "$c" = cars1 ] && seeds=${SEEDS1:-0 1 2 3}
+    for seed in $seeds; do
+      t0=$(date +%s.%N)
+      mirage3d poses discover "$W/$c" -o "$W/py_$c$seed" --backbone "$MODEL" --features "$W/f_$c" -k 8 --timestep 200 --w-facing 0.35 \
+        --w-front 0.5 --facing-component 2 --seed "$seed" --device cuda --overwrite > "$W/py_$c$seed.log" 2>&1 || tail -3 "$W/py_$c$seed.log" >> "$O/results.md"
+      t1=$(date +%s.%N)
+      python3 - "$W/py_$c$seed" "$W/$c" "$seed" "$(python3 -c "print($t1 - $t0)")" >> "$O/results.md" <<'PY'
+import json, subprocess, sys
+subprocess.run(["mirage3d", "eval", "poses", sys.argv[1], "--collection", sys.argv[2]], check=True, capture_output=True)
+m = json.load(open(f"{sys.argv[1]}/eval.json"))
+print(f"| {sys.argv[3]} | {m['ari']:.3f} | {m['nmi']:.3f} | {m['median_error_deg']:.1f} | {float(sys.argv[4]):.0f} |")
+PY
+    done
+  done
+  cp "$W/py_cars0/poses_sheet.png" "$O/poses_sheet_cars_seed0.png" 2>/dev/null
 elif [ "$PART" = M ]; then
   until [ -f "$W/snap$SNAP.done" ]; do sleep 5; done
   grep -E "trained|step" "$W/long.log" | tail -2 >> "$O/results.md"

@@ -47,7 +47,8 @@ def discover(
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, help="Image-decoding workers."),
-    seed: int = typer.Option(0, help="Seed of sampling and clustering."),
+    seed: int = typer.Option(0, help="Seed of sampling and clustering (not of the features: --feature-seed)."),
+    feature_seed: int = typer.Option(0, "--feature-seed", help="Seed of the UNet noise maps / random-init ViT (as `features extract --seed`)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Discover K poses: parts from patch features, per-image descriptors, mirror-consistent clusters, a camera ring."""
@@ -66,7 +67,9 @@ def discover(
             raise InputError("give --backbone BACKBONE (or --features FOLDER made by `mirage3d features extract`)")
         cache = FeatureCache.open(features)
     else:
-        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=seed, image_size=image_size, colour_perms=colour_perms, noise_maps=noise_maps)
+        # The discovery seed does not reach the backbone: runs with other seeds share one feature cache.
+        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=feature_seed, image_size=image_size, colour_perms=colour_perms,
+                           noise_maps=noise_maps)  # fmt: skip
         ecfg = ExtractConfig(batch_size=batch_size, flip=flip, device=device, num_workers=workers)
         with progress_bar("features") as bar:
             task = bar.add_task("features", total=None)

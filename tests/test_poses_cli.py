@@ -95,6 +95,18 @@ def test_discover_assign_eval_end_to_end(setup):
     assert refit.backbone_ref["kind"] == "hog" and 0 <= refit.extra["refit_agreement"] <= 1
 
 
+def test_discovery_seeds_share_the_feature_cache(setup, tmp_path):
+    """--seed moves sampling and clustering only: a second seed reuses the cache (it was refused: the seed reached
+    the UNet's noise map, so the cache's backbone differed); --feature-seed changes the features and is refused."""
+    args = ["--backbone", str(setup["unet"]), "--poses", "4", "--parts", "4", "--features", str(tmp_path / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+    for seed in ("0", "3"):
+        _ok(runner.invoke(app, ["poses", "discover", str(setup["coll"]), "-o", str(tmp_path / f"p{seed}"), *args, "--seed", seed]))
+    assert json.loads((tmp_path / "p3" / "config.json").read_text())["seed"] == 3
+    assert json.loads((tmp_path / "p0" / "config.json").read_text())["backbone"] == json.loads((tmp_path / "p3" / "config.json").read_text())["backbone"]
+    r = runner.invoke(app, ["poses", "discover", str(setup["coll"]), "-o", str(tmp_path / "pf"), *args, "--feature-seed", "1"])
+    assert r.exit_code == 1 and "other settings" in r.output and not (tmp_path / "pf").exists()
+
+
 def test_features_extract_cli(setup):
     out = setup["root"] / "hog_cache"
     r = runner.invoke(app, ["features", "extract", str(setup["coll"]), "-o", str(out), "--backbone", "hog", "--image-size", "32", "--shard-size", "5", "--workers", "0"])

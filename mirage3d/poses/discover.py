@@ -316,14 +316,22 @@ def _discover_once(cache: FeatureCache, cfg: DiscoverConfig, device: torch.devic
     torch.manual_seed(cfg.seed)
     dm = fit_descriptor_model(cache, cfg, device)
     d_raw, f_raw = compute_descriptors(cache, dm, device, progress)
+    return cluster_poses(dm, d_raw, f_raw, lambda: pooled_pairs(cache, dm, device, cfg.facing_grid), cfg)
+
+
+def cluster_poses(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor | None, pooled: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                  cfg: DiscoverConfig) -> _Run:  # fmt: skip
+    """Poses from the raw descriptors of the images (and of their flips): the mirror-consistent clustering, then
+    the facing and front/back passes when configured. ``pooled()`` gives the box-pooled features b(x), b(flip x)
+    those passes need (computed only then). Fits the normalisation (and the scores) into ``dm``."""
     fit_normalisation(dm, d_raw, f_raw, cfg)
     d = dm.normalise(d_raw)
     f = dm.normalise(f_raw) if f_raw is not None else d  # no flips: f = d makes m = identity the best map
     mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     facing_eta2 = None
     ring_order = None
-    if cfg.w_facing > 0:  # (check_discovery_input refused a cache without mirror features)
-        b, bf = pooled_pairs(cache, dm, device, cfg.facing_grid)
+    if cfg.w_facing > 0 and f_raw is not None:  # (check_discovery_input refused a cache without mirror features)
+        b, bf = pooled()
         d_raw, f_raw, facing_eta2 = add_facing(b - bf, dm, mc.labels.numpy(), d_raw, f_raw, cfg)
         if dm.facing is not None:  # (None: the features hold no left/right difference; the first pass stands)
             fit_normalisation(dm, d_raw, f_raw, cfg)
