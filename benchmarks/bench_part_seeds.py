@@ -8,9 +8,9 @@ the facing + front/back scores. For each run it prints the truth-based figures (
 numbers that need no truth:
 - part fit: mean cosine similarity of the sampled foreground patches to their part centre (higher = tighter parts);
 - J/N: the pose clustering's objective per image (descriptors have unit variance per block, so runs compare);
-- flip agreement, the facing score's eta² (share of its variance the first-pass poses explain);
-- consensus: mean ARI of the run's labels against the other seeds' labels of the same setting;
-- flip agreement: what `mirage3d poses discover --restarts N` keeps the highest of.
+- flip agreement (what `mirage3d poses discover --restarts N` keeps the highest of), the facing score's eta² (share
+  of its variance the first-pass poses explain);
+- consensus: mean ARI of the run's labels against the other seeds' labels of the same setting.
 The last rows say what picking the run by each number would have given.
 """
 

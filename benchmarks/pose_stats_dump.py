@@ -45,15 +45,16 @@ def main() -> None:
     dev = torch.device(a.device)
     lo, _, hi = a.seeds.partition("-")
     desc: dict[str, torch.Tensor] = {}
+    first = None  # the first part model: its descriptors are also saved as d / f, its foreground pools the features
     for parts in [int(x) for x in a.parts.split(",")]:
         for seed in range(int(lo), int(hi or lo) + 1):
-            cfg = DiscoverConfig(num_parts=parts, device=a.device, seed=seed)
-            dm = fit_descriptor_model(cache, cfg, dev)
+            dm = fit_descriptor_model(cache, DiscoverConfig(num_parts=parts, device=a.device, seed=seed), dev)
             d, f = compute_descriptors(cache, dm, dev)
             desc[f"d_p{parts}_s{seed}"], desc[f"f_p{parts}_s{seed}"] = d.contiguous(), f.contiguous()
-            desc.setdefault("d", d.clone())  # (a copy: safetensors refuses tensors that share memory)
-            desc.setdefault("f", f.clone())
-    dm = dm.to(dev)  # (the foreground does not depend on the part model)
+            if first is None:
+                first = dm.to(dev)
+                desc["d"], desc["f"] = d.clone(), f.clone()  # (copies: safetensors refuses tensors that share memory)
+    dm = first
     pooled, pooled_flip, boxes = [], [], []
     for _, data in cache.iter_shards():
         feats = data["feats"].to(dev).float()

@@ -40,6 +40,7 @@ mkdir -p "$W" "$O"
 log() { echo; echo "## $*"; } >> "$O/results.md"
 run() { local t=$1; shift; timeout "$t" "$@" 2>&1 | grep -E "^\|" >> "$O/results.md"; }
 render_cars() { [ -f "$W/cars/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars" --n-per-mesh 400 --res 128 --workers 16 --seed 0 > /dev/null; }
+render_cars1() { [ -f "$W/cars1/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars1" --n-per-mesh 400 --res 128 --workers 16 --seed 1 > /dev/null; }
 render_heldout() { [ -f "$W/heldout/config.json" ] || mirage3d data render "$MESHES" -o "$W/heldout" --n-per-mesh 4 --res 128 --orbits 16 --workers 16 --seed 12345 > /dev/null; }
 front_sweep() {  # SEEDS PREFIX: bench_poses off / facing / facing + front/back on the 6,000 renders, into $W/PREFIX<seed>
   for seed in $1; do
@@ -149,7 +150,7 @@ elif [ "$PART" = L ]; then
   run 420 python3 benchmarks/bench_part_seeds.py --collection "$W/cars" --backbone "$INIT" --out "$W/ps_init" --seeds "${SEEDS:-0-3}" --part-inits 4 --device cuda --workers 16 ${FC:+--facing-component $FC}
 elif [ "$PART" = X ]; then
   render_cars
-  [ -f "$W/cars1/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars1" --n-per-mesh 400 --res 128 --workers 16 --seed 1 > /dev/null
+  render_cars1
   for c in cars cars1; do
     log "pose statistics of $c (MODEL's UNet, t = 200, up0, P = 8 and 16, part seeds 0-7)"
     mirage3d features extract "$W/$c" -o "$W/f_$c" --backbone "$MODEL" --timestep 200 --blocks up0 --flip image --device cuda > /dev/null 2>&1
@@ -158,9 +159,10 @@ elif [ "$PART" = X ]; then
   rm -f "$O"/stats_cars/pooled*.safetensors
 elif [ "$PART" = Y ]; then
   render_cars
-  [ -f "$W/cars1/config.json" ] || mirage3d data render "$MESHES" -o "$W/cars1" --n-per-mesh 400 --res 128 --workers 16 --seed 1 > /dev/null
+  render_cars1
   for c in cars cars1; do
-    log "mirage3d poses discover on $c (render seed $([ $c = cars ] && echo 0 || echo 1); backbone MODEL, -k 8 --timestep 200 --w-facing 0.35 --w-front 0.5 --facing-component 2, other options default: P = 16, weights 0.25 / 1 / 0.25)"
+    rs=${c#cars}
+    log "mirage3d poses discover on $c (render seed ${rs:-0}; backbone MODEL, -k 8 --timestep 200 --w-facing 0.35 --w-front 0.5 --facing-component 2, other options default: P = 16, weights 0.25 / 1 / 0.25)"
     echo "| discovery seed | ARI | NMI | median az err | discover wall time (s) |" >> "$O/results.md"; echo "|---|---|---|---|---|" >> "$O/results.md"
     seeds=${SEEDS:-0 1 2 3 4 5 6 7}; [ "$c" = cars1 ] && seeds=${SEEDS1:-0 1 2 3}
     for seed in $seeds; do
@@ -168,12 +170,8 @@ elif [ "$PART" = Y ]; then
       mirage3d poses discover "$W/$c" -o "$W/py_$c$seed" --backbone "$MODEL" --features "$W/f_$c" -k 8 --timestep 200 --w-facing 0.35 \
         --w-front 0.5 --facing-component 2 --seed "$seed" --device cuda --overwrite > "$W/py_$c$seed.log" 2>&1 || tail -3 "$W/py_$c$seed.log" >> "$O/results.md"
       t1=$(date +%s.%N)
-      python3 - "$W/py_$c$seed" "$W/$c" "$seed" "$(python3 -c "print($t1 - $t0)")" >> "$O/results.md" <<'PY'
-import json, subprocess, sys
-subprocess.run(["mirage3d", "eval", "poses", sys.argv[1], "--collection", sys.argv[2]], check=True, capture_output=True)
-m = json.load(open(f"{sys.argv[1]}/eval.json"))
-print(f"| {sys.argv[3]} | {m['ari']:.3f} | {m['nmi']:.3f} | {m['median_error_deg']:.1f} | {float(sys.argv[4]):.0f} |")
-PY
+      mirage3d eval poses "$W/py_$c$seed" --collection "$W/$c" > /dev/null && python3 -c "import json, sys; m = json.load(open(sys.argv[1]))
+print(f\"| $seed | {m['ari']:.3f} | {m['nmi']:.3f} | {m['median_error_deg']:.1f} | {$t1 - $t0:.0f} |\")" "$W/py_$c$seed/eval.json" >> "$O/results.md"
     done
   done
   cp "$W/py_cars0/poses_sheet.png" "$O/poses_sheet_cars_seed0.png" 2>/dev/null

@@ -330,7 +330,7 @@ def cluster_poses(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor 
     mc = mirror_kmeans(d, f, cfg.num_poses, seed=cfg.seed, n_init=cfg.n_init, max_fixed=cfg.max_self_mirror)
     facing_eta2 = None
     ring_order = None
-    if cfg.w_facing > 0 and f_raw is not None:  # (check_discovery_input refused a cache without mirror features)
+    if cfg.w_facing > 0:  # (check_discovery_input refused a cache without mirror features)
         b, bf = pooled()
         d_raw, f_raw, facing_eta2 = add_facing(b - bf, dm, mc.labels.numpy(), d_raw, f_raw, cfg)
         if dm.facing is not None:  # (None: the features hold no left/right difference; the first pass stands)
