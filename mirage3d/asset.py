@@ -9,11 +9,9 @@ interrupted run leaves no partial GLB. The intermediate views live in a temporar
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +66,10 @@ class AssetConfig:
     """Hard-attention guidance weight (docs/views.md)."""
     reference_pose: int | None = None
     """The input's pose if known; None: estimated with the model's pose model."""
+    rounds: int = 0
+    """Consistency rounds: fit, render, re-noise and denoise the views again (docs/views.md)."""
+    strength: float = 0.5
+    """Fraction of the DDIM steps re-run from the renders in each round."""
     recon_iters: int = 600
     """Radiance-field optimisation steps."""
     recon_res: int = 128
@@ -133,7 +135,8 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
     t0 = time.perf_counter()
     # torch, diffusers and the mesh libraries are imported here, not when the CLI starts; on a GPU machine this
     # is a large share of the command's time, so it is a stage of its own in the summary.
-    from mirage3d.diffusion.views import ViewsConfig, generate_views, load_cameras_json
+    from mirage3d.diffusion.pipeline import ConsistencyConfig
+    from mirage3d.diffusion.views import ViewsConfig, load_cameras_json, make_views, write_views
     from mirage3d.recon import ReconConfig, reconstruct
 
     timings: dict[str, float] = {"imports": time.perf_counter() - t0}
@@ -156,35 +159,29 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
         poses = ",".join(str(p) for p in spread_poses([c.azimuth_deg for c in cams], cfg.views, cfg.reference_pose))
     timings["checks"] = time.perf_counter() - t
 
-    work = Path(tempfile.mkdtemp(prefix="mirage3d-views-"))  # system temp: a hard kill leaves nothing beside the output
-    try:
-        say("views")
-        t = time.perf_counter()
-        vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                           hard_guidance_scale=cfg.hard_guidance_scale, seed=cfg.seed, device=cfg.device)
-        vres = generate_views(image, model_dir, work / "views", vcfg)
-        timings["views"] = time.perf_counter() - t
+    say("views")
+    t = time.perf_counter()
+    rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, res=cfg.recon_res, faces=cfg.faces,
+                       texture_size=cfg.texture_size, preview=cfg.preview)
+    vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                       hard_guidance_scale=cfg.hard_guidance_scale, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
+                       seed=cfg.seed, device=cfg.device)
+    gen = make_views(image, model_dir, vcfg, recon=replace(rcfg, preview=False))
+    timings["views"] = time.perf_counter() - t
 
-        say("recon")
-        t = time.perf_counter()
-        rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, res=cfg.recon_res, faces=cfg.faces,
-                           texture_size=cfg.texture_size, preview=cfg.preview)
-        rres = reconstruct(work / "views", output, rcfg)
-        timings["recon"] = time.perf_counter() - t
+    say("recon")
+    t = time.perf_counter()
+    rres = reconstruct(gen.to_viewset(), output, rcfg)  # views handed over in memory
+    timings["recon"] = time.perf_counter() - t
 
-        kept = None
-        if keep_views is not None:
-            kept = Path(keep_views)
-            if kept.exists():
-                shutil.rmtree(kept)
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(work / "views"), kept)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    kept = None
+    if keep_views is not None:
+        kept = Path(keep_views)
+        write_views(gen, kept, vcfg, overwrite=overwrite, input_path=image, model_dir=model_dir)
     timings["total"] = time.perf_counter() - t0
     # The reconstruction writes OUT.config.json (its own settings); the whole command's settings go beside it.
     config_path = output.with_name(output.name + ".make-asset.json")
-    save_config(cfg, config_path, model_path=str(model_dir), input=str(image), poses=vres.poses,
-                reference_pose=vres.reference_pose, timings=timings)
+    save_config(cfg, config_path, model_path=str(model_dir), input=str(image), poses=gen.poses,
+                reference_pose=gen.reference_pose, timings=timings)
     files = [*rres.files, config_path]
-    return AssetResult(output, kept, vres.reference_pose, vres.pose_confidence, vres.poses, timings, files)
+    return AssetResult(output, kept, gen.reference_pose, gen.pose_confidence, gen.poses, timings, files)

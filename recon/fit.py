@@ -27,6 +27,13 @@ class FitResult:
     c2w: np.ndarray  # (N, 4, 4) cameras used at the end (refined if asked)
     psnr: float  # on the training views, over pixels whose ray meets the box
     history: list[dict[str, float]] = field(default_factory=list)
+    step_ratio: float = 0.5
+
+    def render(self, c2w: np.ndarray, K: np.ndarray, h: int, w: int) -> np.ndarray:
+        """RGBA (N, h, w, 4) float32 in [0, 1] of the fitted field at cameras ``c2w`` (N, 4, 4) with intrinsics ``K``;
+        colour on white, alpha = opacity."""
+        rgb, acc = render_views(self.field, torch.as_tensor(np.asarray(c2w)), torch.as_tensor(np.asarray(K)), h, w, self.step_ratio)
+        return torch.cat([rgb, acc[..., None]], dim=-1).numpy().astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,7 +233,7 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
     assert field is not None
     c2w_final = c2w0 @ se3_exp(xi.detach()) if cfg.refine_cameras else c2w0
     psnr = training_psnr(field, views, c2w_final, K, cfg.step_ratio)
-    return FitResult(field=field, c2w=c2w_final.cpu().double().numpy(), psnr=psnr, history=history)
+    return FitResult(field=field, c2w=c2w_final.cpu().double().numpy(), psnr=psnr, history=history, step_ratio=cfg.step_ratio)
 
 
 @torch.no_grad()

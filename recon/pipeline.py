@@ -13,7 +13,7 @@ from mirage3d.errors import InputError
 from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.fit import Progress, fit_field
 from mirage3d.recon.mesh import TexturedMesh, bake_texture, export, extract_mesh, output_format
-from mirage3d.recon.views import load_views
+from mirage3d.recon.views import ViewSet, load_views
 
 
 @dataclass
@@ -77,9 +77,10 @@ def write_records(textured: TexturedMesh, output: Path, files: list[Path], cfg, 
         stages.done("preview")
 
 
-def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig | None = None,
+def reconstruct(views_dir: str | Path | ViewSet, output: str | Path, config: ReconConfig | None = None,
                 progress: Progress | None = None, phase: Callable[[str], None] | None = None) -> ReconResult:
-    """Fit a voxel radiance field to the views in ``views_dir`` and write a textured mesh to ``output``.
+    """Fit a voxel radiance field to the views (a views folder, or a :class:`ViewSet` in memory) and write a
+    textured mesh to ``output``.
 
     ``progress(step, total, numbers)`` is called every optimisation step and ``phase(name)`` at the start
     of each phase. Writes ``output`` (atomically; nothing partial on failure), ``OUTPUT.config.json`` and,
@@ -91,7 +92,7 @@ def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig |
     fmt = check_output(output, cfg.format)
     stages = Stages(phase)
     stages.say("load")
-    views = load_views(views_dir)
+    views = views_dir if isinstance(views_dir, ViewSet) else load_views(views_dir)
     stages.done("load")
     stages.say("fit")
     fit = fit_field(views, cfg, progress)
@@ -104,7 +105,7 @@ def reconstruct(views_dir: str | Path, output: str | Path, config: ReconConfig |
     stages.done("texture")
     stages.say("export")
     files = export(textured, output, fmt)
-    write_records(textured, output, files, cfg, stages, "export", views=str(views_dir), psnr=fit.psnr)
+    write_records(textured, output, files, cfg, stages, "export", views=None if isinstance(views_dir, ViewSet) else str(views_dir), psnr=fit.psnr)
     return ReconResult(
         mesh_path=output, files=files, timings=stages.total(), psnr=fit.psnr, faces=int(len(textured.faces)),
         vertices=int(len(textured.vertices)), device=str(fit.field.lo.device), history=fit.history,

@@ -24,6 +24,7 @@ class ViewSet:
     c2w: np.ndarray  # (N, 4, 4) float64, OpenGL camera axes
     K: np.ndarray  # (3, 3) float64 intrinsics in pixels (for the images as loaded)
     files: list[Path]
+    reference: int | None = None  # index of the input view: its camera is trusted and it wins in textures
 
     @property
     def n(self) -> int:
@@ -40,7 +41,8 @@ class ViewSet:
 
     def subset(self, idx: list[int] | np.ndarray) -> ViewSet:
         idx = list(np.asarray(idx).tolist())
-        return ViewSet(self.rgba[idx], self.c2w[idx], self.K.copy(), [self.files[i] for i in idx])
+        ref = idx.index(self.reference) if self.reference in idx else None
+        return ViewSet(self.rgba[idx], self.c2w[idx], self.K.copy(), [self.files[i] for i in idx], ref)
 
 
 def load_views(folder: str | Path, white_threshold: float = 0.97) -> ViewSet:

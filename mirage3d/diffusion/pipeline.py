@@ -19,6 +19,7 @@ conditional pass with hard attention to the reference in the chosen layers, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,27 @@ class HardAttentionConfig:
     """Attention layers that attend hard to the reference in that pass (same syntax as CrossFrameConfig)."""
     temperature: float = 0.0
     """0: each query copies the value of its arg-max reference key; > 0: softmax(logits / temperature)."""
+
+
+@dataclass
+class ConsistencyConfig:
+    """Rounds of generate → reconstruct → render → re-noise → denoise (IM-3D's iterative refinement).
+
+    After the joint denoising, ``render_fn`` fits one 3D model to all views and renders it at every view's
+    camera; the renders are noised back to the level ``strength`` of the way up the DDIM schedule and
+    denoised again with cross-frame attention, the reference staying on its own trajectory. The views then
+    keep what the denoiser adds (detail, the input's look) on top of a shape that one 3D model explains.
+    """
+
+    rounds: int = 0
+    """Refinement rounds (0 = off)."""
+    strength: float = 0.5
+    """Fraction of the DDIM steps re-run from each round's renders (0 = keep the renders, 1 = from pure noise)."""
+
+
+# render_fn(views, poses, reference_index, round) -> renders: views (V, H, W, C) in [0, 1] in ``poses`` order
+# (C = 3 RGB on white, or 4 with alpha for an RGBA model); renders (V, H, W, 4) RGBA in [0, 1], same order.
+RenderFn = Callable[[np.ndarray, list[int], int, int], np.ndarray]
 
 
 @dataclass
@@ -126,6 +148,8 @@ class MiragePipeline(DiffusionPipeline):
         hard_guidance_scale: float = 0.0,
         cross_frame: CrossFrameConfig | None = None,
         hard_attention: HardAttentionConfig | None = None,
+        consistency: ConsistencyConfig | None = None,
+        render_fn: RenderFn | None = None,
     ) -> None:
         n_cls = self.unet.config.num_class_embeds
         if not n_cls or n_cls < 2:
@@ -150,6 +174,11 @@ class MiragePipeline(DiffusionPipeline):
             if hard_attention.temperature < 0:
                 raise ValueError(f"hard attention temperature must be >= 0, got {hard_attention.temperature}")
             select_layers(self.unet, hard_attention.layers)
+        if consistency is not None and consistency.rounds:
+            if consistency.rounds < 0 or not 0.0 < consistency.strength <= 1.0:
+                raise ValueError(f"consistency rounds must be >= 0 and strength in (0, 1], got {consistency.rounds} and {consistency.strength}")
+            if render_fn is None:
+                raise ValueError("consistency rounds need a render_fn that fits a 3D model to the views and renders it")
 
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor, guidance_scale: float) -> torch.Tensor:
         """Model output with classifier-free guidance: out_null + w·(out_cond − out_null); w = 1 is plain conditional."""
@@ -178,6 +207,8 @@ class MiragePipeline(DiffusionPipeline):
         cross_frame: CrossFrameConfig | str | None = None,
         hard_guidance_scale: float = 0.0,
         hard_attention: HardAttentionConfig | None = None,
+        consistency: ConsistencyConfig | None = None,
+        render_fn: RenderFn | None = None,
     ) -> MiragePipelineOutput | tuple:
         """Sample one view per pose in ``poses`` (default: every pose of the model).
 
@@ -187,6 +218,7 @@ class MiragePipeline(DiffusionPipeline):
         cross_frame: CrossFrameConfig, or "concat" / "reference_only" / "off". Default: on ("concat", all
             layers) when an image is given, off otherwise (plain independent sampling).
         hard_guidance_scale: w of hard-attention guidance (0 disables); hard_attention: its layers / τ.
+        consistency: refinement rounds through ``render_fn`` (:class:`ConsistencyConfig`); views mode only.
         """
         if poses is None:
             if self.num_poses is None:
@@ -196,13 +228,16 @@ class MiragePipeline(DiffusionPipeline):
         if isinstance(cross_frame, str):
             cross_frame = CrossFrameConfig(enabled=False) if cross_frame == "off" else CrossFrameConfig(mode=cross_frame)
         hard_attention = hard_attention or HardAttentionConfig()
-        self.check_inputs(poses, num_inference_steps, guidance_scale, reference_pose, hard_guidance_scale, cross_frame, hard_attention)
-        if image is None and cross_frame is None and hard_guidance_scale == 0:
+        self.check_inputs(poses, num_inference_steps, guidance_scale, reference_pose, hard_guidance_scale, cross_frame, hard_attention,
+                          consistency, render_fn)
+        consistency = consistency or ConsistencyConfig()
+        if image is None and cross_frame is None and hard_guidance_scale == 0 and consistency.rounds == 0:
             return self._plain(poses, num_inference_steps, guidance_scale, generator, output_type, return_dict)
 
         cross_frame = cross_frame or CrossFrameConfig()
         plan = self._plan(poses, image, reference_pose)
-        x = self._views(plan, cross_frame, hard_attention, hard_guidance_scale, num_inference_steps, guidance_scale, generator)
+        x = self._views(plan, cross_frame, hard_attention, hard_guidance_scale, num_inference_steps, guidance_scale, generator,
+                        consistency, render_fn)
         images = self._to_output(x, output_type)
         ref_index = plan.out_poses.index(plan.reference_pose)
         cams = [self.cameras[p] for p in plan.out_poses] if self.cameras is not None else None
@@ -280,26 +315,71 @@ class MiragePipeline(DiffusionPipeline):
         num_inference_steps: int,
         guidance_scale: float,
         generator: torch.Generator | None,
+        consistency: ConsistencyConfig | None = None,
+        render_fn: RenderFn | None = None,
     ) -> torch.Tensor:
-        """Joint DDIM over [reference, generated views...]; returns the views in ``plan.out_poses`` order."""
-        device, dtype = self.device, self.unet.dtype
+        """Joint DDIM over [reference, generated views...] (then the consistency rounds); returns the views in
+        ``plan.out_poses`` order."""
+        device = self.device
         res, ch = self.resolution, self.unet.config.in_channels
         ref_cls = pose_to_class(plan.reference_pose)
         labels = torch.as_tensor([ref_cls, *(pose_to_class(p) for p in plan.gen_poses)], device=device)  # (V,)
         n_views = len(labels)
+        # Position in plan.out_poses → index in the internal order [reference, generated...].
+        gen_iter = iter(range(1, n_views))
+        order = [0 if p == plan.reference_pose else next(gen_iter) for p in plan.out_poses]
 
-        def unet(x: torch.Tensor, t: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-            return self.unet(x.to(dtype), t, class_labels=cls).sample.float()
-
-        trajectory = None
+        ref_latents = None  # the reference's latent fed at each step (its inverted trajectory with an image)
         if plan.reference is not None:
+            unet = self._denoiser()
             trajectory = ddim_invert(unet, self.scheduler, plan.reference.to(device), labels[:1], num_inference_steps, self.progress_bar)
-        noise = torch.randn((n_views, ch, res, res), generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
-        x = noise.clone()  # (V, C, R, R), float32 state
-        if trajectory is not None:
-            x[0] = trajectory.latents[0][0]
-
+            ref_latents = [lat[0] for lat in trajectory.latents]
+        x = torch.randn((n_views, ch, res, res), generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
         timesteps = ddim_timesteps(self.scheduler, num_inference_steps, device)
+        latents = self._denoise(x, 0, timesteps, labels, ref_latents, cross_frame, hard, w_hard, guidance_scale)
+        x = latents.pop()  # the clean views: (V, C, R, R)
+        ref_latents = [*latents, x[0].clone()]  # the reference at every level, clean last
+        consistency = consistency or ConsistencyConfig()
+        n = len(timesteps)
+        start = min(n - 1, max(0, round((1.0 - consistency.strength) * n)))
+        for r in range(consistency.rounds):
+            views = (x[order].float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            renders = render_fn(views, list(plan.out_poses), plan.out_poses.index(plan.reference_pose), r)  # (V, H, W, 4)
+            r_t = torch.from_numpy(np.asarray(renders, dtype=np.float32)).permute(0, 3, 1, 2)  # (V, 4, R, R)
+            rgb = r_t[:, :3] * r_t[:, 3:] + (1 - r_t[:, 3:])  # on white, as the model's images
+            x0 = (torch.cat([rgb, r_t[:, 3:]], 1) if ch == 4 else rgb) * 2 - 1
+            x0 = x0[[plan.out_poses.index(p) for p in [plan.reference_pose, *plan.gen_poses]]].to(device)  # internal order
+            a = alpha_bar(self.scheduler, int(timesteps[start]))
+            noise = torch.randn(x0.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
+            x = a**0.5 * x0 + (1 - a) ** 0.5 * noise
+            x = self._denoise(x, start, timesteps, labels, ref_latents, cross_frame, hard, w_hard, guidance_scale).pop()
+        return x[order]
+
+    def _denoiser(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        dtype = self.unet.dtype
+        return lambda x, t, cls: self.unet(x.to(dtype), t, class_labels=cls).sample.float()
+
+    def _denoise(
+        self,
+        x: torch.Tensor,
+        start: int,
+        timesteps: torch.Tensor,
+        labels: torch.Tensor,
+        ref_latents: list[torch.Tensor] | None,
+        cross_frame: CrossFrameConfig,
+        hard: HardAttentionConfig,
+        w_hard: float,
+        guidance_scale: float,
+    ) -> list[torch.Tensor]:
+        """DDIM from step ``start`` to the clean images, all views jointly (V, C, R, R).
+
+        View 0 is the reference: it is set to ``ref_latents[i]`` at each step when given (its inverted
+        trajectory), else denoised with the others. Returns the reference's latent at every step from 0
+        (entries before ``start`` from ``ref_latents``), followed by the clean views as the last entry.
+        """
+        device = self.device
+        n_views = len(labels)
+        unet = self._denoiser()
         levels = next_levels(timesteps)
         clip = bool(self.scheduler.config.get("clip_sample", False))
         use_cfg = guidance_scale != 1.0
@@ -309,11 +389,16 @@ class MiragePipeline(DiffusionPipeline):
         batch_labels = torch.cat(group_labels)
         soft_layers = cross_frame.layers if cross_frame.enabled else "none"
         hard_layers = hard.layers if use_hard else "none"
-
+        ref_out = list(ref_latents[:start]) if ref_latents is not None else []
+        x = x.clone()
         with cross_frame_attention(self.unet, soft_layers, hard_layers) as state:
             state.views_per_group, state.group_modes = n_views, groups
             state.mode, state.temperature = cross_frame.mode, hard.temperature
-            for i, t in enumerate(self.progress_bar([int(t) for t in timesteps])):
+            for i in self.progress_bar(range(start, len(timesteps))):
+                t = int(timesteps[i])
+                if ref_latents is not None:
+                    x[0] = ref_latents[i]  # the reference stays on its trajectory
+                ref_out.append(x[0].clone())
                 t_batch = torch.full((len(batch_labels),), t, device=device, dtype=torch.long)
                 out = unet(torch.cat([x] * len(groups)), t_batch, batch_labels).chunk(len(groups))
                 cond = out[0]
@@ -321,12 +406,7 @@ class MiragePipeline(DiffusionPipeline):
                 if use_hard:
                     pred = pred + w_hard * (out[-1] - cond)
                 eps = to_eps(self.scheduler, pred, x, t)
-                x_next = ddim_move(x, eps, alpha_bar(self.scheduler, t), alpha_bar(self.scheduler, levels[i]), clip=clip)
-                if trajectory is not None:
-                    x_next[0] = trajectory.latents[i + 1][0]  # the reference stays on its inverted trajectory
-                x = x_next
-        order = [0] * len(plan.out_poses)
-        gen_iter = iter(range(1, n_views))
-        for j, p in enumerate(plan.out_poses):
-            order[j] = 0 if p == plan.reference_pose else next(gen_iter)
-        return x[order]
+                x = ddim_move(x, eps, alpha_bar(self.scheduler, t), alpha_bar(self.scheduler, levels[i]), clip=clip)
+        if ref_latents is not None:
+            x[0] = ref_latents[-1]
+        return [*ref_out, x]

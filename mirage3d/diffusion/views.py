@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from mirage3d.config import save_config
-from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline, MiragePipelineOutput
+from mirage3d.diffusion.pipeline import ConsistencyConfig, CrossFrameConfig, HardAttentionConfig, MiragePipeline, MiragePipelineOutput
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_framing, prepare_reference
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
@@ -56,10 +56,33 @@ class ViewsConfig:
     """Generated views' alpha: 0 where the distance from white is below this ..."""
     alpha_high: float = 0.12
     """... 1 above this, linear between (max over RGB of 1 − value)."""
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    """Generate → reconstruct → render → re-noise → denoise rounds (docs/views.md)."""
     seed: int = 0
     """Seed of the generated views' initial noise."""
     device: str = "auto"
     """"auto" (CUDA if available), "cpu", "cuda", "cuda:1"..."""
+
+
+@dataclass
+class GeneratedViews:
+    """Views in memory with their cameras: what make-asset hands to the reconstruction."""
+
+    rgba: list[np.ndarray]  # V × (R, R, 4) float32 in [0, 1], in ``poses`` order
+    poses: list[int]
+    cameras: list[Any]  # PoseCamera per view (azimuth, elevation, c2w, intrinsics at the pose images' size)
+    K: np.ndarray  # (3, 3) intrinsics at the views' size
+    reference_index: int
+    reference_pose: int
+    pose_confidence: float | None
+
+    def to_viewset(self) -> Any:
+        """A :class:`mirage3d.recon.ViewSet` (the input view marked as the reference)."""
+        from mirage3d.recon.views import ViewSet
+
+        c2w = np.stack([np.asarray(c.c2w, dtype=np.float64) for c in self.cameras])
+        files = [Path(f"images/pose_{p:02d}.png") for p in self.poses]
+        return ViewSet(np.stack(self.rgba).astype(np.float32), c2w, self.K.copy(), files, self.reference_index)
 
 
 @dataclass
@@ -188,17 +211,47 @@ def contact_sheet(images: list[np.ndarray], cols: int | None = None) -> np.ndarr
     return sheet
 
 
-def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir: str | Path, cfg: ViewsConfig | None = None, overwrite: bool = False) -> ViewsResult:
-    """Views of the object in ``input_path`` (None: unconditional) with cameras; see the module docstring."""
+def views_intrinsics(cameras: list[Any], res: int) -> np.ndarray:
+    """(3, 3) intrinsics of views at ``res``² (cameras.json holds them for the pose images' size)."""
+    c0 = cameras[0]
+    s = res / c0.w
+    return np.array([[c0.fl_x * s, 0.0, c0.cx * s], [0.0, c0.fl_y * s, c0.cy * s], [0.0, 0.0, 1.0]])
+
+
+def consistency_renderer(pipe: MiragePipeline, cfg: ViewsConfig, recon: Any, reference_mask: np.ndarray | None) -> Any:
+    """The pipeline's ``render_fn``: fit the reconstruction to the current views, render it at their cameras."""
+    from mirage3d.recon import fit_field
+    from mirage3d.recon.views import ViewSet
+
+    K = views_intrinsics(pipe.cameras, pipe.resolution)
+
+    def render(views: np.ndarray, poses: list[int], reference_index: int, round_: int) -> np.ndarray:
+        rgba = _as_rgba(views, cfg, reference_index, reference_mask)
+        c2w = np.stack([np.asarray(pipe.cameras[p].c2w, dtype=np.float64) for p in poses])
+        vs = ViewSet(np.stack(rgba), c2w, K.copy(), [Path(f"pose_{p:02d}.png") for p in poses], reference_index)
+        with torch.enable_grad():  # the pipeline samples under no_grad; the fit optimises
+            fit = fit_field(vs, recon)
+        return fit.render(fit.c2w, K, pipe.resolution, pipe.resolution)
+
+    return render
+
+
+def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsConfig | None = None, recon: Any = None) -> GeneratedViews:
+    """Views of the object in ``input_path`` (None: unconditional) with cameras, in memory.
+
+    ``recon``: the :class:`mirage3d.recon.ReconConfig` of the fits inside the consistency rounds (default:
+    ReconConfig's defaults on ``cfg.device`` with ``cfg.seed``).
+    """
     cfg = cfg or ViewsConfig()
-    t0 = time.perf_counter()
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model_dir = Path(model_dir)
     if cfg.cross_frame not in ("concat", "reference_only", "off"):
         raise InputError(f"--cross-frame {cfg.cross_frame!r} must be concat, reference_only or off")
     if cfg.num_inference_steps < 1:
         raise InputError(f"--steps must be >= 1, got {cfg.num_inference_steps}")
     if cfg.guidance_scale < 0 or cfg.hard_guidance_scale < 0:
         raise InputError("--guidance and --hard-guidance must be >= 0")
+    if cfg.consistency.rounds < 0 or not 0.0 < cfg.consistency.strength <= 1.0:
+        raise InputError(f"--rounds must be >= 0 and --strength in (0, 1], got {cfg.consistency.rounds} and {cfg.consistency.strength}")
     photo = load_image(input_path) if input_path is not None else None  # validate before loading the model
     pipe = load_model(model_dir, cfg.device, need_pose_model=photo is not None and cfg.reference_pose is None)
     if pipe.cameras is None:
@@ -211,6 +264,13 @@ def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir
     if photo is not None:
         fill = None if not cfg.reframe else (cfg.fill or pipe.fill)
         prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill else pipe.fill_range)
+    render_fn = None
+    if cfg.consistency.rounds:
+        if recon is None:
+            from mirage3d.recon import ReconConfig
+
+            recon = ReconConfig(seed=cfg.seed, device=cfg.device)
+        render_fn = consistency_renderer(pipe, cfg, recon, None if prepared is None else prepared.mask)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     cross = CrossFrameConfig(enabled=cfg.cross_frame != "off", mode=cfg.cross_frame if cfg.cross_frame != "off" else "concat", layers=cfg.cross_frame_layers)
@@ -226,48 +286,61 @@ def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir
             cross_frame=cross,
             hard_guidance_scale=cfg.hard_guidance_scale,
             hard_attention=HardAttentionConfig(layers=cfg.hard_layers, temperature=cfg.hard_temperature),
+            consistency=cfg.consistency,
+            render_fn=render_fn,
         )
     except ValueError as e:  # check_inputs: bad layer names, out-of-range poses
         raise InputError(str(e)) from None
-    rgba = _to_rgba(out, prepared, cfg)
-    result = _write(out_dir, out, rgba, pipe, cfg, overwrite, input_path, model_dir)
+    rgba = _as_rgba(np.asarray(out.images), cfg, out.reference_index, None if prepared is None else prepared.mask)
+    return GeneratedViews(rgba, list(out.poses), list(out.cameras or []), views_intrinsics(pipe.cameras, pipe.resolution),
+                          int(out.reference_index), int(out.reference_pose), out.pose_confidence)
+
+
+def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir: str | Path, cfg: ViewsConfig | None = None, overwrite: bool = False) -> ViewsResult:
+    """:func:`make_views`, written as a views folder (see the module docstring)."""
+    cfg = cfg or ViewsConfig()
+    t0 = time.perf_counter()
+    gen = make_views(input_path, model_dir, cfg)
+    result = write_views(gen, Path(out_dir), cfg, overwrite, input_path, Path(model_dir))
     result.seconds = time.perf_counter() - t0
     return result
 
 
-def _to_rgba(out: MiragePipelineOutput, prepared: Any, cfg: ViewsConfig) -> list[np.ndarray]:
+def _as_rgba(images: np.ndarray, cfg: ViewsConfig, reference_index: int | None, reference_mask: np.ndarray | None) -> list[np.ndarray]:
+    """Model outputs (V, R, R, 3|4) in [0, 1] → RGBA views; alpha from the model, else from the distance to
+    white; the reference keeps the input's own mask."""
     views = []
-    for i, im in enumerate(np.asarray(out.images)):
+    for i, im in enumerate(np.asarray(images)):
         if im.shape[-1] == 4:  # the model makes alpha itself
             rgb, a = im[..., :3], im[..., 3]
         else:
             rgb, a = im, white_alpha(im, cfg.alpha_low, cfg.alpha_high)
-        if prepared is not None and i == out.reference_index:
-            a = prepared.mask  # the input's own mask, not a threshold
+        if reference_mask is not None and i == reference_index:
+            a = reference_mask  # the input's own mask, not a threshold
         views.append(np.concatenate([rgb, a[..., None]], axis=-1).astype(np.float32))
     return views
 
 
-def _write(out_dir: Path, out: MiragePipelineOutput, rgba: list[np.ndarray], pipe: MiragePipeline, cfg: ViewsConfig, overwrite: bool, input_path: Any, model_dir: Path) -> ViewsResult:
-    res = pipe.resolution
-    cams = out.cameras or []
+def write_views(gen: GeneratedViews, out_dir: Path, cfg: ViewsConfig, overwrite: bool = False, input_path: Any = None,
+                model_dir: Path | None = None) -> ViewsResult:
+    """Write ``gen`` as a nerfstudio views folder (atomically): images, transforms.json, contact sheet, turntable, config."""
+    res = gen.rgba[0].shape[0]
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         frames, files = [], []
-        for i, (pose, im, cam) in enumerate(zip(out.poses, rgba, cams, strict=True)):
+        for i, (pose, im, cam) in enumerate(zip(gen.poses, gen.rgba, gen.cameras, strict=True)):
             name = f"images/pose_{pose:02d}.png"
             atomic_save_image(tmp / name, im)
             files.append(out_dir / name)
-            extra = {"pose": pose, "azimuth_deg": cam.azimuth_deg, "elevation_deg": cam.elevation_deg, "is_reference": i == out.reference_index}
+            extra = {"pose": pose, "azimuth_deg": cam.azimuth_deg, "elevation_deg": cam.elevation_deg, "is_reference": i == gen.reference_index}
             frames.append(Frame(name, cam.c2w, extra))
-        c0 = cams[0]
-        s = res / c0.w  # cameras.json intrinsics are for the pose images' size; scale to the views' size
-        meta = {"reference_pose": out.reference_pose, "pose_confidence": out.pose_confidence, "generator": "mirage3d views"}
-        write_transforms(tmp / "transforms.json", Transforms(res, res, c0.fl_x * s, c0.fl_y * s, c0.cx * s, c0.cy * s, frames, meta))
-        atomic_save_image(tmp / "contact_sheet.png", contact_sheet(rgba))
-        by_az = sorted(range(len(rgba)), key=lambda i: cams[i].azimuth_deg)
-        gif = [Image.fromarray((contact_sheet([rgba[i]], 1) * 255 + 0.5).astype(np.uint8)) for i in by_az]
+        meta = {"reference_pose": gen.reference_pose, "pose_confidence": gen.pose_confidence, "generator": "mirage3d views"}
+        K = gen.K
+        write_transforms(tmp / "transforms.json", Transforms(res, res, K[0, 0], K[1, 1], K[0, 2], K[1, 2], frames, meta))
+        atomic_save_image(tmp / "contact_sheet.png", contact_sheet(gen.rgba))
+        by_az = sorted(range(len(gen.rgba)), key=lambda i: gen.cameras[i].azimuth_deg)
+        gif = [Image.fromarray((contact_sheet([gen.rgba[i]], 1) * 255 + 0.5).astype(np.uint8)) for i in by_az]
         gif[0].save(tmp / "turntable.gif", save_all=True, append_images=gif[1:], duration=250, loop=0)
-        save_config(cfg, tmp / "config.json", input=None if input_path is None else str(input_path), model=str(model_dir),
-                    estimated_pose=out.reference_pose if cfg.reference_pose is None else None, pose_confidence=out.pose_confidence)
+        save_config(cfg, tmp / "config.json", input=None if input_path is None else str(input_path), model=None if model_dir is None else str(model_dir),
+                    estimated_pose=gen.reference_pose if cfg.reference_pose is None else None, pose_confidence=gen.pose_confidence)
         files += [out_dir / n for n in ("transforms.json", "contact_sheet.png", "turntable.gif", "config.json")]
-    return ViewsResult(out_dir, list(out.poses), out.reference_pose, out.pose_confidence, files)
+    return ViewsResult(out_dir, list(gen.poses), gen.reference_pose, gen.pose_confidence, files)
