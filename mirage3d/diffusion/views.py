@@ -236,6 +236,20 @@ def consistency_renderer(pipe: MiragePipeline, cfg: ViewsConfig, recon: Any, ref
     return render
 
 
+def reprojection_psnr(gen: GeneratedViews, recon: Any) -> float:
+    """How well one 3D model explains all the views: mean PSNR (dB, on white) of each view against the render
+    of one reconstruction fitted to all of them (``recon``: its ReconConfig), at the view's fitted camera."""
+    from mirage3d.recon import fit_field
+
+    vs = gen.to_viewset()
+    with torch.enable_grad():
+        fit = fit_field(vs, recon)
+    h, w = vs.hw
+    renders = fit.render(fit.c2w, vs.K, h, w)[..., :3]
+    mse = ((vs.rgb_on_white() - renders) ** 2).mean(axis=(1, 2, 3))
+    return float(np.mean(-10.0 * np.log10(np.maximum(mse, 1e-10))))
+
+
 def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsConfig | None = None, recon: Any = None) -> GeneratedViews:
     """Views of the object in ``input_path`` (None: unconditional) with cameras, in memory.
 
