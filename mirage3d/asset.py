@@ -62,6 +62,8 @@ class AssetConfig:
     """DDIM steps for inversion and generation (20 keeps the 2-core CPU under its time target; 50 on a GPU)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance against the "no pose" class (1 = off)."""
+    cross_frame: str = "concat"
+    """How generated views attend to the input: "concat" (own + input keys/values) or "off" (independent)."""
     hard_guidance_scale: float = 0.0
     """Hard-attention guidance weight (docs/views.md)."""
     reference_pose: int | None = None
@@ -164,7 +166,7 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
     rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, res=cfg.recon_res, faces=cfg.faces,
                        texture_size=cfg.texture_size, preview=cfg.preview)
     vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                       hard_guidance_scale=cfg.hard_guidance_scale, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
+                       hard_guidance_scale=cfg.hard_guidance_scale, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
                        seed=cfg.seed, device=cfg.device)
     gen = make_views(image, model_dir, vcfg, recon=replace(rcfg, preview=False))
     timings["views"] = time.perf_counter() - t

@@ -53,6 +53,8 @@ def slow_reference(attn: Attention, x: torch.Tensor, views: int, modes: list[str
             continue
         elif mode == "reference_only":
             kk, vv = k[r], v[r]
+        elif mode == "all":  # every view of the group, in order
+            kk, vv = torch.cat(list(k[r : r + views]), 1), torch.cat(list(v[r : r + views]), 1)
         else:
             kk, vv = torch.cat([k[i], k[r]], 1), torch.cat([v[i], v[r]], 1)
         out[i] = torch.softmax(q[i] @ kk.transpose(-1, -2) / d**0.5, -1) @ vv
@@ -60,7 +62,7 @@ def slow_reference(attn: Attention, x: torch.Tensor, views: int, modes: list[str
     return o + x
 
 
-@pytest.mark.parametrize("mode", ["concat", "reference_only"])
+@pytest.mark.parametrize("mode", ["concat", "reference_only", "all"])
 def test_cross_frame_matches_slow_reference(mode: str) -> None:
     attn = attn_module(torch.float64)
     views, modes = 3, ["soft", "soft", "hard"]

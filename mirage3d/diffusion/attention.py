@@ -7,7 +7,8 @@ are the classifier-free-guidance branches (conditional / "no pose") and the hard
 - The reference attends only to itself (plain self-attention), so its trajectory does not depend on the
   other views.
 - A generated view in a ``"soft"`` group attends to ``concat(own, reference)`` keys/values (mode
-  ``"concat"``) or to the reference's only (mode ``"reference_only"``).
+  ``"concat"``), to the reference's only (mode ``"reference_only"``), or to every view of the group (mode
+  ``"all"``: reference and all generated views).
 - A generated view in a ``"hard"`` group, in the layers chosen for hard attention, takes for each query the
   value of its best-matching reference key (``temperature == 0``: arg-max), or a softmax over the reference
   keys at temperature ``τ`` (logits divided by ``τ``). Other layers in that group behave as in ``"soft"``.
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-CROSS_FRAME_MODES = ("concat", "reference_only")
+CROSS_FRAME_MODES = ("concat", "reference_only", "all")
 
 
 @dataclass
@@ -38,7 +39,7 @@ class CrossFrameState:
     group_modes: list[str] = field(default_factory=list)
     """One of "soft" / "hard" / "self" per group (len G). Empty: every group "soft"."""
     mode: str = "concat"
-    """"concat" (own + reference keys/values) or "reference_only"."""
+    """"concat" (own + reference keys/values), "reference_only" or "all" (every view of the group)."""
     temperature: float = 0.0
     """Hard attention temperature τ: 0 = arg-max over reference keys, > 0 = softmax(logits / τ)."""
 
@@ -97,6 +98,10 @@ class CrossFrameAttnProcessor2_0:
                 out[g, 1:] = _sdpa(qg, kg, vg)
             elif st.mode == "reference_only":
                 out[g, 1:] = _sdpa(qg, k_ref, v_ref)
+            elif st.mode == "all":  # every view of the group, the reference included: (V-1, heads, V·N, D)
+                k_all = k[g].transpose(0, 1).reshape(1, h, n_views * n, d).expand(n_views - 1, -1, -1, -1)
+                v_all = v[g].transpose(0, 1).reshape(1, h, n_views * n, d).expand(n_views - 1, -1, -1, -1)
+                out[g, 1:] = _sdpa(qg, k_all, v_all)
             else:  # concat: own + reference, (V-1, heads, 2N, D)
                 out[g, 1:] = _sdpa(qg, torch.cat([kg, k_ref], dim=2), torch.cat([vg, v_ref], dim=2))
         return out.reshape(b, h, n, d)

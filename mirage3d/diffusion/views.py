@@ -40,7 +40,7 @@ class ViewsConfig:
     hard_guidance_scale: float = 0.0
     """w of hard-attention guidance (0 = off)."""
     cross_frame: str = "concat"
-    """"concat", "reference_only" or "off" (independent sampling)."""
+    """"concat" (own + input), "reference_only", "all" (every view) or "off" (independent sampling)."""
     cross_frame_layers: str = "all"
     """Attention layers with cross-frame attention: "all", or "down"/"mid"/"up" joined by "+"."""
     hard_layers: str = "all"
@@ -258,8 +258,8 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     """
     cfg = cfg or ViewsConfig()
     model_dir = Path(model_dir)
-    if cfg.cross_frame not in ("concat", "reference_only", "off"):
-        raise InputError(f"--cross-frame {cfg.cross_frame!r} must be concat, reference_only or off")
+    if cfg.cross_frame not in ("concat", "reference_only", "all", "off"):
+        raise InputError(f"--cross-frame {cfg.cross_frame!r} must be concat, reference_only, all or off")
     if cfg.num_inference_steps < 1:
         raise InputError(f"--steps must be >= 1, got {cfg.num_inference_steps}")
     if cfg.guidance_scale < 0 or cfg.hard_guidance_scale < 0:
