@@ -337,3 +337,33 @@ def test_a_broken_image_in_a_loader_worker_is_named(d: SimpleNamespace, tmp_path
     r = runner.invoke(app, ["features", "extract", str(coll), "-o", str(tmp_path / "f"), *HOG[:-2], "--workers", "1"])
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.exit_code == 1 and len(lines) == 1 and "000003.png" in lines[0] and "Caught" not in lines[0], r.output
+
+
+def test_training_killed_with_sigkill_resumes_to_the_same_weights(d: SimpleNamespace, tmp_path: Path) -> None:
+    """A real SIGKILL (no cleanup at all) in the middle of `mirage3d train`, then the same command again: the run
+    resumes from its newest complete checkpoint and ends with the weights of a run that was never killed."""
+    from safetensors.torch import load_file
+
+    args = ["train", str(d.coll), "--model", "tiny", "--max-steps", "8", "--batch-size", "2", "--sample-steps", "1", "--sample-every", "0",
+            "--checkpoint-every", "1", "--device", "cpu", "--seed", "3"]  # fmt: skip
+    env = {**os.environ, "MIRAGE3D_DEBUG": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the same threads in every run
+
+    def run(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "mirage3d.cli", *args, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)  # fmt: skip
+
+    whole, killed = run(tmp_path / "whole"), run(tmp_path / "killed")
+    t = time.monotonic()
+    while not (tmp_path / "killed" / "checkpoints" / "checkpoint-3").exists():
+        assert killed.poll() is None and time.monotonic() - t < 300, killed.communicate()
+        time.sleep(0.05)
+    killed.kill()
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL and whole.wait(timeout=300) == 0, whole.communicate()
+    again = run(tmp_path / "killed")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    a, b = (load_file(str(tmp_path / r / "checkpoints" / "checkpoint-8" / "ema.safetensors")) for r in ("whole", "killed"))
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "loss.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # the log lists each step once
