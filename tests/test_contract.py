@@ -147,14 +147,14 @@ ASSET_FAST = ["--steps", "2", "--iters", "10", "--faces", "200", "--device", "cp
 
 CASES = [
     # data render
-    Case("render: output below a file", lambda d, o: ["data", "render", str(d.meshes), "-o", _below(d), "--workers", "1"], "is a file, not a folder"),
-    Case("render: output in /proc", lambda d, o: ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", "/proc/mirage3d-out", "--workers", "1", "--n-per-mesh", "1",
+    Case("data render: output below a file", lambda d, o: ["data", "render", str(d.meshes), "-o", _below(d), "--workers", "1"], "is a file, not a folder"),
+    Case("data render: output in /proc", lambda d, o: ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", "/proc/mirage3d-out", "--workers", "1", "--n-per-mesh", "1",
                                                   "--res", "16"], "/proc/mirage3d-out"),  # fmt: skip
-    Case("render: unknown mesh beside a broken one", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--workers", "1"], "zz_broken.glb"),
-    Case("render: meshes missing", lambda d, o: ["data", "render", str(d.root / "nothing"), "-o", str(o)], "does not exist"),
-    Case("render: --res out of range", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--res", "5"], "--res"),
-    Case("render: --elev-max nan", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--elev-max", "nan"], "finite"),
-    Case("render: existing output", lambda d, o: ["data", "render", str(d.meshes), "-o", str(d.exists)], "--overwrite", lambda d, o: [d.exists / "keep.txt"]),
+    Case("data render: unknown mesh beside a broken one", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--workers", "1"], "zz_broken.glb"),
+    Case("data render: meshes missing", lambda d, o: ["data", "render", str(d.root / "nothing"), "-o", str(o)], "does not exist"),
+    Case("data render: --res out of range", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--res", "5"], "--res"),
+    Case("data render: --elev-max nan", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--elev-max", "nan"], "finite"),
+    Case("data render: existing output", lambda d, o: ["data", "render", str(d.meshes), "-o", str(d.exists)], "--overwrite", lambda d, o: [d.exists / "keep.txt"]),
     # features train / extract
     Case("features train: bad image in the collection", lambda d, o: ["features", "train", str(d.badcoll), "-o", str(o), *TRAIN_FAST, "--workers", "0"], "zzz_broken.png"),
     Case("features train: output below a file", lambda d, o: ["features", "train", str(d.coll), "-o", _below(d), *TRAIN_FAST, "--workers", "0"], "is a file"),

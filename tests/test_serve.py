@@ -295,3 +295,24 @@ def test_the_client_accepts_only_the_files_it_asked_for(tmp_path: Path, fake_ser
     # A health answer that is not JSON.
     reply["health"] = b"\x00\x01"
     assert "not a JSON object" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(tmp_path / "p.glb"), "--server", url]))
+
+
+def test_clients_that_leave_cost_no_traceback_and_no_job(tmp_path: Path, server, capfd) -> None:
+    """A client that closes while sending, or right after sending (its job is then dropped, not run)."""
+    import socket
+    import time
+
+    srv, url = server
+    port = srv.server_address[1]
+    body = cutout(tmp_path / "in.png").read_bytes()
+    served = srv.served
+    for sent in (body[: len(body) // 2], body):
+        s = socket.create_connection(("127.0.0.1", port))
+        head = f"POST /make-asset?name=a.glb&steps=2&iters=20&faces=500&views=2&reference_pose=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
+        s.sendall(head.encode() + sent)
+        s.close()
+    deadline = time.monotonic() + 60
+    while srv.slots._value < 4 and time.monotonic() < deadline:  # (the handlers finish)  # noqa: SLF001
+        time.sleep(0.1)
+    assert srv.served == served and server_health(url)["status"] == "ok"
+    assert "Traceback" not in capfd.readouterr().err

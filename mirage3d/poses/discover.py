@@ -457,7 +457,6 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     ``PoseModel.load(out_dir, backbone)`` assigns the same poses from the new backbone's features (e.g. the
     final pose-conditioned UNet instead of the phase-1 one). Files other than the pose model are copied.
     """
-    import json
     import shutil
 
     from mirage3d.config import load_config
