@@ -64,7 +64,8 @@ def make_asset(
 def _remote(server: str, token: str | None, image: Path, output: Path, cfg: AssetConfig, keep_views: Path | None, overwrite: bool) -> None:
     """make-asset through a server: no torch here; the server's model and device do the work."""
     from mirage3d.errors import InputError
-    from mirage3d.serve import CLIENT_OPTIONS, check_served_model, make_asset_remote, server_health
+    from mirage3d.serve import CLIENT_OPTIONS
+    from mirage3d.serve_client import check_served_model, make_asset_remote, server_health
 
     t0 = time.perf_counter()
     if keep_views is not None:

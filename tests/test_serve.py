@@ -16,7 +16,8 @@ from mirage3d.asset import AssetConfig
 from mirage3d.cli.main import app
 from mirage3d.diffusion.views import keep_models_loaded
 from mirage3d.errors import InputError
-from mirage3d.serve import CLIENT_OPTIONS, MAX_BODY_BYTES, AssetServer, _client_gone, options_from_query, server_health
+from mirage3d.serve import CLIENT_OPTIONS, MAX_BODY_BYTES, AssetServer, _client_gone, options_from_query
+from mirage3d.serve_client import server_health
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
