@@ -23,7 +23,12 @@ def serve(
     """Serve make-asset from one loaded model: `mirage3d make-asset IMAGE -o OUT --server http://HOST:PORT`."""
     from mirage3d.serve import serve as run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # The server's log (one line per request) on stderr, for this command only (not the root logger's setup).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log = logging.getLogger("mirage3d.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
     def ready(server, seconds: float) -> None:  # noqa: ANN001
         h, p = server.server_address[:2]
@@ -36,6 +41,8 @@ def serve(
         run(model, host, port, device, on_ready=ready, token=token)
     except KeyboardInterrupt:
         console.print("stopped")
+    finally:
+        log.removeHandler(handler)
 
 
 def register(app: typer.Typer) -> None:
