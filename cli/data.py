@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mirage3d.cli._errors import console, handle_errors
+from mirage3d.cli._options import OVERWRITE
 
 data_app = typer.Typer(help="Make image collections with ground truth (headless rendering).", no_args_is_help=True)
 
@@ -28,15 +29,16 @@ def render(
     supersample: int = typer.Option(1, help="Render at this multiple of --res and filter down (slower, smoother edges)."),
     workers: int = typer.Option(min(os.cpu_count() or 1, 16), help="Render processes (one renderer each); default: one per CPU."),
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical images for any --workers."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Render a single-category image collection with ground-truth cameras from a folder of meshes."""
     from mirage3d.data.render import RenderConfig, render_collection
+    from mirage3d.io import claim_output
 
     cfg = RenderConfig(n_per_mesh=n_per_mesh, res=res, elev_min=elev_min, elev_max=elev_max, scale_jitter=scale_jitter,
                        orbits=orbits, orbit_elev=orbit_elev, supersample=supersample, workers=workers, seed=seed)  # fmt: skip
     columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with claim_output(output, overwrite, kind="dir"), Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("render", total=None)
         result = render_collection(meshes, output, cfg, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"wrote {result.n_images} images of {len(result.mesh_ids)} meshes to {result.output}/images in {result.seconds:.1f} s")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import typer
+import os
 
-from mirage3d import __version__
+# Before anything imports them: the model hubs' own warnings (an offline machine retrying a download prints
+# about ten lines) would break the one-line error contract; their errors still reach the user as one line.
+os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import typer  # noqa: E402
+
+from mirage3d import __version__  # noqa: E402
+from mirage3d.cli._errors import MirageGroup  # noqa: E402
 
 app = typer.Typer(
+    cls=MirageGroup,
     name="mirage3d",
     help="mirage3d: one photo of an object to a 3D asset, with no 3D or pose labels.",
     no_args_is_help=True,

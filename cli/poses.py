@@ -7,14 +7,11 @@ from pathlib import Path
 import typer
 
 from mirage3d.cli._errors import console, handle_errors
-from mirage3d.cli.features import BACKBONE_HELP, progress_bar
+from mirage3d.cli._options import (BACKBONE, BACKBONE_OR_CACHE, BLOCKS, COLOUR_PERMS, DEVICE, FEATURE_SEED, IMAGE_SIZE, NOISE_MAPS, OVERWRITE, TIMESTEP,
+                                   load_backbone_from, progress_bar)  # fmt: skip
 from mirage3d.errors import InputError
 
 poses_app = typer.Typer(help="Discover poses (labels + cameras) in an unlabeled collection and assign them to images.", no_args_is_help=True)
-
-
-def _blocks(blocks: str) -> tuple[str, ...]:
-    return tuple(b.strip() for b in blocks.split(",") if b.strip())
 
 
 @poses_app.command("discover")
@@ -22,17 +19,18 @@ def _blocks(blocks: str) -> tuple[str, ...]:
 def discover(
     collection: Path = typer.Argument(..., help="Collection folder (images/ or a folder of images)."),
     output: Path = typer.Option(..., "-o", "--output", help="Poses folder to write (poses.json, cameras.json, pose model, sheets)."),
-    backbone: str = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
+    backbone: str = BACKBONE_OR_CACHE,
     features: Path = typer.Option(None, "--features", help="Feature cache: reused if made by `features extract`, else made here (default COLLECTION/.cache/features/<hash>)."),
     num_poses: int = typer.Option(8, "--poses", "-k", help="Number of poses K."),
     num_parts: int = typer.Option(16, "--parts", "-p", help="Number of parts P."),
     mode: str = typer.Option("parts", help="Descriptor: parts (visibility + location) or flat (pooled features, the HOG baseline)."),
     centre_images: bool = typer.Option(False, "--centre-images", help="Subtract each image's mean foreground feature before clustering parts (docs/poses.md)."),
-    timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
-    blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
-    colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6; docs/poses.md)."),
-    noise_maps: int = typer.Option(1, "--noise-maps", help="UNet backbones: average features over this many fixed noise maps (1..32; docs/poses.md)."),
-    image_size: int = typer.Option(None, help="Input size for hog / ViT backbones."),
+    timestep: int = TIMESTEP,
+    blocks: str = BLOCKS,
+    colour_perms: int = COLOUR_PERMS,
+    noise_maps: int = NOISE_MAPS,
+    image_size: int = IMAGE_SIZE,
+    feature_seed: int = FEATURE_SEED,
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
     w_visibility: float = typer.Option(0.25, help="Descriptor weight of part visibility."),
     w_location: float = typer.Option(1.0, help="Descriptor weight of part locations."),
@@ -45,45 +43,54 @@ def discover(
     front_refine: bool = typer.Option(False, "--front-refine/--no-front-refine", help="After the front/back split, cluster the poses again from it (measured worse; docs/poses.md)."),
     max_self_mirror: int = typer.Option(None, "--max-self-mirror", help="At most this many poses may be their own mirror image (2: front and back)."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = DEVICE,
     workers: int = typer.Option(2, help="Image-decoding workers."),
     seed: int = typer.Option(0, help="Seed of sampling and clustering (not of the features: --feature-seed)."),
-    feature_seed: int = typer.Option(0, "--feature-seed", help="Seed of the UNet noise maps / random-init ViT (as `features extract --seed`)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Discover K poses: parts from patch features, per-image descriptors, mirror-consistent clusters, a camera ring."""
-    from mirage3d.io import check_output_dir, list_images
-    from mirage3d.poses.discover import DiscoverConfig, check_discovery_input, discover_poses
-    from mirage3d.poses.extract import MANIFEST, ExtractConfig, FeatureCache, default_cache_dir, extract_features, is_main_process
-    from mirage3d.poses.features import load_backbone
+    from mirage3d.io import claim_output, list_images
+    from mirage3d.poses.discover import DiscoverConfig, check_discovery_input
 
     cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
                          w_box=w_box, spacing=spacing, device=device, seed=seed, centre_images=centre_images, max_self_mirror=max_self_mirror, w_facing=w_facing,
                          facing_component=facing_component, w_front=w_front, front_refine=front_refine, restarts=restarts)  # fmt: skip
     check_discovery_input(len(list_images(collection)), cfg, flip)
-    check_output_dir(output, overwrite)
+    with claim_output(output, overwrite, kind="dir"):
+        result, cache = _discover(collection, output, backbone, features, cfg, flip, batch_size, device, workers, overwrite,
+                                  (backbone, timestep, blocks, colour_perms, noise_maps, image_size, feature_seed))  # fmt: skip
+    if result is None:  # multi-GPU: the other ranks only helped extract
+        return
+    console.print(f"found {result.num_poses} poses in {len(result.files)} images (features: {cache.folder})")
+    for k in range(result.num_poses):
+        console.print(f"  pose {k}: azimuth {result.azimuth_deg[k]:6.1f}, {int(result.counts[k])} images, mirror pose {int(result.mirror[k])}")
+    console.print(f"  flip agreement {result.flip_agreement:.2f}, mirror residual {result.mirror_residual_deg:.1f} deg")
+    console.print(f"wrote {output}/poses.json, cameras.json, transforms.json, pose_model.*, poses_sheet.png, config.json")
+
+
+def _discover(collection: Path, output: Path, backbone: str | None, features: Path | None, cfg, flip: str, batch_size: int, device: str, workers: int,
+              overwrite: bool, backbone_options: tuple):  # noqa: ANN001, ANN202  # fmt: skip
+    """The features (from the cache, or extracted now) and the discovery; (None, cache) on non-zero ranks."""
+    from mirage3d.poses.discover import discover_poses
+    from mirage3d.poses.extract import MANIFEST, ExtractConfig, FeatureCache, default_cache_dir, extract_features, is_main_process
+
     if backbone is None:
         if features is None or not (features / MANIFEST).exists():
             raise InputError("give --backbone BACKBONE (or --features FOLDER made by `mirage3d features extract`)")
         cache = FeatureCache.open(features)
     else:
         # The discovery seed does not reach the backbone: runs with other seeds share one feature cache.
-        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=feature_seed, image_size=image_size, colour_perms=colour_perms,
-                           noise_maps=noise_maps)  # fmt: skip
+        bb = load_backbone_from(*backbone_options)
         ecfg = ExtractConfig(batch_size=batch_size, flip=flip, device=device, num_workers=workers)
         with progress_bar("features") as bar:
             task = bar.add_task("features", total=None)
             cache = extract_features(collection, features or default_cache_dir(collection, bb, flip), bb, ecfg, lambda d, t: bar.update(task, completed=d, total=t))
-        if not is_main_process():  # multi-GPU: the other ranks only helped extract
-            return
+        if not is_main_process():
+            return None, cache
     with progress_bar("descriptors") as bar:
         task = bar.add_task("descriptors", total=cache.num_images)
         result = discover_poses(cache, collection, output, cfg, overwrite=overwrite, progress=lambda d, t: bar.update(task, completed=d, total=t))
-    console.print(f"found {result.num_poses} poses in {len(result.files)} images (features: {cache.folder})")
-    for k in range(result.num_poses):
-        console.print(f"  pose {k}: azimuth {result.azimuth_deg[k]:6.1f}, {int(result.counts[k])} images, mirror pose {int(result.mirror[k])}")
-    console.print(f"  flip agreement {result.flip_agreement:.2f}, mirror residual {result.mirror_residual_deg:.1f} deg")
-    console.print(f"wrote {output}/poses.json, cameras.json, transforms.json, pose_model.*, poses_sheet.png, config.json")
+    return result, cache
 
 
 @poses_app.command("assign")
@@ -93,18 +100,22 @@ def assign(
     poses: Path = typer.Option(..., "--poses", help="Poses folder written by `mirage3d poses discover`."),
     backbone: Path = typer.Option(None, "--backbone", "-b", help="Backbone folder to use instead of the one recorded in the pose model."),
     output: Path = typer.Option(None, "-o", "--output", help="Write the assignments as JSON here."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Assign discovered poses to new images through the saved pose model."""
+    import contextlib
+
+    from mirage3d.io import atomic_write_json, claim_output
     from mirage3d.poses.discover import assign_files
 
-    rows = assign_files(images, poses, backbone, device)
+    with claim_output(output, overwrite, kind="file") if output is not None else contextlib.nullcontext():
+        rows = assign_files(images, poses, backbone, device)
+        if output is not None:
+            atomic_write_json(output, {"poses": str(poses), "assignments": rows})
     for r in rows:
         console.print(f"{r['file']}: pose {r['pose']} (azimuth {r['azimuth_deg']:.1f}, confidence {r['confidence']:.2f})")
     if output is not None:
-        from mirage3d.io import atomic_write_json
-
-        atomic_write_json(output, {"poses": str(poses), "assignments": rows})
         console.print(f"wrote {output}")
 
 
@@ -112,26 +123,28 @@ def assign(
 @handle_errors
 def refit(
     poses: Path = typer.Argument(..., help="Poses folder written by `mirage3d poses discover`."),
-    backbone: str = typer.Option(..., "--backbone", "-b", help=BACKBONE_HELP),
+    backbone: str = BACKBONE,
     collection: Path = typer.Option(..., "--collection", help="The collection the poses were discovered on."),
     output: Path = typer.Option(..., "-o", "--output", help="New poses folder (same labels and cameras, pose model for the new backbone)."),
-    timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
-    blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
-    colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6)."),
-    noise_maps: int = typer.Option(1, "--noise-maps", help="UNet backbones: average features over this many fixed noise maps (1..32; docs/poses.md)."),
+    timestep: int = TIMESTEP,
+    blocks: str = BLOCKS,
+    colour_perms: int = COLOUR_PERMS,
+    noise_maps: int = NOISE_MAPS,
+    image_size: int = IMAGE_SIZE,
+    feature_seed: int = FEATURE_SEED,
     features: Path = typer.Option(None, "--features", help="Feature cache folder for the new backbone."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Refit the pose model for another backbone (e.g. the final pose-conditioned UNet), keeping the labels."""
-    from mirage3d.io import check_output_dir
+    from mirage3d.io import claim_output, read_poses_json
     from mirage3d.poses.discover import refit_pose_model
     from mirage3d.poses.extract import ExtractConfig
-    from mirage3d.poses.features import load_backbone
 
-    check_output_dir(output, overwrite)
-    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), colour_perms=colour_perms, noise_maps=noise_maps)
-    res = refit_pose_model(poses, bb, collection, output, features, ExtractConfig(device=device), overwrite)
+    read_poses_json(poses)  # a damaged poses folder is refused before the backbone is loaded
+    with claim_output(output, overwrite, kind="dir"):
+        bb = load_backbone_from(backbone, timestep, blocks, colour_perms, noise_maps, image_size, feature_seed)
+        res = refit_pose_model(poses, bb, collection, output, features, ExtractConfig(device=device), overwrite)
     console.print(f"refitted the pose model for {backbone}: it gives the fixed label to {100 * res.agreement:.1f}% of the images; wrote {res.folder}")
 
 

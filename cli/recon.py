@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mirage3d.cli._errors import console, fail, handle_errors
+from mirage3d.cli._options import DEVICE, OVERWRITE
 
 BACKENDS = ("voxel", "nerfstudio")
 
@@ -29,12 +30,14 @@ def recon(
     refine_cameras: bool = typer.Option(False, "--refine-cameras", help="Learn small per-view camera corrections (approximate cameras)."),
     hull_misses: int = typer.Option(0, "--hull-misses", help="Views a point may fall outside the mask of and still be kept (inconsistent views)."),
     preview: bool = typer.Option(False, "--preview", help="Also write OUT.preview.png (turntable strip) and OUT.preview.gif."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = DEVICE,
     seed: int = typer.Option(0, "--seed", help="Random seed (ray batches, sample jitter)."),
     backend: str = typer.Option("voxel", "--backend", help="voxel (built in) or nerfstudio (needs ns-train and ns-export on a CUDA machine)."),
     method: str = typer.Option(None, "--method", help="With --backend nerfstudio: instant-ngp-bounded (default) or nerfacto."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Fit a radiance field to views with known cameras and export a textured mesh."""
+    from mirage3d.io import claim_output
     from mirage3d.recon import ReconConfig, reconstruct
     from mirage3d.recon.nerfstudio import NerfstudioConfig, reconstruct_nerfstudio
 
@@ -57,9 +60,9 @@ def recon(
                                faces=faces, texture_size=texture_size, hull_misses=hull_misses, format=fmt, preview=preview)
         run = reconstruct_nerfstudio
     cfg.validate()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                  transient=True) as bar:
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with claim_output(output, overwrite, kind="file"), Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("fit", total=cfg.iters, info="")
 
         def on_step(step: int, total: int, numbers: dict[str, float]) -> None:

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mirage3d.cli._errors import console, handle_errors
+from mirage3d.cli._options import DEVICE
 
 
 @handle_errors
@@ -38,7 +39,7 @@ def train(
     sample_every: int = typer.Option(1000, "--sample-every", help="Sample grid every N steps (0 = only at the end)."),
     sample_steps: int = typer.Option(50, "--sample-steps", help="DDIM steps of the sample grids."),
     save_dtype: str = typer.Option("fp32", "--save-dtype", help="Dtype of the exported UNet: fp32, fp16 or bf16."),
-    cpu: bool = typer.Option(False, "--cpu", help="Train on the CPU even if a GPU is present."),
+    device: str = DEVICE,
     seed: int = typer.Option(0, "--seed", help="Seed of weights, batches, augmentations and noise."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in -o and start again."),
 ) -> None:
@@ -46,17 +47,18 @@ def train(
     `accelerate launch --num_processes N -m mirage3d.cli train ...`."""
     from mirage3d.diffusion.train import TrainConfig, TrainProgress
     from mirage3d.diffusion.train import train as run_training
+    from mirage3d.io import claim_output
 
     cfg = TrainConfig(model=model, res=res, channels=channels, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                       lr_schedule=lr_schedule, warmup_steps=warmup_steps, max_steps=max_steps, minutes=minutes,
                       prediction_type=prediction_type, beta_schedule=beta_schedule, p_uncond=p_uncond, flip=flip,
                       mixed_precision=mixed_precision, compile=compile, checkpoint_every=checkpoint_every,
                       keep_checkpoints=keep_checkpoints, sample_every=sample_every, sample_steps=sample_steps,
-                      save_dtype=save_dtype, device="cpu" if cpu else "auto", seed=seed)  # fmt: skip
+                      save_dtype=save_dtype, device=device, seed=seed)  # fmt: skip
     columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TextColumn("{task.fields[ips]} img/s"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"))  # fmt: skip
     rank0 = os.environ.get("RANK", "0") == "0"  # set by `accelerate launch`; other ranks show no bar
-    with Progress(*columns, console=console, transient=True, disable=not rank0) as bar:
+    with claim_output(output, overwrite, kind="resume"), Progress(*columns, console=console, transient=True, disable=not rank0) as bar:
         task = bar.add_task("train", total=max_steps, loss="-", ips="-", eta="-")
 
         def report(p: TrainProgress) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mirage3d.cli._errors import console, handle_errors
+from mirage3d.cli._options import DEVICE, OVERWRITE
 
 
 @handle_errors
@@ -25,15 +26,16 @@ def views(
     fill: float | None = typer.Option(None, "--fill", help="Object bbox / frame side for the input (default: MODEL/framing.json or 0.85)."),
     no_reframe: bool = typer.Option(False, "--no-reframe", help="The input is already framed like the training renders: only pad and resize."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate consistent views of the object in INPUT, with cameras, ready for `mirage3d recon`."""
     from mirage3d.diffusion.views import ViewsConfig, generate_views
+    from mirage3d.io import claim_output
 
     cfg = ViewsConfig(poses=poses, reference_pose=pose, num_inference_steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance,
                       cross_frame=cross_frame, cross_frame_layers=layers, hard_layers=hard_layers, fill=fill, reframe=not no_reframe, seed=seed, device=device)
-    with console.status("generating views..."):
+    with claim_output(output, overwrite, kind="dir"), console.status("generating views..."):
         res = generate_views(input, model, output, cfg, overwrite=overwrite)
     ref = "" if res.reference_pose is None else f", reference pose {res.reference_pose}"
     if res.pose_confidence is not None:

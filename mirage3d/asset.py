@@ -19,7 +19,7 @@ import numpy as np
 from mirage3d.cameras import circular_difference
 from mirage3d.config import save_config
 from mirage3d.errors import InputError, ModelError
-from mirage3d.io import check_output_dir, check_writable_parent, load_image
+from mirage3d.io import check_output_path, check_writable_parent, load_image
 
 # The shipped default model (a diffusers folder with poses/) lives in the repository's assets/.
 # MIRAGE3D_MODELS overrides the folder that holds named models (for wheel installs or other locations).
@@ -131,6 +131,25 @@ def check_asset_inputs(image: Path, output: Path, views: int | None, steps: int)
     check_writable_parent(output)
 
 
+def check_asset_config(cfg: AssetConfig, num_poses: int | None = None) -> None:
+    """The settings' ranges (one-line errors); with ``num_poses`` (the model's), the pose options against it too."""
+    import math
+
+    for name, value, low, high in (("--steps", cfg.steps, 1, 1000), ("--iters", cfg.recon_iters, 1, 10**6), ("--faces", cfg.faces, 4, 10**7),
+                                   ("--recon-res", cfg.recon_res, 16, 1024), ("--texture-size", cfg.texture_size, 16, 8192), ("--seed", cfg.seed, 0, 2**63 - 1)):  # fmt: skip
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InputError(f"{name} {value!r} must be an integer in {low}..{high}")
+    for name, value in (("--guidance", cfg.guidance_scale), ("--hard-guidance", cfg.hard_guidance_scale)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise InputError(f"{name} {value!r} must be a finite number >= 0")
+    if cfg.views is not None and cfg.views < 2:
+        raise InputError(f"--views {cfg.views}: need at least 2 views to reconstruct")
+    if num_poses is not None and cfg.views is not None and cfg.views > num_poses:
+        raise InputError(f"--views {cfg.views}: the model has {num_poses} poses; use 2..{num_poses}, or leave --views out for all of them")
+    if cfg.reference_pose is not None and (cfg.reference_pose < 0 or (num_poses is not None and cfg.reference_pose >= num_poses)):
+        raise InputError(f"--pose {cfg.reference_pose} is out of range: this model has poses 0..{(num_poses or 1) - 1}")
+
+
 def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = None, keep_views: str | Path | None = None,
                overwrite: bool = False, stage: Callable[[str], None] | None = None) -> AssetResult:
     """Photo → GLB (or OBJ/PLY). ``stage(name)`` is called as each stage starts (for progress display)."""
@@ -147,14 +166,15 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
     image, output = Path(image), Path(output)
     t = time.perf_counter()
     check_asset_inputs(image, output, cfg.views, cfg.steps)
-    if output.exists() and not overwrite:
-        raise InputError(f"{output} already exists; pass --overwrite or choose another -o")
+    check_asset_config(cfg)
+    check_output_path(output, overwrite, kind="file")
     model_dir = resolve_model(cfg.model)
     if keep_views is not None:
-        check_output_dir(Path(keep_views), overwrite)
+        check_output_path(keep_views, overwrite, kind="dir", option="--keep-views")
     cams = load_cameras_json(model_dir)
     if cams is None:
         raise ModelError(f"{model_dir} has no poses/cameras.json; it cannot place views around the object")
+    check_asset_config(cfg, len(cams))
     poses = "all"
     if cfg.views is not None and cfg.views < len(cams):
         # The input's pose is estimated inside generate_views and always added; spread the rest around the ring.

@@ -8,7 +8,9 @@ The camera conventions behind ``transforms.json`` are written down in ``docs/con
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -41,9 +43,12 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     the extension (PIL, trimesh) still do the right thing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as e:  # name the user's path, not the temporary one
+        raise InputError(f"cannot write {path} ({e.strerror or type(e).__name__}); choose another output path") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -82,44 +87,153 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterato
     """Build an output folder in a temporary sibling and move it to ``path`` only when complete.
 
     If ``path`` exists and is not empty, raises :class:`InputError` unless ``overwrite``; with
-    ``overwrite`` the old folder is replaced only after the new one is complete.
+    ``overwrite`` the old folder is replaced only after the new one is complete. Holds :func:`output_lock`
+    on ``path`` throughout, so a second writer of the same folder is refused instead of racing.
     """
     path = Path(path)
-    check_output_dir(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with claim_output(path, overwrite, kind="dir"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        except OSError as e:  # name the user's path, not the temporary one
+            raise InputError(f"cannot write {path} ({e.strerror or type(e).__name__}); choose another output path") from None
+        try:
+            os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; the finished folder gets the usual permissions
+            yield tmp
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def check_output_path(path: str | os.PathLike[str], overwrite: bool = False, kind: str = "file", option: str = "-o") -> Path:
+    """Refuse, before any work is done, an output that cannot or must not be written (one-line errors).
+
+    Every writer calls this first: a path below a file (``-o photo.png/x``), a read-only parent, a folder
+    where a file is meant (``kind="file"``) or a file where a folder is meant (``kind="dir"``, or
+    ``"resume"`` for a folder a run may continue in), and an existing output without ``overwrite`` (a file
+    that exists; a folder that is not empty). ``option`` is the flag named in the hint.
+    """
+    path = Path(path)
+    _check_parents(path, option)
+    if kind == "resume":
+        if path.exists() and not path.is_dir():
+            raise InputError(f"output {path} exists and is a file; choose a folder path for {option}")
+    elif kind == "dir":
+        if path.exists() and not path.is_dir():
+            raise InputError(f"output {path} exists and is a file; choose a folder path for {option}")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            raise InputError(f"output folder {path} already exists and is not empty; pass --overwrite or choose another {option}")
+    elif kind == "file":
+        if path.is_dir():
+            raise InputError(f"output {path} is a folder; give a file path for {option}")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} already exists; pass --overwrite or choose another {option}")
+    else:
+        raise ValueError(f"kind must be 'file', 'dir' or 'resume', not {kind!r}")
+    return path
+
+
+@contextlib.contextmanager
+def claim_output(path: str | os.PathLike[str], overwrite: bool = False, kind: str = "file", option: str = "-o") -> Iterator[Path]:
+    """:func:`check_output_path`, then hold :func:`output_lock` on ``path`` while the caller writes it (checked
+    again once locked: another run may have finished meanwhile). What every command wraps its work in."""
+    path = check_output_path(path, overwrite, kind, option)
+    with output_lock(path):
+        yield check_output_path(path, overwrite, kind, option)
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to clobber a non-empty output folder (or a file) unless ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"output {path} exists and is a file; choose a folder path")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise InputError(f"output folder {path} already exists and is not empty; pass --overwrite or choose another -o")
-    check_writable_parent(path)
+    """Refuse to clobber a non-empty output folder (or a file) unless ``overwrite`` (:func:`check_output_path`)."""
+    check_output_path(path, overwrite, kind="dir")
 
 
 def check_writable_parent(path: str | os.PathLike[str]) -> None:
-    """Raise :class:`InputError` if ``path`` could not be created (its nearest existing parent is read-only)."""
-    parent = Path(path).parent
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise InputError(f"cannot write to {parent}: permission denied; choose another -o")
+    """Raise :class:`InputError` if ``path`` could not be created (a file or a read-only folder above it)."""
+    _check_parents(Path(path), "-o")
+
+
+def _check_parents(path: Path, option: str) -> None:
+    for parent in path.parents:  # the nearest existing ancestor decides whether the path can be created
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"cannot create {path}: {parent} is a file, not a folder; choose another {option}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"cannot write to {parent}: permission denied; choose another {option}")
+            return
+
+
+# --------------------------------------------------------------------------------------------------
+# One writer per output
+# --------------------------------------------------------------------------------------------------
+_HELD_LOCKS: dict[str, list[int]] = {}  # resolved output path → [lock file descriptor, depth] (re-entrant per process)
+
+
+def _lock_file(key: str) -> Path:
+    # Lock files live in a per-user folder of the system temp dir, not beside the output: nothing is created
+    # next to an output before it is written, and a lock never needs the output's parent to exist.
+    folder = Path(tempfile.gettempdir()) / f"mirage3d-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / (hashlib.sha1(key.encode()).hexdigest()[:24] + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on the output ``path`` (an advisory ``flock``, released when the process ends,
+    even by SIGKILL); a second run that asks for the same output meanwhile gets :class:`InputError`.
+
+    Re-entrant within one process. Only rank 0 of an ``accelerate launch`` job locks: the other ranks write
+    the same output under its lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # (not POSIX: no locking)
+        yield
+        return
+    if os.environ.get("RANK", "0") != "0":
+        yield
+        return
+    key = str(Path(path).resolve())
+    if key in _HELD_LOCKS:
+        _HELD_LOCKS[key][1] += 1
+        try:
+            yield
+        finally:
+            _HELD_LOCKS[key][1] -= 1
+        return
+    lock = _lock_file(key)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (process {holder})" if holder.isdigit() else ""
+            raise InputError(f"another run{who} holds the output {path}; wait for it to finish or choose another output path") from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the new one
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD_LOCKS[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD_LOCKS[key]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,7 +248,19 @@ def array_to_pil(image: np.ndarray) -> Image.Image:
 
 def load_image(path: str | os.PathLike[str], *, min_side: int = MIN_IMAGE_SIDE, max_side: int = MAX_IMAGE_SIDE) -> Image.Image:
     """Open an image as RGBA, rejecting missing, corrupt, empty or absurdly sized files with one line."""
-    path = Path(path)
+    rgba = _read_image(Path(path), min_side, max_side, decode=True)
+    assert rgba is not None
+    return rgba
+
+
+def check_image_headers(files: list[Path]) -> None:
+    """:func:`load_image`'s checks on every file's header (no decoding): a command that reads a whole collection
+    refuses a non-image, an empty or a tiny file before it creates any output."""
+    for f in files:
+        _read_image(Path(f), MIN_IMAGE_SIDE, MAX_IMAGE_SIDE, decode=False)
+
+
+def _read_image(path: Path, min_side: int, max_side: int, decode: bool) -> Image.Image | None:
     if not path.exists():
         raise InputError(f"image {path} does not exist")
     if path.is_dir():
@@ -148,6 +274,8 @@ def load_image(path: str | os.PathLike[str], *, min_side: int = MIN_IMAGE_SIDE, 
                 raise InputError(f"image {path} is {w}x{h}; it must be at least {min_side}x{min_side} pixels")
             if max(w, h) > max_side or w * h > MAX_IMAGE_PIXELS:
                 raise InputError(f"image {path} is {w}x{h}; the largest accepted side is {max_side} pixels - resize it first")
+            if not decode:
+                return None
             im.load()
             rgba = im.convert("RGBA")
     except InputError:
@@ -272,7 +400,8 @@ def read_transforms(path: str | os.PathLike[str], check_images: bool = True) -> 
         per_frame_intr.append(intr)
         extra = {k: v for k, v in fr.items() if k not in ("file_path", "transform_matrix")}
         frames.append(Frame(fr["file_path"], m, extra))
-        if check_images and not (path.parent / fr["file_path"]).exists():
+        image = _inside(path.parent, fr["file_path"], f"{path}: frame {i} image")
+        if check_images and not image.exists():
             raise InputError(f"{path}: frame {i} image {fr['file_path']} does not exist")
     merged = dict(shared)
     for k in _INTRINSIC_KEYS:
@@ -292,6 +421,18 @@ def read_transforms(path: str | os.PathLike[str], check_images: bool = True) -> 
         raise InputError(f"{path}: w, h, fl_x and fl_y must be positive (got w={w}, h={h}, fl_x={fl_x}, fl_y={fl_y})")
     extra = {k: v for k, v in data.items() if k not in ("frames", *_INTRINSIC_KEYS)}
     return Transforms(w, h, fl_x, fl_y, cx, cy, frames, extra)
+
+
+def _inside(root: Path, relative: str, what: str) -> Path:
+    """``root / relative``, refused unless it stays inside ``root`` once resolved (``..``, absolute paths and
+    symbolic links pointing out are all refused): a views folder never makes a command read other files."""
+    if "\x00" in relative:
+        raise InputError(f"{what} path {relative!r} contains a NUL byte")
+    target = root / relative
+    base = root.resolve()
+    if Path(relative).is_absolute() or not target.resolve().is_relative_to(base):
+        raise InputError(f"{what} {relative!r} lies outside {root}; image paths must stay inside the views folder")
+    return target
 
 
 def write_transforms(path: str | os.PathLike[str], t: Transforms) -> None:
@@ -315,3 +456,46 @@ def write_transforms(path: str | os.PathLike[str], t: Transforms) -> None:
         for f in t.frames
     ]
     atomic_write_json(path, data)
+
+
+# --------------------------------------------------------------------------------------------------
+# poses.json (written by `mirage3d poses discover`)
+# --------------------------------------------------------------------------------------------------
+def read_poses_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate ``POSES/poses.json`` (or the file itself): ``num_poses`` K ≥ 1, ``files`` and
+    ``labels`` of one length with labels in 0..K-1, ``mirror`` a K-entry table of poses and, when present,
+    K finite ``azimuth_deg`` and one finite ``confidence`` per file. One-line :class:`InputError` otherwise."""
+    path = Path(path)
+    file = path / "poses.json" if path.is_dir() or not path.suffix else path
+    if not file.is_file():
+        raise InputError(f"{file} does not exist; run `mirage3d poses discover` first (it writes POSES/poses.json)")
+    try:
+        data = json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{file} is not valid JSON ({type(e).__name__}); run `mirage3d poses discover` again") from None
+    need = ("num_poses", "files", "labels", "mirror")
+    if not isinstance(data, dict) or any(k not in data for k in need):
+        raise InputError(f"{file} must be an object with {', '.join(need)}; run `mirage3d poses discover` again")
+
+    def ints(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+    def finite(v: Any, n: int) -> bool:
+        return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+
+    k, files, labels, mirror = data["num_poses"], data["files"], data["labels"], data["mirror"]
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise InputError(f"{file}: num_poses must be a positive integer, got {k!r}")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or not ints(labels) or len(files) != len(labels):
+        raise InputError(f"{file}: files (names) and labels (integers) must be lists of one length")
+    if not ints(mirror) or len(mirror) != k:
+        raise InputError(f"{file}: mirror must list {k} integer poses (one per pose)")
+    for name, values in (("labels", labels), ("mirror", mirror)):
+        bad = [x for x in values if not 0 <= x < k]
+        if bad:
+            raise InputError(f"{file}: {name} holds pose {bad[0]}, out of range 0..{k - 1}")
+    if "azimuth_deg" in data and not finite(data["azimuth_deg"], k):
+        raise InputError(f"{file}: azimuth_deg must list {k} finite numbers (one per pose)")
+    if "confidence" in data and not finite(data["confidence"], len(files)):
+        raise InputError(f"{file}: confidence must list one finite number per file")
+    return data

@@ -4,44 +4,76 @@ A ``make-asset`` command spends much of its time before any work starts: importi
 mesh libraries, and loading the model (docs/asset.md: 13-19 s of imports on the GPU machine, against 11-13 s
 of work). ``mirage3d serve`` pays that once; the server keeps the model loaded and runs one photo at a time.
 ``mirage3d make-asset IMAGE -o OUT --server URL`` (or ``MIRAGE3D_SERVER=URL``) then imports no torch: it checks
-its inputs, sends the photo and its options, and writes the files it gets back beside OUT, atomically.
+its inputs, sends the photo and its options, and writes the files it gets back beside OUT, atomically
+(the client: ``mirage3d/serve_client.py``).
 
-Protocol (HTTP/1.1 on the loopback interface by default; the standard library's threading server: health
-checks answer at once, while make-asset jobs queue on a lock and run one at a time, as the GPU would anyway):
-- ``GET /health`` → ``{"status": "ok", "model": ..., "device": ..., "served": N}``.
+Protocol (HTTP/1.1, the standard library's threading server: health checks answer at once, while make-asset
+jobs queue on a lock and run one at a time, as the GPU would anyway):
+- ``GET /health`` → ``{"status": "ok", "model": NAME, "model_id": ..., "device": ..., "poses": K, "served": N}``.
 - ``POST /make-asset?name=car.glb&steps=50&...`` with the image file as the body → ``{"result": {...},
   "files": {name: base64}}``: the mesh and its sidecar files (``name.config.json``, ``name.make-asset.json``,
   previews, OBJ material and texture), named after ``name`` so that references between them hold.
   Errors the user can fix → 400 ``{"error": "one line"}``; anything else → 500 with a one-line summary (the
-  traceback goes to the server's log).
+  traceback goes to the server's log). Messages never show the server's paths.
+
+What the server accepts and refuses (docs/reliability.md): only its loopback names in ``Host`` and no foreign
+``Origin`` (a web page cannot drive it by DNS rebinding); with an access token (required to listen beyond
+loopback) every request must carry ``Authorization: Bearer TOKEN``; at most :data:`MAX_REQUESTS` make-asset
+requests at once (503 beyond), bodies up to :data:`MAX_BODY_BYTES` (413 beyond), streamed to disk; every option
+and the image are checked before a job runs; a job whose client has gone is dropped at the next stage.
 The server serves the one model it was started with; it never reads or writes paths sent by a client.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import errno
+import hashlib
+import hmac
+import ipaddress
 import json
 import logging
+import math
+import re
+import select
 import shutil
+import socket
 import tempfile
 import threading
 import time
-import urllib.error
+import typing
 import urllib.parse
-import urllib.request
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from mirage3d.asset import MESH_SUFFIXES, AssetConfig
 from mirage3d.errors import InputError, MirageError, one_line
 
 log = logging.getLogger("mirage3d.serve")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest photo accepted (load_image's own pixel limits apply after)
-# AssetConfig fields a client may set, with their types; the model and the device are the server's.
-CLIENT_OPTIONS: dict[str, type] = {"views": int, "steps": int, "guidance_scale": float, "hard_guidance_scale": float, "reference_pose": int,
-                                   "recon_iters": int, "faces": int, "preview": bool, "seed": int}  # fmt: skip
+MAX_REQUESTS = 4  # make-asset requests held at once (one runs, the others wait); more get 503 at once
+SERVER_OWNED = ("model", "device")  # AssetConfig fields that are the server's, not a client's
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _client_option_types() -> dict[str, type]:
+    """AssetConfig fields a client may set, with their types (``int | None`` → int), from the dataclass itself."""
+    hints = typing.get_type_hints(AssetConfig)
+    out: dict[str, type] = {}
+    for f in dataclasses.fields(AssetConfig):
+        if f.name in SERVER_OWNED:
+            continue
+        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
+        if len(kinds) == 1 and kinds[0] in (int, float, bool, str):
+            out[f.name] = kinds[0]
+    return out
+
+
+CLIENT_OPTIONS: dict[str, type] = _client_option_types()
 
 
 def _parse_bool(text: str) -> bool:
@@ -52,30 +84,70 @@ def _parse_bool(text: str) -> bool:
     raise InputError(f"{text!r} is not a boolean")
 
 
+def check_name(name: str) -> str:
+    """A plain mesh file name (letters, digits, ``._-``; at most 100 characters; .glb/.obj/.ply)."""
+    if not _NAME.match(name) or Path(name).suffix.lower() not in MESH_SUFFIXES:
+        raise InputError(f"bad output name {name[:40]!r}: give a plain file name such as car.glb (letters, digits, '._-', at most 100 characters)")
+    return name
+
+
 def options_from_query(query: dict[str, list[str]]) -> tuple[str, dict[str, Any]]:
     """The output file name and the AssetConfig options of a request's query string (one-line errors)."""
-    name = (query.get("name") or [""])[0]
-    if not name or Path(name).name != name or name.startswith("."):
-        raise InputError(f"bad output name {name!r}: give a plain file name such as car.glb")
+    name = check_name((query.get("name") or [""])[0])
     opts: dict[str, Any] = {}
     for key, values in query.items():
         if key == "name":
             continue
         if key not in CLIENT_OPTIONS:
-            raise InputError(f"unknown option {key!r}; the server takes {', '.join(sorted(CLIENT_OPTIONS))}")
+            raise InputError(f"unknown option {key[:40]!r}; the server takes {', '.join(sorted(CLIENT_OPTIONS))}")
         kind = CLIENT_OPTIONS[key]
         try:
             opts[key] = _parse_bool(values[0]) if kind is bool else kind(values[0])
         except ValueError:
-            raise InputError(f"option {key}={values[0]!r} is not a valid {kind.__name__}") from None
+            raise InputError(f"option {key}={values[0][:40]!r} is not a valid {kind.__name__}") from None
+        if kind is float and not math.isfinite(opts[key]):
+            raise InputError(f"option {key}={values[0][:40]!r} is not a finite number")
     return name, opts
 
 
-@dataclass
-class ServerInfo:
-    model: str
-    device: str
-    served: int = 0
+def _scrub(message: str, known: dict[str, str]) -> str:
+    """``message`` without the server's paths: known ones by a name, any other absolute path by its last part."""
+    for path, name in sorted(known.items(), key=lambda kv: -len(kv[0])):
+        message = message.replace(path, name)
+    return re.sub(r"(?<![\w.])/(?:[^\s'\"/]+/)+([^\s'\"/]*)", r"\1", message)
+
+
+def _model_id(folder: Path) -> str:
+    """What /health says the served model is, without its path: a hash of the resolved folder."""
+    return hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+
+
+class ClientGone(Exception):
+    """The client of a make-asset request closed its connection: the job is dropped."""
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
+def resolve_listen_address(host: str, port: int, token: str | None) -> tuple[int, bool]:
+    """The address family to listen with and whether ``host`` is loopback only; one-line errors for a host that
+    does not resolve, a port out of range, and a non-loopback host without an access token."""
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port} must be in 0..65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise InputError(f"--host {host!r} is not a name or address of this machine ({getattr(e, 'strerror', None) or e}); use 127.0.0.1") from None
+    loopback = all(ipaddress.ip_address(ai[4][0].split("%")[0]).is_loopback for ai in infos)
+    if not loopback and not token:
+        raise InputError(f"--host {host} lets other machines reach the server: also give an access token (MIRAGE3D_TOKEN=... or --token) "
+                         "that their requests must carry, or keep the default --host 127.0.0.1")  # fmt: skip
+    return infos[0][0], loopback
 
 
 class AssetServer(ThreadingHTTPServer):
@@ -83,16 +155,31 @@ class AssetServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], model: str, device: str = "auto"):
-        from mirage3d.asset import AssetConfig, resolve_model
+    def __init__(self, address: tuple[str, int], model: str, device: str = "auto", token: str | None = None, max_requests: int = MAX_REQUESTS):
+        from mirage3d.asset import resolve_model
         from mirage3d.devices import resolve_device
 
+        self.address_family, self.loopback = resolve_listen_address(address[0], address[1], token)
         self.model_dir = resolve_model(model)
         self.device = str(resolve_device(device))
         self.base = AssetConfig(model=str(self.model_dir), device=self.device)
-        self.info = ServerInfo(str(self.model_dir), self.device)
-        self.lock = threading.Lock()
-        super().__init__(address, AssetHandler)
+        self.token = token or None
+        self.num_poses: int | None = None
+        self.served = 0
+        self.lock = threading.Lock()  # one job at a time
+        self.slots = threading.BoundedSemaphore(max_requests)  # requests held at once
+        try:
+            super().__init__(address, AssetHandler)
+        except OSError as e:
+            hint = {errno.EADDRINUSE: "the port is in use; choose another --port", errno.EADDRNOTAVAIL: f"{address[0]} is not an address of this machine; use 127.0.0.1",
+                    errno.EACCES: "ports below 1024 need root; choose another --port"}.get(e.errno or 0, "choose another --host or --port")  # fmt: skip
+            raise InputError(f"cannot listen on {address[0]}:{address[1]} ({e.strerror or e}); {hint}") from None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What ``GET /health`` answers (no paths)."""
+        return {"status": "ok", "model": self.model_dir.name, "model_id": _model_id(self.model_dir), "device": self.device, "poses": self.num_poses,
+                "served": self.served}  # fmt: skip
 
     def load(self) -> float:
         """Import everything and load the model now, not at the first request; returns the seconds taken."""
@@ -102,29 +189,62 @@ class AssetServer(ThreadingHTTPServer):
         t = time.perf_counter()
         keep_models_loaded()
         # With its pose model when it has one (it then serves requests with and without --pose alike).
-        load_model(self.model_dir, self.device, need_pose_model=(self.model_dir / "poses" / "pose_model.json").exists())
+        pipe = load_model(self.model_dir, self.device, need_pose_model=(self.model_dir / "poses" / "pose_model.json").exists())
+        self.num_poses = None if pipe.cameras is None else len(pipe.cameras)
         return time.perf_counter() - t
 
-    def run(self, image_bytes: bytes, name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        e = sys.exc_info()[1]
+        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout)):  # a client that went away: one line, no traceback
+            log.info("%s: connection closed (%s)", client_address[0], type(e).__name__)
+        else:
+            super().handle_error(request, client_address)
+
+    def run(self, image: Path, name: str, opts: dict[str, Any], gone: Any = lambda: False) -> dict[str, Any]:
+        """make-asset on the uploaded ``image`` (a file in a private temp folder); everything is checked before the
+        job waits for the model. ``gone()`` says whether the client has left (the job is then dropped)."""
         from dataclasses import replace
 
-        from mirage3d.asset import make_asset
+        from mirage3d.asset import check_asset_config, check_asset_inputs, make_asset
 
         cfg = replace(self.base, **opts)
-        work = Path(tempfile.mkdtemp(prefix="mirage3d-serve-"))
+        out = image.parent / "out" / name
+        known = {str(image): "the uploaded image", str(out): name, str(out.parent): "", str(self.model_dir.resolve()): self.model_dir.name,
+                 str(self.model_dir): self.model_dir.name}  # fmt: skip
         try:
-            image = work / "input"
-            image.write_bytes(image_bytes)
-            out = work / "out" / name
+            check_asset_config(cfg, self.num_poses)
+            check_asset_inputs(image, out, cfg.views, cfg.steps)
             out.parent.mkdir()
-            with self.lock:
-                res = make_asset(image, out, cfg)
-                self.info.served += 1
-            files = {p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in sorted(out.parent.iterdir()) if p.is_file()}
-            result = {"reference_pose": res.reference_pose, "pose_confidence": res.pose_confidence, "poses": res.poses, "timings": res.timings}
-            return {"result": result, "files": files}
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+            while not self.lock.acquire(timeout=0.5):  # queued: drop the job if its client leaves meanwhile
+                if gone():
+                    raise ClientGone()
+            try:
+                if gone():
+                    raise ClientGone()
+
+                def stage(_name: str) -> None:
+                    if gone():
+                        raise ClientGone()
+
+                res = make_asset(image, out, cfg, stage=stage)
+                self.served += 1
+            finally:
+                self.lock.release()
+        except MirageError as e:
+            raise type(e)(_scrub(one_line(e), known)) from None
+        files = {p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in sorted(out.parent.iterdir()) if p.is_file()}
+        result = {"reference_pose": res.reference_pose, "pose_confidence": res.pose_confidence, "poses": res.poses, "timings": res.timings}
+        return {"result": result, "files": files}
+
+
+def _host_name(value: str) -> str:
+    """The name in a Host header or an Origin's netloc (``[::1]:8765`` → ``::1``), lower case."""
+    host = value.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 class AssetHandler(BaseHTTPRequestHandler):
@@ -134,113 +254,102 @@ class AssetHandler(BaseHTTPRequestHandler):
 
     def _send(self, code: int, payload: dict[str, Any]) -> None:
         body = json.dumps(payload).encode("utf-8")
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            if code >= 400:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+        except (ConnectionError, TimeoutError):
+            log.info("%s: client went away before the answer", self.client_address[0])
+            self.close_connection = True
+
+    def _refused(self) -> bool:
+        """Answer and return True when the request must not be served: a foreign Host or Origin, no token."""
+        srv = self.server
+        origin = self.headers.get("Origin")
+        if origin is not None and _host_name(urllib.parse.urlsplit(origin).netloc) not in LOOPBACK_NAMES:
+            self._send(403, {"error": "requests from web pages are refused (foreign Origin)"})
+            return True
+        if srv.loopback and _host_name(self.headers.get("Host", "")) not in LOOPBACK_NAMES:
+            self._send(403, {"error": "this server answers only on its loopback name (Host must be 127.0.0.1, localhost or [::1])"})
+            return True
+        if srv.token is not None:
+            given = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {srv.token}".encode()):
+                self._send(401, {"error": "this server needs its access token: set MIRAGE3D_TOKEN to the token it was started with"})
+                return True
+        return False
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if urllib.parse.urlsplit(self.path).path != "/health":
-            self._send(404, {"error": f"no such endpoint {self.path}; use GET /health or POST /make-asset"})
+        if self._refused():
             return
-        self._send(200, {"status": "ok", **self.server.info.__dict__})
+        if urllib.parse.urlsplit(self.path).path != "/health":
+            self._send(404, {"error": "no such endpoint; use GET /health or POST /make-asset"})
+            return
+        self._send(200, self.server.info)
 
     def do_POST(self) -> None:  # noqa: N802
+        if self._refused():
+            return
         url = urllib.parse.urlsplit(self.path)
         if url.path != "/make-asset":
-            self._send(404, {"error": f"no such endpoint {url.path}; use POST /make-asset"})
+            self._send(404, {"error": "no such endpoint; use POST /make-asset"})
             return
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY_BYTES:
-            self.close_connection = True
-            self._send(400, {"error": f"the request body must be the image file (1 byte to {MAX_BODY_BYTES // 2**20} MiB), got Content-Length {length}"})
+            self._send(413 if length > MAX_BODY_BYTES else 400,
+                       {"error": f"the request body must be the image file (1 byte to {MAX_BODY_BYTES // 2**20} MiB), got Content-Length {length}"})  # fmt: skip
             return
-        body = self.rfile.read(length)
-        try:
+        try:  # checked before the body is read: a bad request costs nothing
             name, opts = options_from_query(urllib.parse.parse_qs(url.query, keep_blank_values=True))
-            self._send(200, self.server.run(body, name, opts))
-        except (MirageError, FileNotFoundError) as e:
+        except MirageError as e:
             self._send(400, {"error": one_line(e)})
-        except Exception as e:  # a bug: keep serving, log the traceback, tell the client in one line
+            return
+        if not self.server.slots.acquire(blocking=False):
+            self._send(503, {"error": f"the server is busy ({MAX_REQUESTS} requests in progress); try again later"})
+            return
+        work = Path(tempfile.mkdtemp(prefix="mirage3d-serve-"))
+        try:
+            image = work / "input"
+            with image.open("wb") as fh:  # streamed to disk: the body never sits in memory
+                left = length
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise ConnectionError("the client closed the connection while sending")
+                    fh.write(chunk)
+                    left -= len(chunk)
+            reply = self.server.run(image, name, opts, gone=lambda: _client_gone(self.connection))
+            self._send(200, reply)
+        except ClientGone:
+            log.info("%s: client went away; job dropped", self.client_address[0])
+            self.close_connection = True
+        except (ConnectionError, TimeoutError) as e:
+            log.info("%s: %s", self.client_address[0], e)
+            self.close_connection = True
+        except MirageError as e:
+            self._send(400, {"error": one_line(e)})
+        except Exception as e:  # a bug: keep serving, log the traceback, tell the client in one line (no paths)
             log.exception("make-asset failed")
-            self._send(500, {"error": f"internal error in the server ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); see its log"})
+            self._send(500, {"error": f"internal error in the server ({type(e).__name__}); see its log"})
+        finally:
+            self.server.slots.release()
+            shutil.rmtree(work, ignore_errors=True)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.info("%s %s", self.address_string(), format % args)
 
 
-# --------------------------------------------------------------------------------------------------
-# Client
-# --------------------------------------------------------------------------------------------------
-def _request(url: str, data: bytes | None = None, timeout: float = 3600.0) -> dict[str, Any]:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InputError(f"--server {url.split('?')[0].rsplit('/', 1)[0]!r} is not a server URL; give one like http://127.0.0.1:8765")
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                 headers={"Content-Type": "application/octet-stream"} if data is not None else {})  # fmt: skip
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read()).get("error", str(e))
-        except (ValueError, AttributeError):
-            message = str(e)
-        raise InputError(f"the server at {url.split('?')[0]} refused: {message}") from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        reason = getattr(e, "reason", e)
-        raise InputError(f"no mirage3d server answers at {url.split('?')[0]} ({reason}); start one with `mirage3d serve` or drop --server") from None
-
-
-def server_health(server: str) -> dict[str, Any]:
-    return _request(server.rstrip("/") + "/health", timeout=10.0)
-
-
-def make_asset_remote(server: str, image: str | Path, output: str | Path, options: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
-    """Send ``image`` to the server and write the mesh and its sidecar files beside ``output``.
-
-    ``options``: AssetConfig fields from :data:`CLIENT_OPTIONS` (None values are left to the server's defaults).
-    The inputs are checked here first (same one-line errors as a local run); each file is written atomically,
-    the mesh last, and a failure removes the files this call wrote.
-    """
-    from mirage3d.asset import check_asset_inputs
-
-    image, output = Path(image), Path(output)
-    check_asset_inputs(image, output, options.get("views"), int(options.get("steps") or 20))
-    if output.exists() and not overwrite:
-        raise InputError(f"{output} already exists; pass --overwrite or choose another -o")
-    unknown = set(options) - set(CLIENT_OPTIONS)
-    if unknown:
-        raise InputError(f"option(s) {', '.join(sorted(unknown))} cannot be sent to a server")
-    query = {"name": output.name, **{k: (str(int(v)) if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}}
-    reply = _request(server.rstrip("/") + "/make-asset?" + urllib.parse.urlencode(query), data=image.read_bytes())
-    files: dict[str, str] = reply.get("files", {})
-    if output.name not in files:
-        raise InputError(f"the server at {server} sent no {output.name}; is it a mirage3d server?")
-    from mirage3d.io import atomic_write_bytes
-
-    written: list[Path] = []
-    try:
-        for fname in [f for f in files if f != output.name] + [output.name]:  # the mesh last
-            if Path(fname).name != fname:
-                raise InputError(f"the server sent a bad file name {fname!r}")
-            target = output.with_name(fname)
-            atomic_write_bytes(target, base64.b64decode(files[fname]))
-            written.append(target)
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
-    return {**reply.get("result", {}), "files": written}
-
-
-def serve(model: str, host: str = "127.0.0.1", port: int = 8765, device: str = "auto", on_ready: Any = None) -> None:
+def serve(model: str, host: str = "127.0.0.1", port: int = 8765, device: str = "auto", on_ready: Any = None, token: str | None = None) -> None:
     """Run the server until interrupted (``on_ready(server, seconds_to_load)`` is called once it listens)."""
-    server = AssetServer((host, port), model, device)
+    server = AssetServer((host, port), model, device, token=token)
     try:
         seconds = server.load()
         if on_ready is not None:
@@ -250,4 +359,4 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8765, device: str = "
         server.server_close()
 
 
-__all__ = ["AssetServer", "CLIENT_OPTIONS", "make_asset_remote", "options_from_query", "serve", "server_health"]
+__all__ = ["AssetServer", "CLIENT_OPTIONS", "check_name", "options_from_query", "serve"]

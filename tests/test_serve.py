@@ -16,7 +16,8 @@ from mirage3d.asset import AssetConfig
 from mirage3d.cli.main import app
 from mirage3d.diffusion.views import keep_models_loaded
 from mirage3d.errors import InputError
-from mirage3d.serve import CLIENT_OPTIONS, AssetServer, options_from_query, server_health
+from mirage3d.serve import CLIENT_OPTIONS, MAX_BODY_BYTES, AssetServer, _client_gone, options_from_query
+from mirage3d.serve_client import server_health
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -54,7 +55,9 @@ def test_query_parsing() -> None:
     assert name == "car.glb" and opts == {"steps": 50, "preview": True, "guidance_scale": 2.5}
     for bad, match in [({"name": ["../x.glb"]}, "bad output name"), ({"name": [".hidden.glb"]}, "bad output name"), ({}, "bad output name"),
                        ({"name": ["a.glb"], "model": ["/etc"]}, "unknown option"), ({"name": ["a.glb"], "steps": ["ten"]}, "not a valid int"),
-                       ({"name": ["a.glb"], "preview": ["maybe"]}, "not a valid bool")]:  # fmt: skip
+                       ({"name": ["a.glb"], "preview": ["maybe"]}, "not a valid bool"), ({"name": ["a\x00.glb"]}, "bad output name"),
+                       ({"name": ["a" * 300 + ".glb"]}, "bad output name"), ({"name": ["a.txt"]}, "bad output name"),
+                       ({"name": ["a.glb"], "guidance_scale": ["nan"]}, "not a finite number")]:  # fmt: skip
         with pytest.raises(InputError, match=match):
             options_from_query(bad)
 
@@ -72,7 +75,7 @@ def test_served_asset_matches_a_local_run(tmp_path: Path, model_dir: Path, serve
         assert sorted(p.name for p in remote.parent.iterdir()) == ["car.glb", "car.glb.config.json", "car.glb.make-asset.json"]
         a, b = trimesh.load(local, force="mesh"), trimesh.load(remote, force="mesh")
         assert a.vertices.shape == b.vertices.shape and abs(a.vertices - b.vertices).max() < 1e-5
-    assert srv.info.served == 2
+    assert srv.served == 2
     # MIRAGE3D_SERVER works as --server; an existing output needs --overwrite.
     r = runner.invoke(app, ["make-asset", str(image), "-o", str(remote), *FAST], env={"MIRAGE3D_SERVER": url})
     assert r.exit_code == 1 and "already exists" in r.stderr
@@ -104,14 +107,15 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path: Path, model_dir: Path, 
     assert "--device" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--device", "cpu"]))
     assert "serves" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--model", str(tmp_path)]))
     assert not out.parent.exists() or not any(out.parent.iterdir())
-    assert srv.info.served == 2  # (from the test above) failed requests are not counted
+    assert srv.served == 2  # (from the test above) failed requests are not counted
 
 
 def test_health_answers_while_a_job_runs(server) -> None:
     srv, url = server
     with srv.lock:  # as while a make-asset job holds the model
         health = server_health(url)
-    assert health["status"] == "ok" and health["device"] == "cpu" and Path(health["model"]).name == "model"
+    assert health["status"] == "ok" and health["device"] == "cpu" and health["model"] == "model" and health["poses"] == NUM_POSES
+    assert not any("/" in str(v) for v in health.values())  # no server paths
 
 
 def test_serve_cli_bad_port() -> None:
@@ -119,3 +123,197 @@ def test_serve_cli_bad_port() -> None:
     assert r.exit_code == 1 and "--port" in r.stderr
     r = runner.invoke(app, ["serve", "--model", "/nonexistent/model", "--port", "0"])
     assert r.exit_code == 1 and "does not exist" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# What the server refuses (docs/reliability.md): foreign Host/Origin, no token, too much, bad requests
+# --------------------------------------------------------------------------------------------------
+def _raw(url: str, method: str = "GET", path: str = "/health", headers: dict | None = None, body: bytes | None = None) -> tuple[int, dict]:
+    import http.client
+    import json
+    import urllib.parse
+
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.putrequest(method, path, skip_host="Host" in (headers or {}))
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        if body is not None and "Content-Length" not in (headers or {}):
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_foreign_host_and_origin_are_refused_and_the_server_stays_healthy(server) -> None:
+    """DNS rebinding: a web page whose name resolves to 127.0.0.1 sends its own Host and Origin."""
+    srv, url = server
+    port = srv.server_address[1]
+    for headers in ({"Host": f"evil.example:{port}"}, {"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"},
+                    {"Host": f"127.0.0.1:{port}", "Origin": "null"}):  # fmt: skip
+        for method, path in (("GET", "/health"), ("POST", "/make-asset?name=car.glb")):
+            status, payload = _raw(url, method, path, headers, b"x" if method == "POST" else None)
+            assert status == 403 and "\n" not in payload["error"], (headers, payload)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        assert _raw(url, headers={"Host": host})[0] == 200
+    assert _raw(url, headers={"Host": f"127.0.0.1:{port}", "Origin": f"http://localhost:{port}"})[0] == 200  # its own page
+    assert server_health(url)["status"] == "ok"
+
+
+def test_requests_are_checked_before_a_job_runs(tmp_path: Path, server) -> None:
+    srv, url = server
+    image = cutout(tmp_path / "in.png").read_bytes()
+    served = srv.served
+    for query, match in (("name=a%00.glb", "bad output name"), ("name=" + "a" * 300 + ".glb", "bad output name"),
+                         ("name=a.glb&reference_pose=99&steps=2", "--pose 99"), ("name=a.glb&views=50", "--views 50"),
+                         ("name=a.glb&steps=0", "--steps"), ("name=a.glb&model=x", "unknown option")):  # fmt: skip
+        status, payload = _raw(url, "POST", "/make-asset?" + query, body=image)
+        assert status == 400 and match in payload["error"], (query, payload)
+    status, payload = _raw(url, "POST", "/make-asset?name=a.glb", body=b"not an image at all")
+    assert status == 400 and "the uploaded image" in payload["error"] and "/tmp" not in payload["error"], payload  # no server paths
+    status, payload = _raw(url, "POST", "/make-asset?name=a.glb", headers={"Content-Length": str(MAX_BODY_BYTES + 1)}, body=b"")
+    assert status == 413, payload
+    assert srv.served == served
+
+
+def test_requests_beyond_the_bound_get_503(tmp_path: Path, server) -> None:
+    srv, url = server
+    taken = 0
+    while srv.slots.acquire(blocking=False):  # as if that many requests were in progress
+        taken += 1
+    try:
+        status, payload = _raw(url, "POST", "/make-asset?name=a.glb", body=cutout(tmp_path / "in.png").read_bytes())
+        assert status == 503 and "busy" in payload["error"]
+        assert _raw(url)[0] == 200  # health still answers
+    finally:
+        for _ in range(taken):
+            srv.slots.release()
+    assert taken >= 1
+
+
+def test_an_access_token_is_required_when_set(model_dir: Path) -> None:
+    srv = AssetServer(("127.0.0.1", 0), str(model_dir), "cpu", token="s3cret")
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        assert _raw(url)[0] == 401 and _raw(url, headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert server_health(url, token="s3cret")["status"] == "ok"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(InputError, match="access token"):
+        AssetServer(("0.0.0.0", 0), str(model_dir), "cpu")
+
+
+def test_a_closed_client_is_seen() -> None:
+    import socket
+
+    a, b = socket.socketpair()
+    assert not _client_gone(a)
+    b.close()
+    assert _client_gone(a)
+    a.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The client against a fake server: it writes only what it asked for
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def fake_server():
+    """A server that answers /health normally and /make-asset with ``reply["body"]`` (bytes)."""
+    import base64
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    reply: dict = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer(reply.get("health", json.dumps({"status": "ok", "model": "car", "device": "cpu"}).encode()))
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer(reply["body"])
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def files(**named: bytes) -> bytes:
+        return json.dumps({"result": {"poses": [0, 1]}, "files": {k: base64.b64encode(v).decode() for k, v in named.items()}}).encode()
+
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", reply, files
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_client_accepts_only_the_files_it_asked_for(tmp_path: Path, fake_server) -> None:
+    url, reply, files = fake_server
+    image = cutout(tmp_path / "in.png")
+    out = tmp_path / "o" / "car.glb"
+    out.parent.mkdir()
+    (out.parent / "NOTES.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    cases = [
+        (files(**{"car.glb": b"mesh", ".bashrc": b"echo owned"}), "not asked for"),
+        (files(**{"car.glb": b"mesh", "NOTES.txt": b"overwritten"}), "not asked for"),
+        (files(**{"car.glb": b"mesh", "..": b"x"}), "not asked for"),
+        (files(**{"car.glb": b"mesh", "../car.glb": b"x"}), "not asked for"),
+        (files(**{"other.glb": b"mesh"}), "sent no car.glb"),
+        (b"<html>not json</html>", "not a JSON object"),
+        (b'{"files": {"car.glb": "%%% not base64 %%%"}}', "not valid base64"),
+        (b'{"files": ["car.glb"]}', "malformed reply"),
+        (b"[1, 2]", "not a JSON object"),
+    ]
+    for body, match in cases:
+        reply["body"] = body
+        msg = _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--steps", "2"]))
+        assert match in msg, (body[:60], msg)
+        assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before  # nothing written or replaced
+    # A sidecar that exists is not replaced without --overwrite (and then nothing is written at all).
+    (out.parent / "car.glb.config.json").write_text("an earlier run's")
+    reply["body"] = files(**{"car.glb": b"mesh", "car.glb.config.json": b"{}"})
+    assert "already exists" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--steps", "2"]))
+    assert not out.exists() and (out.parent / "car.glb.config.json").read_text() == "an earlier run's"
+    r = runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--steps", "2", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == b"mesh" and (out.parent / "car.glb.config.json").read_text() == "{}"
+    # A health answer that is not JSON.
+    reply["health"] = b"\x00\x01"
+    assert "not a JSON object" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(tmp_path / "p.glb"), "--server", url]))
+
+
+def test_clients_that_leave_cost_no_traceback_and_no_job(tmp_path: Path, server, capfd) -> None:
+    """A client that closes while sending, or right after sending (its job is then dropped, not run)."""
+    import socket
+    import time
+
+    srv, url = server
+    port = srv.server_address[1]
+    body = cutout(tmp_path / "in.png").read_bytes()
+    served = srv.served
+    for sent in (body[: len(body) // 2], body):
+        s = socket.create_connection(("127.0.0.1", port))
+        head = f"POST /make-asset?name=a.glb&steps=2&iters=20&faces=500&views=2&reference_pose=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
+        s.sendall(head.encode() + sent)
+        s.close()
+    deadline = time.monotonic() + 60
+    while srv.slots._value < 4 and time.monotonic() < deadline:  # (the handlers finish)  # noqa: SLF001
+        time.sleep(0.1)
+    assert srv.served == served and server_health(url)["status"] == "ok"
+    assert "Traceback" not in capfd.readouterr().err

@@ -225,7 +225,7 @@ def test_bad_options_and_outputs(collection: Path, tmp_path: Path) -> None:
 def test_cli_end_to_end_and_bad_input(collection: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     args = ["train", str(collection), "-o", str(out), "--model", "tiny", "--batch-size", "4", "--max-steps", "2",
-            "--checkpoint-every", "1", "--sample-steps", "2", "--cpu", "--seed", "1"]  # fmt: skip
+            "--checkpoint-every", "1", "--sample-steps", "2", "--device", "cpu", "--seed", "1"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "to step 2" in r.output and (out / "model_index.json").exists() and (out / "checkpoints" / "checkpoint-2").is_dir()
@@ -234,7 +234,7 @@ def test_cli_end_to_end_and_bad_input(collection: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, [*args[:7], "3", *args[8:]])
     assert r.exit_code == 1 and "holds a run with batch_size=4" in r.output
     bad = make_poses(tmp_path / "poses", collection, labels=[0, 1, 2, 0, 1, 2, 0, 9])
-    r = CliRunner().invoke(app, ["train", str(collection), "--poses", str(bad), "-o", str(tmp_path / "m2"), "--model", "tiny", "--cpu"])
+    r = CliRunner().invoke(app, ["train", str(collection), "--poses", str(bad), "-o", str(tmp_path / "m2"), "--model", "tiny", "--device", "cpu"])
     assert r.exit_code == 1 and "error:" in r.output and "out of range" in r.output
     assert not (tmp_path / "m2").exists()
 
@@ -246,7 +246,7 @@ def test_two_process_cpu_training(collection: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mirage3d.cli", "train",
            str(collection), "-o", str(out), "--model", "tiny", "--batch-size", "2", "--max-steps", "2", "--checkpoint-every", "2",
-           "--sample-steps", "1", "--cpu"]  # fmt: skip
+           "--sample-steps", "1", "--device", "cpu"]  # fmt: skip
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2

@@ -208,7 +208,10 @@ def _load_init(init: Path) -> torch.nn.Module:
     init = Path(init)
     if not (init / "unet" / "config.json").exists():
         raise ModelError(f"--init {init} is not a mirage3d model folder (no unet/config.json); give a folder written by `mirage3d train` or `mirage3d features train`")
-    return UNet2DModel.from_pretrained(init / "unet").float()
+    from mirage3d.errors import loading
+
+    with loading("the --init UNet", init / "unet", "it is damaged or incomplete: give another --init folder"):
+        return UNet2DModel.from_pretrained(init / "unet").float()
 
 
 def train(
@@ -269,15 +272,15 @@ def train(
               "num_poses": pose_labels.num_poses if pose_labels else None, "init": str(init) if init else None, "world_size": world}
     record["unet"]["block_out_channels"] = list(ucfg.block_out_channels)
     record["unet"]["attention"] = list(ucfg.attention)
+    # Data: this process's shard, decoded once into uint8 (n, 4, res, res), on the GPU when it fits. Decoded
+    # before the output folder is touched, so a bad image in the collection leaves no train_config.json behind.
+    shard = list(range(rank, len(files), world))
+    images = load_uint8_images([files[i] for i in shard], ucfg.res, cfg.workers)
     if main:
         prepare_output(output, record, overwrite)
         if pose_labels is not None:
             copy_poses(pose_labels, output)
     accelerator.wait_for_everyone()
-
-    # Data: this process's shard, decoded once into uint8 (n, 4, res, res), on the GPU when it fits.
-    shard = list(range(rank, len(files), world))
-    images = load_uint8_images([files[i] for i in shard], ucfg.res, cfg.workers)
     if main:  # how the training images frame the object, for framing input photos alike (views, make-asset)
         write_framing(output, images)
     on_device = device.type != "cpu" and (

@@ -7,7 +7,6 @@ Output folder (``docs/views.md``): ``images/pose_KK.png`` (RGBA), ``transforms.j
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,10 +148,11 @@ def _load_model(model_dir: str | Path, device: str = "auto", need_pose_model: bo
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()  # the CLI shows its own progress
+    from mirage3d.errors import loading
+
     try:
-        pipe = MiragePipeline.from_pretrained(str(model_dir))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot load the model in {model_dir} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        with loading("the model", model_dir, "it is damaged or incomplete: copy or train it again"):
+            pipe = MiragePipeline.from_pretrained(str(model_dir))
     finally:
         diffusers_logging.enable_progress_bar()
     if not getattr(pipe.unet.config, "num_class_embeds", None):
@@ -262,8 +262,10 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
         raise InputError(f"--cross-frame {cfg.cross_frame!r} must be concat, reference_only, all or off")
     if cfg.num_inference_steps < 1:
         raise InputError(f"--steps must be >= 1, got {cfg.num_inference_steps}")
-    if cfg.guidance_scale < 0 or cfg.hard_guidance_scale < 0:
-        raise InputError("--guidance and --hard-guidance must be >= 0")
+    if not (0 <= cfg.guidance_scale < float("inf") and 0 <= cfg.hard_guidance_scale < float("inf")):  # (NaN fails too)
+        raise InputError(f"--guidance {cfg.guidance_scale} and --hard-guidance {cfg.hard_guidance_scale} must be finite and >= 0")
+    if cfg.fill is not None and not 0 < cfg.fill <= 1:
+        raise InputError(f"--fill {cfg.fill} must be in (0, 1]: the object's box side over the frame side")
     if cfg.consistency.rounds < 0 or not 0.0 < cfg.consistency.strength <= 1.0:
         raise InputError(f"--rounds must be >= 0 and --strength in (0, 1], got {cfg.consistency.rounds} and {cfg.consistency.strength}")
     photo = load_image(input_path) if input_path is not None else None  # validate before loading the model
@@ -276,8 +278,8 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
         raise InputError(f"--pose {cfg.reference_pose} is out of range: this model has poses 0..{num_poses - 1}")
     prepared = None
     if photo is not None:
-        fill = None if not cfg.reframe else (cfg.fill or pipe.fill)
-        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill else pipe.fill_range)
+        fill = None if not cfg.reframe else (pipe.fill if cfg.fill is None else cfg.fill)
+        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill is not None else pipe.fill_range)
     render_fn = None
     if cfg.consistency.rounds:
         if recon is None:

@@ -457,7 +457,6 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     ``PoseModel.load(out_dir, backbone)`` assigns the same poses from the new backbone's features (e.g. the
     final pose-conditioned UNet instead of the phase-1 one). Files other than the pose model are copied.
     """
-    import json
     import shutil
 
     from mirage3d.config import load_config
@@ -465,10 +464,10 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     from mirage3d.devices import resolve_device
     from mirage3d.poses.extract import default_cache_dir, extract_features
 
+    from mirage3d.io import read_poses_json
+
     poses_dir, collection = Path(poses_dir), Path(collection)
-    if not (poses_dir / "poses.json").exists():
-        raise InputError(f"{poses_dir} has no poses.json; run `mirage3d poses discover` first")
-    poses = json.loads((poses_dir / "poses.json").read_text())
+    poses = read_poses_json(poses_dir)
     cfg = load_config(DiscoverConfig, poses_dir / "config.json")
     ecfg = extract_config or ExtractConfig()
     labels = torch.as_tensor(poses["labels"], dtype=torch.long)

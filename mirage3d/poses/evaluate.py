@@ -81,11 +81,10 @@ def best_alignment(pred_deg: np.ndarray, true_deg: np.ndarray) -> tuple[float, f
 
 def evaluate_poses(poses_dir: str | Path, collection: str | Path) -> PoseMetrics:
     """Score ``poses_dir`` (``poses.json`` + ``cameras.json``) against ``collection/ground_truth.jsonl``."""
+    from mirage3d.io import read_poses_json
+
     poses_dir = Path(poses_dir)
-    path = poses_dir / "poses.json"
-    if not path.exists():
-        raise InputError(f"{path} does not exist; run `mirage3d poses discover` first")
-    poses = json.loads(path.read_text())
+    poses = read_poses_json(poses_dir)
     truth = read_ground_truth(collection)
     files, labels = poses["files"], np.asarray(poses["labels"], dtype=np.int64)
     missing = [f for f in files if f not in truth]
@@ -94,6 +93,8 @@ def evaluate_poses(poses_dir: str | Path, collection: str | Path) -> PoseMetrics
     true_az = np.array([truth[f] for f in files])
     k = int(poses["num_poses"])
     cams = {c.pose: c.azimuth_deg for c in load_cameras(poses_dir)}
+    if set(cams) != set(range(k)):
+        raise InputError(f"{poses_dir / 'cameras.json'} must have one camera for each of the {k} poses; run `mirage3d poses discover` again")
     pred_az = np.array([cams[int(lab)] for lab in labels])
     bins = azimuth_bins(true_az, k)
     med, rot, refl = best_alignment(pred_az, true_az)

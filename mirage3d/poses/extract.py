@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from mirage3d.data.collection import ImageCollection
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError
-from mirage3d.io import atomic_path, atomic_write_json, list_images
+from mirage3d.io import atomic_path, atomic_write_json, check_image_headers, list_images
 from mirage3d.poses.features import Backbone
 
 FLIP_MODES = ("image", "features", "none")
@@ -161,6 +161,7 @@ def extract_features(
     }
     cache = FeatureCache(out, files, cfg.shard_size, (gh, gw), channels, cfg.flip, manifest["backbone"], backbone.image_size)
     if rank == 0:  # only rank 0 checks and writes the manifest; the others wait for it
+        check_image_headers(dataset.files)  # a file that is no image is refused before the cache folder exists
         if (out / MANIFEST).exists():
             old = json.loads((out / MANIFEST).read_text())
             keys = ("files", "backbone", "shard_size", "flip", "grid", "image_size")

@@ -147,11 +147,14 @@ class UNetBackbone(Backbone):
                     noise_maps: int = 1) -> UNetBackbone:  # fmt: skip
         from diffusers import DDPMScheduler, UNet2DModel
 
+        from mirage3d.errors import loading
+
         ufolder = _unet_folder(Path(folder))
-        unet = UNet2DModel.from_pretrained(ufolder)
-        sched_dir = ufolder.parent / "scheduler"
-        sched = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").exists() else DDPMScheduler(num_train_timesteps=1000)
-        return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()), colour_perms=colour_perms, noise_maps=noise_maps)
+        with loading("the UNet backbone", ufolder, "it is damaged or incomplete: copy or train it again (`mirage3d features train`)"):
+            unet = UNet2DModel.from_pretrained(ufolder)
+            sched_dir = ufolder.parent / "scheduler"
+            sched = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").exists() else DDPMScheduler(num_train_timesteps=1000)
+            return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()), colour_perms=colour_perms, noise_maps=noise_maps)
 
     def reference(self) -> dict[str, Any]:
         # "weights" fingerprints the UNet's files, so a feature cache made from the same folder before it was

@@ -205,7 +205,9 @@ class PoseModel:
         meta_path, tensor_path = folder / "pose_model.json", folder / "pose_model.safetensors"
         if not meta_path.exists() or not tensor_path.exists():
             raise ModelError(f"{folder} holds no pose model (pose_model.json + pose_model.safetensors); run `mirage3d poses discover`")
-        try:
+        from mirage3d.errors import loading
+
+        with loading("the pose model", folder, "run `mirage3d poses discover` (or `poses refit`) again"):
             meta = json.loads(meta_path.read_text())
             t = load_file(tensor_path)
             mode = meta["mode"]
@@ -222,8 +224,6 @@ class PoseModel:
             if isinstance(ref.get("path"), str) and not Path(ref["path"]).is_absolute() and (folder / ref["path"]).exists():
                 ref["path"] = str((folder / ref["path"]).resolve())
             model = cls(ref, dm, t["pose_centres"], np.asarray(meta["mirror"], dtype=np.int64), meta["flip"], float(meta["temperature"]), backbone, {k: v for k, v in meta.items() if k not in known})
-        except (KeyError, json.JSONDecodeError, TypeError) as e:
-            raise ModelError(f"pose model in {folder} is incomplete or corrupt ({type(e).__name__}: {e})") from None
         if len(model.mirror) != model.num_poses:
             raise ModelError(f"pose model in {folder} has {len(model.mirror)} mirror entries for {model.num_poses} poses")
         return model

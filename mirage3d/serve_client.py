@@ -1,0 +1,132 @@
+"""The client of ``mirage3d serve``: what ``make-asset --server URL`` runs (it imports no torch).
+
+It checks its inputs and output path before asking the server, sends the photo and its options, and writes
+only the files it asked for (named after ``-o``; none replaced without ``overwrite``), each atomically, after
+decoding all of them. Malformed replies (not JSON, bad base64, foreign file names) are one-line errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mirage3d.asset import AssetConfig
+from mirage3d.errors import InputError
+from mirage3d.serve import _NAME, CLIENT_OPTIONS, _model_id, check_name
+
+
+def _request(url: str, data: bytes | None = None, timeout: float = 3600.0, token: str | None = None) -> dict[str, Any]:
+    parts = urllib.parse.urlsplit(url)
+    base = url.split("?")[0].rsplit("/", 1)[0]
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError(f"--server {base!r} is not a server URL; give one like http://127.0.0.1:8765")
+    headers = {"Content-Type": "application/octet-stream"} if data is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as e:
+        try:
+            message = str(json.loads(e.read()).get("error", e))
+        except (ValueError, AttributeError):
+            message = str(e)
+        raise InputError(f"the server at {base} refused: {message.splitlines()[0] if message else e.code}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise InputError(f"no mirage3d server answers at {base} ({reason}); start one with `mirage3d serve` or drop --server") from None
+    try:
+        reply = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        reply = None
+    if not isinstance(reply, dict):
+        raise InputError(f"the server at {base} sent a reply that is not a JSON object; is it a mirage3d server?")
+    return reply
+
+
+def server_health(server: str, token: str | None = None) -> dict[str, Any]:
+    return _request(server.rstrip("/") + "/health", timeout=10.0, token=token)
+
+
+def check_served_model(server: str, health: dict[str, Any], model: str) -> None:
+    """Refuse when ``--model`` names another model than the one the server holds (``default``: any)."""
+    if model == "default" or model == health.get("model"):
+        return
+    if Path(model).is_dir() and _model_id(Path(model)) == health.get("model_id"):
+        return
+    raise InputError(f"the server at {server} serves the model {health.get('model')!r}, not {model}; start one with `mirage3d serve --model {model}` or drop --server")
+
+
+def expected_files(output: Path, mtl: bytes | None = None) -> set[str]:
+    """The file names a server may send back for ``output``: the mesh, its two records, the previews and, for an
+    OBJ, its material and the textures that material names (plain image names only)."""
+    n, stem = output.name, output.stem
+    names = {n, f"{n}.config.json", f"{n}.make-asset.json", f"{stem}.preview.png", f"{stem}.preview.gif"}
+    if output.suffix.lower() == ".obj":
+        names.add(f"{stem}.mtl")
+        for line in (mtl or b"").decode("utf-8", "replace").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].startswith("map_") and _NAME.match(parts[1]) and Path(parts[1]).suffix.lower() in (".png", ".jpg", ".jpeg"):
+                names.add(parts[1])
+    return names
+
+
+def make_asset_remote(server: str, image: str | Path, output: str | Path, options: dict[str, Any], overwrite: bool = False,
+                      token: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Send ``image`` to the server and write the mesh and its sidecar files beside ``output``.
+
+    ``options``: AssetConfig fields from :data:`CLIENT_OPTIONS` (None values are left to the server's defaults).
+    The inputs are checked here first (same one-line errors as a local run). The reply must hold only the files
+    named after ``output`` (:func:`expected_files`), none of them may exist unless ``overwrite``, and all are
+    decoded before any is written; each is written atomically, the mesh last, and a failure removes the files
+    this call wrote.
+    """
+    from mirage3d.asset import check_asset_config, check_asset_inputs
+    from mirage3d.io import atomic_write_bytes, check_output_path
+
+    image, output = Path(image), Path(output)
+    check_asset_inputs(image, output, options.get("views"), int(options.get("steps") or 20))
+    check_output_path(output, overwrite, kind="file")
+    unknown = set(options) - set(CLIENT_OPTIONS)
+    if unknown:
+        raise InputError(f"option(s) {', '.join(sorted(unknown))} cannot be sent to a server")
+    check_asset_config(AssetConfig(**{k: v for k, v in options.items() if v is not None}))
+    query = {"name": check_name(output.name), **{k: (str(int(v)) if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}}
+    reply = _request(server.rstrip("/") + "/make-asset?" + urllib.parse.urlencode(query), data=image.read_bytes(), token=token)
+    bad_reply = f"the server at {server} sent a malformed reply"
+    files = reply.get("files")
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise InputError(f"{bad_reply} (no files); is it a mirage3d server?")
+    try:
+        blobs = {name: base64.b64decode(data, validate=True) for name, data in files.items()}
+    except (binascii.Error, ValueError):
+        raise InputError(f"{bad_reply} (a file is not valid base64); is it a mirage3d server?") from None
+    if output.name not in blobs:
+        raise InputError(f"the server at {server} sent no {output.name}; is it a mirage3d server?")
+    allowed = expected_files(output, blobs.get(f"{output.stem}.mtl"))
+    foreign = sorted(set(blobs) - allowed)
+    if foreign:
+        raise InputError(f"the server at {server} sent a file that was not asked for ({foreign[0][:60]!r}); nothing was written")
+    targets = [output.with_name(name) for name in blobs]
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]} already exists; pass --overwrite or choose another -o (nothing was written)")
+    written: list[Path] = []
+    try:
+        for name in [f for f in blobs if f != output.name] + [output.name]:  # the mesh last
+            target = output.with_name(name)
+            atomic_write_bytes(target, blobs[name])
+            written.append(target)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    result = reply.get("result")
+    return {**(result if isinstance(result, dict) else {}), "files": written}
