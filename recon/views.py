@@ -6,7 +6,7 @@ looking down -Z), world +Z up, pixel centres at +0.5, alpha is the object mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,15 @@ class ViewSet:
     rgba: np.ndarray  # (N, H, W, 4) float32 in [0, 1]; alpha = object mask
     c2w: np.ndarray  # (N, 4, 4) float64, OpenGL camera axes
     K: np.ndarray  # (3, 3) float64 intrinsics in pixels (for the images as loaded)
-    files: list[Path]
+    files: list[Path] = field(default_factory=list)  # source image of each view (empty for views made in memory)
+    reference: int | None = None
+    """Index of the input view: refinement holds its camera fixed and its colours win in the texture."""
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            self.files = [Path(f"view_{i:04d}") for i in range(self.rgba.shape[0])]
+        if self.reference is not None and not 0 <= self.reference < self.rgba.shape[0]:
+            raise InputError(f"reference view {self.reference} is not one of the {self.rgba.shape[0]} views")
 
     @property
     def n(self) -> int:
@@ -40,12 +48,14 @@ class ViewSet:
 
     def subset(self, idx: list[int] | np.ndarray) -> ViewSet:
         idx = list(np.asarray(idx).tolist())
-        return ViewSet(self.rgba[idx], self.c2w[idx], self.K.copy(), [self.files[i] for i in idx])
+        ref = idx.index(self.reference) if self.reference in idx else None
+        return ViewSet(self.rgba[idx], self.c2w[idx], self.K.copy(), [self.files[i] for i in idx], ref)
 
 
 def load_views(folder: str | Path, white_threshold: float = 0.97) -> ViewSet:
     """Read a views folder; all images must share one size. Raises :class:`InputError` on bad input.
 
+    The frame marked ``"is_reference": true`` (the input photo's view) becomes ``ViewSet.reference``.
     Images whose size differs from the ``w``/``h`` in ``transforms.json`` (same aspect) have their
     intrinsics rescaled. Fully opaque images (no alpha) get a mask from "not near-white" pixels, since
     mirage3d views are rendered or generated on white.
@@ -82,7 +92,8 @@ def load_views(folder: str | Path, white_threshold: float = 0.97) -> ViewSet:
     empty = [files[i].name for i in range(len(files)) if not fg[i].any()]
     if empty:
         raise InputError(f"no foreground in {len(empty)} view(s) of {folder} (e.g. {empty[0]}); remove them or fix their alpha")
-    return ViewSet(rgba.astype(np.float32), t.c2w(), K, files)
+    refs = [i for i, f in enumerate(t.frames) if f.extra.get("is_reference")]  # written by ``mirage3d views``
+    return ViewSet(rgba.astype(np.float32), t.c2w(), K, files, refs[0] if len(refs) == 1 else None)
 
 
 # --------------------------------------------------------------------------------------------------
