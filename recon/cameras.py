@@ -104,3 +104,33 @@ class CameraModel(nn.Module):
         if shared:
             groups.append({"params": shared, "name": "shared", "scale": 1.0})
         return groups
+
+
+class GroupAdam(torch.optim.Optimizer):
+    """Adam whose second moment is one number per parameter group (the mean of g² over the group).
+
+    Per-coordinate Adam moves every coordinate by about ``lr`` per step whatever its gradient's size, so
+    a view the images barely constrain (or a direction they do not see at all) random-walks on noise. With
+    one scale per group, a view moves in proportion to the evidence against its pose, relative to the
+    other views. A hand-written optimizer because torch has none with a shared second moment.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-12):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            ps = [p for p in g["params"] if p.grad is not None]
+            if not ps:
+                continue
+            st = g.setdefault("shared_state", {"t": 0, "v": torch.zeros((), device=ps[0].device)})
+            st["t"] += 1
+            sq = torch.stack([(p.grad * p.grad).mean() for p in ps]).mean()
+            st["v"].mul_(b2).add_((1 - b2) * sq)
+            v_hat = st["v"] / (1 - b2 ** st["t"])
+            for p in ps:
+                m = self.state[p].setdefault("m", torch.zeros_like(p))
+                m.mul_(b1).add_((1 - b1) * p.grad)
+                p.sub_(g["lr"] * (m / (1 - b1 ** st["t"])) / (v_hat.sqrt() + g["eps"]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError
-from mirage3d.recon.cameras import CameraModel
+from mirage3d.recon.cameras import CameraModel, GroupAdam
 from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.field import SDFField
 from mirage3d.recon.views import ViewSet, generate_rays, pixel_centres, ray_aabb
@@ -55,32 +55,30 @@ class FitResult:
 # Visual hull and box
 # --------------------------------------------------------------------------------------------------
 def carve(views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, misses: int = 0, c2w: np.ndarray | None = None,
-          K: np.ndarray | None = None) -> torch.Tensor:
+          K: np.ndarray | None = None, chunk: int = 1 << 20) -> torch.Tensor:
     """(P,) bool: points whose projection falls inside the (dilated) mask of all but ``misses`` views.
 
-    A point projecting outside a view's image counts as outside that view's mask.
+    The mask is the views' alpha sampled bilinearly at the projection (> 0.5: the silhouette to a fraction
+    of a pixel); a point projecting outside a view's image counts as outside that view's mask.
     """
     c2w = views.c2w if c2w is None else c2w
     K = views.K if K is None else K
     h, w = views.hw
-    mask = torch.from_numpy(views.rgba[..., 3] > 0.5).float()[:, None]  # (N, 1, H, W)
+    alpha = torch.from_numpy(views.rgba[..., 3]).float()[:, None]  # (N, 1, H, W)
     if dilate_px > 0:
-        mask = F.max_pool2d(mask, 2 * dilate_px + 1, stride=1, padding=dilate_px)
-    mask = (mask[:, 0] > 0.5).reshape(views.n, -1)  # (N, H*W)
+        alpha = F.max_pool2d(alpha, 2 * dilate_px + 1, stride=1, padding=dilate_px)
     p = pts.detach().cpu().float()
     # World → pixel for all views at once: (N, 3, 4) projection = K · w2c (OpenGL: z_cam = -depth).
     w2c = torch.from_numpy(np.linalg.inv(c2w)[:, :3]).float()  # (N, 3, 4)
     flip = torch.tensor([1.0, -1.0, -1.0])  # OpenGL → OpenCV camera axes
     P = torch.from_numpy(np.asarray(K)).float() @ (flip[:, None] * w2c)  # (N, 3, 4)
     outside = torch.zeros(p.shape[0], dtype=torch.int32)
-    for i in range(views.n):
-        q = p @ P[i, :, :3].T + P[i, :, 3]  # (P, 3): (u z, v z, z)
-        z = q[:, 2]
-        zs = z.clamp_min(1e-9)
-        u, v = torch.floor(q[:, 0] / zs).long(), torch.floor(q[:, 1] / zs).long()
-        ok = (z > 1e-6) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-        flat = torch.where(ok, v * w + u, torch.zeros_like(u))
-        outside += (~(ok & mask[i][flat])).int()
+    for s in range(0, p.shape[0], chunk):
+        q = torch.einsum("pk,nik->npi", p[s : s + chunk], P[:, :, :3]) + P[:, None, :, 3]  # (N, P, 3): (u z, v z, z)
+        z = q[..., 2].clamp_min(1e-9)
+        g = torch.stack([q[..., 0] / z / w * 2 - 1, q[..., 1] / z / h * 2 - 1], -1)[:, :, None]  # (N, P, 1, 2)
+        a = F.grid_sample(alpha, g, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0]  # (N, P)
+        outside[s : s + chunk] = ((a <= 0.5) | (q[..., 2] <= 1e-6)).sum(0).int()
     return outside <= misses
 
 
@@ -183,10 +181,16 @@ class PixelPool:
         self.rgb = rgb.permute(0, 2, 3, 1).reshape(views.n, -1, 3)[v, p].to(device)
         self.alpha = a.reshape(views.n, -1)[v, p].to(device)
         self.size = int(v.shape[0])
+        self._folds: dict[int, list[torch.Tensor]] = {}
 
-
-def _levels(cfg: ReconConfig) -> list[int]:
-    return [int(round(s * cfg.iters)) for s in cfg.level_starts]
+    def fold_index(self, k: int, n: int, gen: torch.Generator, n_folds: int = 1) -> torch.Tensor:
+        """``n`` random pool indices of pixels from views with index ≡ k (mod ``n_folds``)."""
+        if n_folds not in self._folds:
+            vcpu = self.view.cpu()
+            self._folds[n_folds] = [torch.nonzero(vcpu % n_folds == j).squeeze(1).to(self.view.device) for j in range(n_folds)]
+        members = self._folds[n_folds][k]
+        pick = torch.randint(0, members.shape[0], (n,), generator=gen).to(members.device)
+        return members[pick]
 
 
 def level_voxel(extent: np.ndarray, res: int, frac: float) -> float:
@@ -194,96 +198,96 @@ def level_voxel(extent: np.ndarray, res: int, frac: float) -> float:
     return float(extent.max() / (n - 1))
 
 
-def sharpness(cfg: ReconConfig, it: int, voxel: float, final_voxel: float) -> float:
-    """NeuS inverse standard deviation s at step ``it``: the surface's transition width goes geometrically
-    from ``width_start`` voxels of the current level to ``width_end`` voxels of the finest level."""
-    f = it / max(1, cfg.iters - 1)
-    width = (cfg.width_start * voxel) ** (1 - f) * (cfg.width_end * final_voxel) ** f
-    return 1.0 / width
+@dataclass
+class Stage:
+    """One phase of the fit: steps, grid levels (fraction of ``res``, image scale, start fraction), the hull
+    the distance starts from, the camera learning rate (0: cameras fixed) and the surface's widths."""
+
+    iters: int
+    levels: list[tuple[float, float, float]]
+    hull_dilate_px: int
+    hull_misses: int
+    lr_camera: float
+    width_start: float
+    width_end: float
+    folds: bool = False
+
+
+def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
+    """The pose stage (with ``refine_cameras``) then the surface stage."""
+    out = []
+    if cfg.refine_cameras and cfg.pose_iters > 0:
+        # Coarse grids and images (a wide basin for the cameras), but never below 32 grid points or 32 pixels.
+        g0 = min(1.0, max(cfg.pose_res, 32 / cfg.res))
+        s0 = min(1.0, max(cfg.pose_image_scale, 32 / min(hw)))
+        levels = [(g0, s0, 0.0), (min(1.0, 2 * g0), min(1.0, 2 * s0), 0.5)]
+        out.append(Stage(cfg.pose_iters, levels, cfg.hull_dilate_px + cfg.pose_dilate_px, max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
+                         cfg.lr_camera, cfg.width_start, cfg.pose_width_end, folds=cfg.pose_folds))
+    out.append(Stage(cfg.iters, [(1.0, 1.0, 0.0)], cfg.hull_dilate_px, cfg.hull_misses,
+                     cfg.lr_camera * cfg.camera_fine if cfg.refine_cameras else 0.0, cfg.width_start, cfg.width_end))
+    return out
 
 
 def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progress | None) -> FitResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    lo, hi = scene_box(views, cfg, margin=cfg.box_margin)
+    plan = stages(cfg, views.n, views.hw)
+    lo, hi = scene_box(views, replace(cfg, hull_dilate_px=plan[0].hull_dilate_px, hull_misses=plan[0].hull_misses), margin=cfg.box_margin)
     extent = hi - lo
-    final_voxel = level_voxel(extent, cfg.res, cfg.res_levels[-1])
     cams = CameraModel(views.c2w, views.K, 0.5 * (lo + hi), views.reference if cfg.refine_cameras else None,
                        cfg.refine_cameras and cfg.shared_elevation, cfg.refine_cameras and cfg.shared_focal).to(device)
-    cam_opt = torch.optim.Adam(cams.parameters_to_learn(), lr=cfg.lr_camera) if cfg.refine_cameras else None
     pools: dict[float, PixelPool] = {}
-    starts = _levels(cfg)
     view_err = torch.ones(views.n, device=device)  # running mean squared error per view (robust weights)
-    fld: SDFField | None = None
-    opt: torch.optim.Optimizer | None = None
     history: list[dict[str, float]] = []
-    rec: dict[str, float] = {}
-    for it in range(cfg.iters):
-        if it in starts or fld is None:
-            level = max(i for i, s in enumerate(starts) if s <= it)
-            voxel = level_voxel(extent, cfg.res, cfg.res_levels[level])
-            scale = cfg.image_scales[level]
-            if scale not in pools:
-                pools[scale] = PixelPool(views, scale, lo, hi, 0.0, device)
-            pool = pools[scale]
-            if fld is None:
-                shape = tuple(int(round(e / voxel)) + 1 for e in extent)
-                fld = SDFField(lo, voxel, shape).to(device)
-                with torch.no_grad():
-                    fld.sdf.copy_(hull_sdf(fld, views, cfg).to(device))
-            else:
-                fld = fld.resample(voxel)
-            opt = torch.optim.Adam([{"params": [fld.sdf], "lr": cfg.lr_sdf * voxel},
-                                    {"params": [fld.rgb], "lr": cfg.lr_color}], betas=(0.9, 0.99))
-            lr0 = [cfg.lr_sdf * voxel, cfg.lr_color]
-        assert fld is not None and opt is not None
-        decay = 0.1 ** (it / max(1, cfg.iters))
-        for g, l0 in zip(opt.param_groups, lr0):
-            g["lr"] = l0 * decay
-        inv_s = sharpness(cfg, it, fld.voxel, final_voxel)
-
-        idx = torch.randint(0, pool.size, (cfg.batch_rays,), generator=gen).to(device)
-        vi = pool.view[idx]
-        c2w_all, K = cams()
-        K_lvl = K * torch.tensor([[pool.hw[1] / views.hw[1]], [pool.hw[0] / views.hw[0]], [1.0]], device=device)
-        o, d = generate_rays(c2w_all[vi], pool.uv[idx], K_lvl)
-        out = fld.render(o, d, inv_s, cfg.step_ratio * fld.voxel, cfg.n_samples, cfg.window_before * fld.voxel, jitter=True)
-        err_rgb = (out["rgb"] - pool.rgb[idx]).pow(2).mean(-1)
-        err_a = (out["acc"] - pool.alpha[idx]).pow(2)
-        per_px = err_rgb + cfg.w_mask * err_a  # (B,)
-        if cfg.refine_cameras and cfg.robust:
-            with torch.no_grad():  # views the others contradict (high error) count less: w = 1 / (1 + e / median e)
-                e = torch.zeros(views.n, device=device).index_add_(0, vi, per_px.detach())
-                cnt = torch.bincount(vi, minlength=views.n).clamp_min(1)
-                view_err.mul_(0.9).add_(0.1 * e / cnt)
-                wv = 1.0 / (1.0 + view_err / view_err.median().clamp_min(1e-8))
-                wv = wv / wv.mean()
-            data = (per_px * wv[vi]).mean()
-        else:
-            data = per_px.mean()
-        eik, lap = fld.regularisers(cfg.reg_band * fld.voxel)
-        loss = data + cfg.w_eikonal * eik + cfg.w_laplacian * lap + cfg.w_tv_color * fld.color_tv()
-        opt.zero_grad(set_to_none=True)
-        if cam_opt is not None:
-            cam_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if cam_opt is not None and it >= cfg.camera_start * cfg.iters:
-            for g in cam_opt.param_groups:
-                g["lr"] = cfg.lr_camera * g["scale"] * (0.1 ** (it / max(1, cfg.iters)))
-            cam_opt.step()
-            cams.fix_gauge()
-        if it % 20 == 0 or it == cfg.iters - 1:
-            mse = float(err_rgb.detach().mean())
-            rec = {"step": float(it), "loss": float(loss.detach()), "psnr": -10.0 * math.log10(max(mse, 1e-10)),
-                   "eikonal": float(eik.detach())}
-            if cam_opt is not None:
-                rec.update(rot_deg=float(cams.omega.detach().norm(dim=-1).mean()) * 180 / math.pi,
-                           shift=float(cams.rho.detach().norm(dim=-1).mean()), elev_deg=float(cams.d_elev) * 180 / math.pi,
-                           focal=float(cams.log_f.exp()))
-            history.append(rec)
-        if progress is not None:
-            progress(it + 1, cfg.iters, rec)
+    total = sum(st.iters for st in plan)
+    done = 0
+    fld: SDFField | None = None
+    for st in plan:
+        cam_opt = GroupAdam(cams.parameters_to_learn(), lr=st.lr_camera) if st.lr_camera > 0 else None
+        starts = [int(round(s * st.iters)) for _, _, s in st.levels]
+        n_fields = 2 if st.folds and views.n >= 4 else 1
+        flds: list[SDFField] = []
+        for it in range(st.iters):
+            if it in starts or not flds:
+                level = max(i for i, s in enumerate(starts) if s <= it)
+                frac, scale, _ = st.levels[level]
+                voxel = level_voxel(extent, cfg.res, frac)
+                if scale not in pools:
+                    pools[scale] = PixelPool(views, scale, lo, hi, 0.0, device)
+                pool = pools[scale]
+                if not flds:  # each stage starts from the visual hull seen by the current cameras
+                    shape = tuple(int(round(e / voxel)) + 1 for e in extent)
+                    with torch.no_grad():
+                        c2w_now, K_now = (x.detach().double().cpu().numpy() for x in cams())
+                        hull = hull_sdf(SDFField(lo, voxel, shape), ViewSet(views.rgba, c2w_now, K_now),
+                                        replace(cfg, hull_dilate_px=st.hull_dilate_px, hull_misses=st.hull_misses))
+                    flds = [SDFField(lo, voxel, shape, hull).to(device) for _ in range(n_fields)]
+                else:
+                    flds = [f.resample(voxel) for f in flds]
+                groups = [g for f in flds for g in ({"params": [f.sdf], "lr": cfg.lr_sdf * voxel}, {"params": [f.rgb], "lr": cfg.lr_color})]
+                opt = torch.optim.Adam(groups, betas=(0.9, 0.99), fused=True)
+                lr0 = [g["lr"] for g in groups]
+                for f in flds:
+                    f.update_band(cfg.reg_band * f.voxel)
+            fr = it / max(1, st.iters - 1)
+            for g, l0 in zip(opt.param_groups, lr0):
+                g["lr"] = l0 * 0.1**fr
+            inv_s = 1.0 / ((st.width_start * level_voxel(extent, cfg.res, st.levels[0][0])) ** (1 - fr) * (st.width_end * flds[0].voxel) ** fr)
+            if it % 10 == 0:
+                for f in flds:
+                    f.update_band(cfg.reg_band * f.voxel)
+            loss, mse = _step(flds, opt, cams, cam_opt, pool, views, cfg, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr)
+            done += 1
+            if it % 20 == 0 or it == st.iters - 1:
+                rec = {"step": float(done), "loss": float(loss), "psnr": -10.0 * math.log10(max(float(mse), 1e-10))}
+                if cam_opt is not None:
+                    rec.update(rot_deg=float(cams.omega.detach().norm(dim=-1).mean()) * 180 / math.pi,
+                               shift=float(cams.rho.detach().norm(dim=-1).mean()), elev_deg=float(cams.d_elev.detach()) * 180 / math.pi,
+                               focal=float(cams.log_f.detach().exp()))
+                history.append(rec)
+            if progress is not None:
+                progress(done, total, history[-1] if history else {})
+        fld = flds[0]
 
     assert fld is not None
     with torch.no_grad():
@@ -292,6 +296,76 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
                        config=cfg, history=history)
     result.psnr = training_psnr(result, views)
     return result
+
+
+def _step(flds: list[SDFField], opt: torch.optim.Optimizer, cams: CameraModel, cam_opt: GroupAdam | None, pool: PixelPool,
+          views: ViewSet, cfg: ReconConfig, inv_s: float, gen: torch.Generator, view_err: torch.Tensor, cameras_learn: bool,
+          frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a random batch of pixels; returns (loss, colour MSE), detached.
+
+    One field: field and cameras learn from the same renders. Two fields (the pose stage): field k learns
+    from the views of fold k (even / odd view indices) with their cameras held, and each view's camera
+    learns from its rays rendered through the *other* field, which never saw that view, so a camera cannot
+    be "confirmed" by a field that has already bent to fit its own error.
+    """
+    device = flds[0].lo.device
+    n_f = len(flds)
+    idx = torch.cat([pool.fold_index(k, cfg.batch_rays // n_f, gen, n_f) for k in range(n_f)])
+    vi = pool.view[idx]
+    c2w_all, K = cams()
+    K_lvl = K * torch.tensor([[pool.hw[1] / views.hw[1]], [pool.hw[0] / views.hw[0]], [1.0]], device=device)
+    step, before = cfg.step_ratio * flds[0].voxel, cfg.window_before * flds[0].voxel
+
+    def errors(out, sl):
+        e_rgb = (out["rgb"] - pool.rgb[idx[sl]]).pow(2).mean(-1)
+        return e_rgb, e_rgb + cfg.w_mask * (out["acc"] - pool.alpha[idx[sl]]).pow(2)
+
+    wv = None
+    if cam_opt is not None and cfg.robust:
+        with torch.no_grad():
+            wv = (1.0 / (1.0 + (view_err / (1.5 * view_err.median().clamp_min(1e-8))) ** 2))
+            wv = wv / wv.mean()
+    if n_f == 1:
+        o, d = generate_rays(c2w_all[vi], pool.uv[idx], K_lvl)
+        err_rgb, per_px = errors(flds[0].render(o, d, inv_s, step, cfg.n_samples, before, jitter=True), slice(None))
+        data = (per_px * wv[vi]).mean() if wv is not None else per_px.mean()
+        cam_err = per_px
+    else:
+        o, d = generate_rays(c2w_all[vi], pool.uv[idx], K_lvl)
+        o_h, d_h = o.detach(), d.detach()
+        half = idx.shape[0] // n_f
+        data, err_parts, cam_parts = 0.0, [], []
+        for k in range(n_f):
+            sl = slice(k * half, (k + 1) * half)
+            e_rgb, e_own = errors(flds[k].render(o_h[sl], d_h[sl], inv_s, step, cfg.n_samples, before, jitter=True), sl)
+            _, e_cross = errors(flds[1 - k].render(o[sl], d[sl], inv_s, step, cfg.n_samples, before, jitter=True, frozen=True), sl)
+            data = data + (e_own * wv[vi[sl]]).mean() / n_f if wv is not None else data + e_own.mean() / n_f
+            data = data + e_cross.mean() / n_f
+            err_parts.append(e_rgb)
+            cam_parts.append(e_cross)
+        err_rgb, per_px, cam_err = torch.cat(err_parts), None, torch.cat(cam_parts)
+    if cam_opt is not None and cfg.robust:
+        with torch.no_grad():  # running error per view: views the others contradict count less in the field(s)
+            e = torch.zeros(views.n, device=device).index_add_(0, vi, cam_err.detach())
+            cnt = torch.bincount(vi, minlength=views.n).clamp_min(1)
+            view_err.mul_(0.9).add_(0.1 * e / cnt)
+    regs = [f.regularisers() for f in flds]
+    loss = data + sum(cfg.w_eikonal * eik + cfg.w_laplacian * lap + cfg.w_tv_color * tv for eik, lap, tv in regs)
+    opt.zero_grad(set_to_none=True)
+    if cam_opt is not None:
+        cam_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if cam_opt is not None and cameras_learn:
+        if wv is not None and n_f == 1:  # a view's own camera follows its whole error: undo its weight on its gradient
+            for p in (cams.omega, cams.rho):
+                if p.grad is not None:
+                    p.grad.div_(wv[:, None])
+        for g in cam_opt.param_groups:
+            g["lr"] = cam_opt.defaults["lr"] * g["scale"] * 0.1**frac
+        cam_opt.step()
+        cams.fix_gauge()
+    return loss.detach(), err_rgb.detach().mean()
 
 
 @torch.no_grad()
@@ -317,9 +391,11 @@ def render_views(fld: SDFField, c2w: torch.Tensor, K: torch.Tensor, h: int, w: i
     return torch.stack(rgbs).cpu(), torch.stack(accs).cpu()
 
 
-def training_psnr(fit: FitResult, views: ViewSet) -> float:
-    """PSNR (dB) of field renders at the (refined) training cameras vs the views on white, whole images."""
+def training_psnr(fit: FitResult, views: ViewSet, every: int = 4) -> float:
+    """PSNR (dB) of field renders at the (refined) cameras of every ``every``-th training view vs those
+    views on white, whole images (a few views: rendering all of them would cost seconds on a CPU)."""
     h, w = views.hw
-    rgb, _ = render_views(fit.field, torch.from_numpy(fit.c2w), torch.from_numpy(fit.K), h, w, fit.config)
-    mse = float(((rgb - torch.from_numpy(views.rgb_on_white())) ** 2).mean())
+    idx = list(range(0, views.n, every))
+    rgb, _ = render_views(fit.field, torch.from_numpy(fit.c2w[idx]), torch.from_numpy(fit.K), h, w, fit.config)
+    mse = float(((rgb - torch.from_numpy(views.rgb_on_white()[idx])) ** 2).mean())
     return -10.0 * math.log10(max(mse, 1e-10))

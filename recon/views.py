@@ -127,19 +127,3 @@ def ray_aabb(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tenso
     near = torch.minimum(t0, t1).amax(-1).clamp_min(0.0)
     far = torch.maximum(t0, t1).amin(-1)
     return near, far
-
-
-def se3_exp(xi: torch.Tensor) -> torch.Tensor:
-    """(N, 6) twist (rotation vector ω, translation ρ) → (N, 4, 4) rigid transforms (Rodrigues; ρ used as is)."""
-    w, rho = xi[:, :3], xi[:, 3:]
-    theta = w.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (N, 1)
-    k = w / theta
-    kx = torch.zeros(xi.shape[0], 3, 3, dtype=xi.dtype, device=xi.device)
-    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    kx = kx - kx.transpose(1, 2)
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    R = torch.eye(3, dtype=xi.dtype, device=xi.device) + s * kx + (1 - c) * (kx @ kx)
-    T = torch.eye(4, dtype=xi.dtype, device=xi.device).repeat(xi.shape[0], 1, 1)
-    T[:, :3, :3] = R
-    T[:, :3, 3] = rho
-    return T
