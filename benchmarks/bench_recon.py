@@ -39,6 +39,7 @@ import torch  # noqa: E402
 import trimesh  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
+from mirage3d.errors import InputError  # noqa: E402
 from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array  # noqa: E402
 from mirage3d.recon import ReconConfig, load_views, reconstruct  # noqa: E402
 from mirage3d.recon.mesh import WORLD_TO_GLTF  # noqa: E402
@@ -201,10 +202,16 @@ def main() -> None:
                 for ref in refines:
                     cfg = ReconConfig(device=dev, **{**sets, "refine_cameras": ref == "on"})
                     glb = args.out / "meshes_out" / f"{orbit.name}_{v}_{pmode}_{ref}.glb"
-                    if warm:
-                        reconstruct(base, glb, cfg)
-                        warm = False
-                    res = reconstruct(base, glb, cfg)
+                    try:
+                        if warm:
+                            reconstruct(base, glb, cfg)
+                            warm = False
+                        res = reconstruct(base, glb, cfg)
+                    except InputError as e:  # e.g. an empty hull from wrong cameras: a failed row scores 0
+                        print(f"| {orbit.name} | {v} | {pmode} | {ref} | failed: {e} |", flush=True)
+                        rows.append(((v, pmode, ref), float("nan"), {k: (0.0 if k in ("f1", "f2") else float("nan")) for k in
+                                     ("chamfer", "f1", "f2", "psnr", "ssim", "watertight", "components")}, err0, float("nan")))
+                        continue
                     m = evaluate(glb, orbit, t, held)
                     err1 = rotation_errors(res.fit.c2w, full.c2w[train]).mean()
                     tm = res.timings
@@ -220,10 +227,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in dict.fromkeys(r[0] for r in rows):
         sel = [r for r in rows if r[0] == key]
-        mean = {k: float(np.mean([r[2][k] for r in sel])) for k in sel[0][2]}
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {len(sel)} | {np.mean([r[1] for r in sel]):.2f} | {mean['chamfer']:.4f} | "
+        mean = {k: float(np.nanmean([r[2][k] for r in sel])) for k in sel[0][2]}
+        failed = sum(1 for r in sel if not np.isfinite(r[1]))
+        print(f"| {key[0]} | {key[1]} | {key[2]} | {len(sel)}{f' ({failed} failed, F = 0)' if failed else ''} | "
+              f"{np.nanmean([r[1] for r in sel]):.2f} | {mean['chamfer']:.4f} | "
               f"{mean['f1']:.3f} | {mean['f2']:.3f} | {mean['psnr']:.2f} | {mean['ssim']:.3f} | "
-              f"{np.mean([r[3] for r in sel]):.2f} → {np.mean([r[4] for r in sel]):.2f} | {mean['watertight']:.2f} |", flush=True)
+              f"{np.mean([r[3] for r in sel]):.2f} → {np.nanmean([r[4] for r in sel]):.2f} | {mean['watertight']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

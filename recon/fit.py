@@ -56,11 +56,32 @@ class FitResult:
 # --------------------------------------------------------------------------------------------------
 def carve(views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, misses: int = 0, c2w: np.ndarray | None = None,
           K: np.ndarray | None = None, chunk: int = 1 << 20) -> torch.Tensor:
-    """(P,) bool: points whose projection falls inside the (dilated) mask of all but ``misses`` views.
+    """(P,) bool: points whose projection falls inside the (dilated) mask of all but ``misses`` views
+    (``misses`` < 0: chosen by :func:`auto_misses`).
 
     The mask is the views' alpha sampled bilinearly at the projection (> 0.5: the silhouette to a fraction
     of a pixel); a point projecting outside a view's image counts as outside that view's mask.
     """
+    outside = outside_counts(views, pts, dilate_px, c2w, K, chunk)
+    return outside <= (auto_misses(outside, views.n) if misses < 0 else misses)
+
+
+def auto_misses(outside: torch.Tensor, n_views: int, ratio: float = 0.85) -> int:
+    """The fewest misses m whose hull holds at least ``ratio`` of the volume of the m + 1 hull (at most n/3).
+
+    With consistent views the hull barely grows when one more miss is allowed (m = 0); when cameras are
+    off, each view cuts a slice off the others' hull and allowing misses restores much of it.
+    """
+    vol = torch.bincount(outside.clamp_max(n_views).long(), minlength=n_views + 2).cumsum(0).double()
+    for m in range(max(1, n_views // 3)):
+        if vol[m] >= ratio * vol[m + 1]:
+            return m
+    return max(1, n_views // 3)
+
+
+def outside_counts(views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, c2w: np.ndarray | None = None,
+                   K: np.ndarray | None = None, chunk: int = 1 << 20) -> torch.Tensor:
+    """(P,) int: for each point, the number of views whose (dilated) mask it falls outside of."""
     c2w = views.c2w if c2w is None else c2w
     K = views.K if K is None else K
     h, w = views.hw
@@ -79,7 +100,7 @@ def carve(views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, misses: int = 0
         g = torch.stack([q[..., 0] / z / w * 2 - 1, q[..., 1] / z / h * 2 - 1], -1)[:, :, None]  # (N, P, 1, 2)
         a = F.grid_sample(alpha, g, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0]  # (N, P)
         outside[s : s + chunk] = ((a <= 0.5) | (q[..., 2] <= 1e-6)).sum(0).int()
-    return outside <= misses
+    return outside
 
 
 def axes_centre(c2w: np.ndarray) -> np.ndarray:
