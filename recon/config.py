@@ -110,7 +110,12 @@ class ReconConfig:
     camera_start: float = 0.3
     """Fraction of each stage's steps before the cameras start to learn (the field first settles on the views)."""
     fair_unseen: bool = True
-    """Replace surface no view sees (e.g. a car's underside) by a membrane spanning the seen surface."""
+    """Replace surface the views do not see well (a car's underside; bulges over concavities) by a membrane
+    spanning the well-seen surface (``mesh.fair_unseen``)."""
+    fair_cos: float = 0.5
+    """A view sees a vertex well when the vertex's normal is within acos(fair_cos) (60°) of the view direction."""
+    fair_views: float = 0.1875
+    """...and a vertex is well seen when that many views (this share of them, at least one; 3 of 16) see it well."""
     faces: int = 20000
     """Target face count after decimation."""
     smooth_iters: int = 0

@@ -7,6 +7,7 @@ is the inverse of the renderer's mesh → world map, so an exported mesh lines u
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,11 @@ def extract_mesh(field: SDFField, cfg: ReconConfig, c2w: np.ndarray | None = Non
     if cfg.fair_unseen and c2w is not None and K is not None and hw is not None:
         # On the marching-cubes mesh itself: its even triangles make the membrane fair (after a decimation, one
         # large triangle straddling the seen border pins its far corner; measured 0.09 F@2% worse on the SUV).
-        mesh = fair_unseen(mesh, seen_vertices(mesh, c2w, K, hw, device=field.lo.device))
+        k = max(1, math.ceil(cfg.fair_views * len(c2w)))
+        seen = seen_vertices(mesh, c2w, K, hw, cfg.fair_cos, k, device=field.lo.device)
+        if seen.mean() < 0.3:  # too little counts as well seen (few or odd views): keep all but the unseen
+            seen = seen_vertices(mesh, c2w, K, hw, 0.2, 1, device=field.lo.device)
+        mesh = fair_unseen(mesh, seen)
     if cfg.smooth_iters > 0:
         trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=-0.53, iterations=cfg.smooth_iters)
     if len(mesh.faces) > cfg.faces:
@@ -116,18 +121,17 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
 # --------------------------------------------------------------------------------------------------
 # Unseen surface
 # --------------------------------------------------------------------------------------------------
-def seen_vertices(mesh: trimesh.Trimesh, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int], cos_min: float = 0.2,
-                  tol: float = 0.01, device: str | torch.device = "cpu") -> np.ndarray:
-    """(V,) bool: vertices some view sees (in its image, not occluded, normal within acos(``cos_min``) of the
-    direction to the camera). Per vertex rather than per face: on the car the face rule pinned the membrane
-    lower at the sills (F@2% 0.736 against 0.757 on the SUV)."""
+def seen_vertices(mesh: trimesh.Trimesh, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int], cos_min: float = 0.5,
+                  min_views: int = 1, tol: float = 0.01, device: str | torch.device = "cpu") -> np.ndarray:
+    """(V,) bool: vertices that at least ``min_views`` views see squarely: in the image, not occluded (depth
+    within ``tol`` of the view's depth buffer), normal within acos(``cos_min``) of the direction to the camera."""
     from mirage3d.recon.raster import depth_buffer, project
 
     h, w = hw
     v = torch.from_numpy(np.asarray(mesh.vertices, dtype=np.float32)).to(device)
     f = torch.from_numpy(np.asarray(mesh.faces)).long().to(device)
     nrm = torch.from_numpy(np.array(mesh.vertex_normals, dtype=np.float32)).to(device)
-    seen = torch.zeros(len(v), dtype=torch.bool, device=device)
+    count = torch.zeros(len(v), dtype=torch.int32, device=device)
     K2 = torch.from_numpy(np.asarray(K)).float().clone().to(device)
     K2[:2] *= 2.0
     for cam in torch.from_numpy(np.asarray(c2w)).float().to(device):
@@ -137,17 +141,20 @@ def seen_vertices(mesh: trimesh.Trimesh, c2w: np.ndarray, K: np.ndarray, hw: tup
         zb = zbuf[px[:, 1].long().clamp(0, 2 * h - 1), px[:, 0].long().clamp(0, 2 * w - 1)]
         to_cam = cam[:3, 3] - v
         cos = (nrm * to_cam).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-9)
-        seen |= inside & (depth <= zb * (1.0 + tol)) & (cos > cos_min)
-    return seen.cpu().numpy()
+        count += (inside & (depth <= zb * (1.0 + tol)) & (cos > cos_min)).int()
+    return (count >= min_views).cpu().numpy()
 
 
 def fair_unseen(mesh: trimesh.Trimesh, seen: np.ndarray) -> trimesh.Trimesh:
-    """Replace the surface no view sees by a membrane spanning what is seen: every unseen vertex moves to
-    the mean of its neighbours (a discrete harmonic surface, solved at once, seen vertices held fixed).
+    """Replace the surface the views do not see well by a membrane spanning what they do: every other
+    vertex moves to the mean of its neighbours (a discrete harmonic surface, solved at once, seen vertices
+    held fixed).
 
     What no view sees (a car's underside from a ring of cameras above it) is only bounded by the visual
-    hull, which hangs below the object in a ridge where the carving rays crossed; the least-area surface
-    spanning the seen boundary is the shape a smoothness prior expects there.
+    hull, which hangs below the object in a ridge where the carving rays crossed; surface seen only
+    obliquely or by one or two views (a car's hood and doors between the wheel arches, from a 20° ring) is
+    mostly where the hull bulges over a concavity that the photometric fit did not carve. The least-area
+    surface spanning the well-seen surface is the shape a smoothness prior expects in both.
     """
     import scipy.sparse as sp
     from scipy.sparse.linalg import spsolve
