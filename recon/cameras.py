@@ -14,8 +14,8 @@ so a view's correction is parametrised that way, which keeps the unknowns decoup
   axis through c), for views whose elevation was guessed once for the whole set.
 * φ (shared, optional): log focal-length scale common to all views.
 
-The reference view (``ViewSet.reference``: the input photo) keeps ω = ρ = 0; without one, the mean of ω over
-the views is held at zero after every step (the gauge: a rotation of every camera together is invisible).
+The reference view (``ViewSet.reference``: the input photo) keeps ω = ρ = 0; without one, the means of ω and ρ
+over the views are held at zero after every step (the gauge: moving every camera together is invisible).
 """
 
 from __future__ import annotations
@@ -89,9 +89,11 @@ class CameraModel(nn.Module):
 
     @torch.no_grad()
     def fix_gauge(self) -> None:
-        """Without a reference view, hold the mean rotation about the centre at zero."""
+        """Without a reference view, hold the mean rotation about the centre and the mean shift at zero
+        (turning, moving or scaling every camera together is invisible in the images)."""
         if self.reference is None and self.n > 1:
             self.omega.sub_(self.omega.mean(0, keepdim=True))
+            self.rho.sub_(self.rho.mean(0, keepdim=True))
 
     shift_lr_scale = 0.3
     """Learning-rate factor of ρ against ω: ρ = 0.01 moves the image about 3× as far as ω = 0.01 does."""

@@ -83,8 +83,9 @@ class ReconConfig:
     """Learn a correction per view (rotation about the object, shift in the image, distance) with the field."""
     shared_elevation: bool = True
     """With ``refine_cameras``: also learn one elevation offset shared by all views (pose-cluster cameras)."""
-    shared_focal: bool = True
-    """With ``refine_cameras``: also learn one focal-length scale shared by all views."""
+    shared_focal: bool = False
+    """With ``refine_cameras``: also learn one focal-length scale shared by all views (off by default: with
+    exact focal lengths it drifted and the object's scale with it)."""
     robust: bool = True
     """With ``refine_cameras``: weight each view by 1 / (1 + its error / the median view error)."""
     lr_camera: float = 3e-3
@@ -97,6 +98,8 @@ class ReconConfig:
     pose_folds: bool = False
     """Pose stage with two fields, one per fold of the views (even / odd), each camera learning against the
     field that never saw its view (else a field bends to fit each view's error and confirms it)."""
+    pose_color: float = 1.0
+    """Weight of the colour loss in the pose stage (0: the cameras align silhouettes only)."""
     pose_dilate_px: int = 1
     """Extra mask dilation (pixels) of the hull the pose stage starts from."""
     pose_misses: float = 0.25
@@ -112,8 +115,8 @@ class ReconConfig:
     fair_unseen: bool = True
     """Replace surface the views do not see well (a car's underside; bulges over concavities) by a membrane
     spanning the well-seen surface (``mesh.fair_unseen``)."""
-    fair_cos: float = 0.5
-    """A view sees a vertex well when the vertex's normal is within acos(fair_cos) (60°) of the view direction."""
+    fair_cos: float = 0.3
+    """A view sees a vertex well when the vertex's normal is within acos(fair_cos) (73°) of the view direction."""
     fair_views: float = 0.1875
     """...and a vertex is well seen when that many views (this share of them, at least one; 3 of 16) see it well."""
     faces: int = 20000

@@ -50,6 +50,35 @@ class FitResult:
         straight = torch.where(a > 1e-4, (rgb - (1.0 - a)) / a.clamp_min(1e-4), torch.ones_like(rgb))
         return torch.cat([straight.clamp(0, 1), a.clamp(0, 1)], -1).numpy().astype(np.float32)
 
+    def align(self, views: ViewSet, iters: int = 150, lr: float = 3e-3, batch_rays: int = 4096, seed: int = 0) -> np.ndarray:
+        """Cameras (N, 4, 4) of ``views`` (their ``c2w`` as the starting guess) registered to the fitted surface.
+
+        The field is held fixed and only the cameras learn (rotation about the object, shift; not the shared
+        elevation and focal length), so views that did not shape the field, e.g. new views of the same
+        object, are placed by the surface alone; ``views.reference`` stays where it is.
+        """
+        fld, device = self.field, self.field.lo.device
+        lo, hi = fld.lo.cpu().numpy(), fld.hi.cpu().numpy()
+        cams = CameraModel(views.c2w, views.K, 0.5 * (lo + hi), views.reference).to(device)
+        opt = GroupAdam(cams.parameters_to_learn(), lr=lr)
+        pool = PixelPool(views, 1.0, lo, hi, 0.0, device)
+        gen = torch.Generator().manual_seed(seed)
+        inv_s = 1.0 / (self.config.width_end * fld.voxel)
+        for it in range(iters):
+            idx = pool.fold_index(0, batch_rays, gen)
+            c2w, K = cams()
+            o, d = generate_rays(c2w[pool.view[idx]], pool.uv[idx], K)
+            out = fld.render(o, d, inv_s, self.config.step_ratio * fld.voxel, self.config.n_samples,
+                             self.config.window_before * fld.voxel, jitter=True, frozen=True)
+            loss = (out["rgb"] - pool.rgb[idx]).pow(2).mean() + self.config.w_mask * (out["acc"] - pool.alpha[idx]).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for g in opt.param_groups:
+                g["lr"] = lr * g["scale"] * 0.1 ** (it / max(1, iters))
+            opt.step()
+        with torch.no_grad():
+            return cams()[0].cpu().double().numpy()
+
 
 # --------------------------------------------------------------------------------------------------
 # Visual hull and box
@@ -232,6 +261,7 @@ class Stage:
     width_start: float
     width_end: float
     folds: bool = False
+    w_color: float = 1.0
 
 
 def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
@@ -243,7 +273,7 @@ def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
         s0 = min(1.0, max(cfg.pose_image_scale, 32 / min(hw)))
         levels = [(g0, s0, 0.0), (min(1.0, 2 * g0), min(1.0, 2 * s0), 0.5)]
         out.append(Stage(cfg.pose_iters, levels, cfg.hull_dilate_px + cfg.pose_dilate_px, max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
-                         cfg.lr_camera, cfg.width_start, cfg.pose_width_end, folds=cfg.pose_folds))
+                         cfg.lr_camera, cfg.width_start, cfg.pose_width_end, folds=cfg.pose_folds, w_color=cfg.pose_color))
     out.append(Stage(cfg.iters, [(1.0, 1.0, 0.0)], cfg.hull_dilate_px, cfg.hull_misses,
                      cfg.lr_camera * cfg.camera_fine if cfg.refine_cameras else 0.0, cfg.width_start, cfg.width_end))
     return out
@@ -297,7 +327,8 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
             if it % 10 == 0:
                 for f in flds:
                     f.update_band(cfg.reg_band * f.voxel)
-            loss, mse = _step(flds, opt, cams, cam_opt, pool, views, cfg, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr)
+            loss, mse = _step(flds, opt, cams, cam_opt, pool, views, cfg, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr,
+                              st.w_color)
             done += 1
             if it % 20 == 0 or it == st.iters - 1:
                 rec = {"step": float(done), "loss": float(loss), "psnr": -10.0 * math.log10(max(float(mse), 1e-10))}
@@ -321,7 +352,7 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
 
 def _step(flds: list[SDFField], opt: torch.optim.Optimizer, cams: CameraModel, cam_opt: GroupAdam | None, pool: PixelPool,
           views: ViewSet, cfg: ReconConfig, inv_s: float, gen: torch.Generator, view_err: torch.Tensor, cameras_learn: bool,
-          frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+          frac: float, w_color: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a random batch of pixels; returns (loss, colour MSE), detached.
 
     One field: field and cameras learn from the same renders. Two fields (the pose stage): field k learns
@@ -339,7 +370,7 @@ def _step(flds: list[SDFField], opt: torch.optim.Optimizer, cams: CameraModel, c
 
     def errors(out, sl):
         e_rgb = (out["rgb"] - pool.rgb[idx[sl]]).pow(2).mean(-1)
-        return e_rgb, e_rgb + cfg.w_mask * (out["acc"] - pool.alpha[idx[sl]]).pow(2)
+        return e_rgb, w_color * e_rgb + cfg.w_mask * (out["acc"] - pool.alpha[idx[sl]]).pow(2)
 
     wv = None
     if cam_opt is not None and cfg.robust:

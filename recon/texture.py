@@ -5,7 +5,7 @@ Each texel's surface point is projected into every view. A view counts where the
 cos(θ)^p (θ between the surface normal and the direction to the camera) times the view's alpha there
 (eroded, so silhouette pixels mixed with the background count little). The colour is the weighted mean,
 with a high power p so a texel takes the colours of the views that see it most squarely rather than a
-blur of all of them. The reference view (the input photo), where it sees the surface at θ < 70°, wins.
+blur of all of them, then taken again with views far from that mean down-weighted (robust). The reference view (the input photo), where it sees the surface at θ < 70°, wins.
 Texels no view sees take the field's colour. The texture is then grown into the gutters between charts.
 """
 
@@ -31,17 +31,21 @@ def sample_image(img: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
 
 def project_colors(points: torch.Tensor, normals: torch.Tensor, rgba: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
                    verts: torch.Tensor, faces: torch.Tensor, reference: int | None, power: float = 6.0,
-                   tol: float = 0.01, erode_px: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                   tol: float = 0.01, erode_px: int = 1, sigma: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
     """Colours (P, 3) at surface points (P, 3) with unit normals from views ``rgba`` (N, H, W, 4), and the
-    total weight (P,) (0 where no view sees the point). ``tol``: depth tolerance, a fraction of the depth."""
+    total weight (P,) (0 where no view sees the point). ``tol``: depth tolerance, a fraction of the depth.
+
+    Robust: after the weighted mean, each view's weight is multiplied by exp(-|c - mean|² / 2σ²) and the
+    mean taken again, so a view whose colour the others contradict (where the surface is not quite where
+    the views put it, it shows the neighbouring part) counts little.
+    """
     n, h, w = rgba.shape[:3]
     img = rgba.permute(0, 3, 1, 2)  # (N, 4, H, W)
     alpha = img[:, 3:]
     if erode_px > 0:
         alpha = -F.max_pool2d(-alpha, 2 * erode_px + 1, stride=1, padding=erode_px)
-    acc = torch.zeros(points.shape[0], 3, device=points.device, dtype=points.dtype)
-    wsum = torch.zeros(points.shape[0], device=points.device, dtype=points.dtype)
-    ref_acc, ref_w = torch.zeros_like(acc), torch.zeros_like(wsum)
+    cols, wts = [], []
+    ref_w = torch.zeros(points.shape[0], device=points.device, dtype=points.dtype)
     for i in range(n):
         # Depth buffer at twice the view's resolution: a texel is compared with the surface right at its spot.
         K2 = K.clone()
@@ -54,18 +58,18 @@ def project_colors(points: torch.Tensor, normals: torch.Tensor, rgba: torch.Tens
         visible = inside & (depth <= zbuf[row, col] * (1.0 + tol))
         to_cam = c2w[i, :3, 3] - points
         cos = (normals * to_cam).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-9)
-        a = sample_image(alpha[i], px)[:, 0]
-        wt = visible * cos.clamp_min(0.0) ** power * a
-        rgb = sample_image(img[i, :3], px)
-        acc += wt[:, None] * rgb
-        wsum += wt
+        wt = visible * cos.clamp_min(0.0) ** power * sample_image(alpha[i], px)[:, 0]
+        cols.append(sample_image(img[i, :3], px))
+        wts.append(wt)
         if i == reference:
             ref_w = wt * (cos > 0.34)  # θ < 70°
-            ref_acc = ref_w[:, None] * rgb
-    blend = acc / wsum.clamp_min(1e-12)[:, None]
+    C, W = torch.stack(cols), torch.stack(wts)  # (N, P, 3), (N, P)
+    wsum = W.sum(0)
+    mean = (W[..., None] * C).sum(0) / wsum.clamp_min(1e-12)[:, None]
+    W2 = W * torch.exp(-((C - mean) ** 2).sum(-1) / (2 * sigma**2))
+    blend = torch.where((W2.sum(0) > 1e-12)[:, None], (W2[..., None] * C).sum(0) / W2.sum(0).clamp_min(1e-12)[:, None], mean)
     if reference is not None:
-        own = ref_acc / ref_w.clamp_min(1e-12)[:, None]
-        blend = torch.where((ref_w > 1e-6)[:, None], own, blend)
+        blend = torch.where((ref_w > 1e-6)[:, None], C[reference], blend)
     return blend, wsum
 
 
