@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError
-from mirage3d.recon.cameras import CameraModel, GroupAdam
+from mirage3d.recon.cameras import CameraModel, GroupAdam, aim_at_silhouettes
 from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.field import SDFField
 from mirage3d.recon.views import ViewSet, generate_rays, pixel_centres, ray_aabb
@@ -114,15 +114,16 @@ def outside_counts(views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, c2w: n
     c2w = views.c2w if c2w is None else c2w
     K = views.K if K is None else K
     h, w = views.hw
-    alpha = torch.from_numpy(views.rgba[..., 3]).float()[:, None]  # (N, 1, H, W)
+    dev = pts.device
+    alpha = torch.from_numpy(views.rgba[..., 3]).float()[:, None].to(dev)  # (N, 1, H, W)
     if dilate_px > 0:
         alpha = F.max_pool2d(alpha, 2 * dilate_px + 1, stride=1, padding=dilate_px)
-    p = pts.detach().cpu().float()
+    p = pts.detach().float()
     # World → pixel for all views at once: (N, 3, 4) projection = K · w2c (OpenGL: z_cam = -depth).
     w2c = torch.from_numpy(np.linalg.inv(c2w)[:, :3]).float()  # (N, 3, 4)
     flip = torch.tensor([1.0, -1.0, -1.0])  # OpenGL → OpenCV camera axes
-    P = torch.from_numpy(np.asarray(K)).float() @ (flip[:, None] * w2c)  # (N, 3, 4)
-    outside = torch.zeros(p.shape[0], dtype=torch.int32)
+    P = (torch.from_numpy(np.asarray(K)).float() @ (flip[:, None] * w2c)).to(dev)  # (N, 3, 4)
+    outside = torch.zeros(p.shape[0], dtype=torch.int32, device=dev)
     for s in range(0, p.shape[0], chunk):
         q = torch.einsum("pk,nik->npi", p[s : s + chunk], P[:, :, :3]) + P[:, None, :, 3]  # (N, P, 3): (u z, v z, z)
         z = q[..., 2].clamp_min(1e-9)
@@ -158,7 +159,7 @@ def scene_box(views: ViewSet, cfg: ReconConfig, probe_res: int = 48, margin: flo
     if not keep.any():
         raise InputError("the visual hull of the views is empty: the cameras in transforms.json do not agree with the masks "
                          "(try --refine-cameras with a larger --hull-misses, or check the camera convention)")
-    kept = pts[keep].numpy()
+    kept = pts[keep.cpu()].numpy()
     cell = 2 * r0 / (probe_res - 1)
     lo, hi = kept.min(0) - 2 * cell, kept.max(0) + 2 * cell
     pad = margin * (hi - lo)
@@ -167,9 +168,9 @@ def scene_box(views: ViewSet, cfg: ReconConfig, probe_res: int = 48, margin: flo
 
 def hull_sdf(field: SDFField, views: ViewSet, cfg: ReconConfig) -> torch.Tensor:
     """Signed distance (1, 1, Z, Y, X) to the visual hull sampled on the field's grid, lightly smoothed."""
-    pts = field.grid_points().cpu().reshape(-1, 3)
+    pts = field.grid_points().reshape(-1, 3)  # on the field's device
     x, y, z = field.shape_xyz
-    inside = carve(views, pts, cfg.hull_dilate_px, cfg.hull_misses).reshape(z, y, x).numpy() if cfg.hull else np.ones((z, y, x), bool)
+    inside = carve(views, pts, cfg.hull_dilate_px, cfg.hull_misses).reshape(z, y, x).cpu().numpy() if cfg.hull else np.ones((z, y, x), bool)
     inside[[0, -1]] = False
     inside[:, [0, -1]] = False
     inside[:, :, [0, -1]] = False
@@ -282,6 +283,8 @@ def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
 def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progress | None) -> FitResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.refine_cameras and cfg.aim_cameras:
+        views = replace(views, c2w=aim_at_silhouettes(views))
     plan = stages(cfg, views.n, views.hw)
     lo, hi = scene_box(views, replace(cfg, hull_dilate_px=plan[0].hull_dilate_px, hull_misses=plan[0].hull_misses), margin=cfg.box_margin)
     extent = hi - lo
@@ -310,7 +313,7 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
                     shape = tuple(int(round(e / voxel)) + 1 for e in extent)
                     with torch.no_grad():
                         c2w_now, K_now = (x.detach().double().cpu().numpy() for x in cams())
-                        hull = hull_sdf(SDFField(lo, voxel, shape), ViewSet(views.rgba, c2w_now, K_now),
+                        hull = hull_sdf(SDFField(lo, voxel, shape).to(device), ViewSet(views.rgba, c2w_now, K_now),
                                         replace(cfg, hull_dilate_px=st.hull_dilate_px, hull_misses=st.hull_misses))
                     flds = [SDFField(lo, voxel, shape, hull).to(device) for _ in range(n_fields)]
                 else:
