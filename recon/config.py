@@ -83,7 +83,7 @@ class ReconConfig:
     """Learn a correction per view (rotation about the object, shift in the image, distance) with the field."""
     aim_cameras: bool = True
     """With ``refine_cameras``: first turn each camera whose silhouette centre disagrees with the others' by
-    more than 2° so that it agrees (``cameras.aim_at_silhouettes``; large image offsets)."""
+    more than 3° so that it agrees (``cameras.aim_at_silhouettes``; large image offsets)."""
     shared_elevation: bool = True
     """With ``refine_cameras``: also learn one elevation offset shared by all views (pose-cluster cameras)."""
     shared_focal: bool = False
