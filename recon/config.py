@@ -30,66 +30,107 @@ def raise_failed(checks: list[tuple[bool, str]]) -> None:
 
 @dataclass
 class ReconConfig:
-    """Settings of the views → radiance field → textured mesh stage (defaults: 16 views at 128² on a CPU)."""
+    """Settings of the views → signed-distance field → textured mesh stage (defaults: docs/recon.md's best row)."""
 
     seed: int = 0
     """Seed for ray batches and sample jitter."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
     cpu_threads: int = 1
-    """torch threads while fitting on CPU (0 = leave torch's setting). One beat two on the 2-core machine:
-    78 s vs 160 s for 16 views at 128² (many medium-sized ops; two OpenMP threads mostly wait)."""
-    iters: int = 600
-    """Optimisation steps of the radiance field."""
+    """torch threads while fitting on CPU (0 = leave torch's setting); one beat two on the shared 2-core machine."""
+    iters: int = 300
+    """Steps of the surface stage (full-resolution grid and images)."""
     res: int = 128
-    """Voxels along the longest side of the object's box at the finest level."""
-    res_levels: tuple[float, ...] = (0.5, 0.75, 1.0)
-    """Coarse-to-fine: grid resolution as a fraction of ``res`` for each level."""
-    level_starts: tuple[float, ...] = (0.0, 0.25, 0.5)
-    """Fraction of ``iters`` at which each level starts."""
+    """Grid points along the longest side of the object's box at the finest level."""
     batch_rays: int = 4096
-    """Rays per step, drawn at random from pixels whose ray meets the object's box."""
+    """Rays (pixels) per step, drawn at random from pixels whose ray meets the object's box."""
     step_ratio: float = 0.5
-    """Distance between samples along a ray, in voxels of the current level."""
-    lr_density: float = 0.1
-    """Adam learning rate of the density grid (decays ×0.1 over the run)."""
+    """Distance between the samples of a ray, in voxels of the current level."""
+    n_samples: int = 16
+    """Samples per ray, around its first crossing of the surface."""
+    window_before: float = 4.0
+    """The samples start this many voxels ahead of the crossing."""
+    width_start: float = 1.5
+    """Width of the surface's opacity transition (1/s of NeuS) at the start of a stage, in its first level's voxels."""
+    width_end: float = 0.25
+    """The same at the end, in voxels of the finest level (sharp surface)."""
+    lr_sdf: float = 0.3
+    """Adam learning rate of the distance grid, in voxels of the current level (decays ×0.1 over the run)."""
     lr_color: float = 0.1
-    """Adam learning rate of the colour grid."""
-    alpha_init: float = 0.1
-    """Opacity of a one-voxel step inside the visual hull at the start."""
+    """Adam learning rate of the colour logits."""
     w_mask: float = 1.0
-    """Weight of the mask loss (rendered opacity vs the views' alpha)."""
-    w_tv_density: float = 1e-4
-    """Weight of total variation on the density grid."""
-    w_tv_color: float = 1e-5
+    """Weight of the opacity loss (rendered opacity vs the views' alpha)."""
+    w_eikonal: float = 0.1
+    """Weight of the eikonal loss on grid points near the surface."""
+    w_laplacian: float = 1e-3
+    """Weight of the squared Laplacian of the distance (in voxels) near the surface: smooth surfaces."""
+    w_tv_color: float = 1e-4
     """Weight of total variation on the colour grid."""
-    w_distortion: float = 1e-2
-    """Weight of the distortion loss on ray weights (pulls each ray's weight into one surface)."""
+    reg_band: float = 3.0
+    """Grid points within this many voxels of the surface carry the eikonal and Laplacian losses."""
+    box_margin: float = 0.05
+    """Extra border around the visual hull's box (fraction of its size) so the surface can grow."""
     hull: bool = True
-    """Carve the visual hull from the alpha masks and never place density outside it."""
-    hull_dilate_px: int = 2
-    """Mask dilation (pixels) before carving, to tolerate approximate cameras and soft edges."""
-    hull_misses: int = 0
-    """Views a point may fall outside the mask of and still be kept (inconsistent generated views)."""
-    prune_every: int = 200
-    """Steps between prunings of the occupancy grid (voxels whose one-voxel opacity is below ``prune_alpha``)."""
-    prune_alpha: float = 3e-3
-    """Opacity under which a voxel (and its neighbours) counts as empty space when pruning."""
+    """Start from the visual hull of the alpha masks (else from a box-filling blob)."""
+    hull_dilate_px: int = 0
+    """Mask dilation (pixels) before carving the hull the surface stage starts from (1 px cost 0.05-0.18 F@2%
+    on exact views: the surface stage does not shrink an inflated start back)."""
+    hull_misses: int = -1
+    """Views a point may fall outside the mask of and still be in the hull the surface stage starts from;
+    -1: the fewest whose hull holds 85 % of the volume of the hull with one more (0 for consistent views;
+    more when cameras are off, so that a few wrong views do not carve the object away)."""
     refine_cameras: bool = False
-    """Learn a small SE(3) correction per view jointly with the field (approximate cameras)."""
-    lr_camera: float = 1e-3
-    """Adam learning rate of the camera corrections (radians / world units)."""
-    camera_start: float = 0.1
-    """Fraction of ``iters`` after which camera corrections start learning (the field settles first)."""
-    level: float = 0.05
-    """Marching-cubes iso-level on the one-voxel opacity grid (low: the fitted surface is a few voxels
-    thick, and views see its outer layer; 0.05 beat 0.2 and 0.5 on F-score, docs/recon.md)."""
+    """Learn a correction per view (rotation about the object, shift in the image, distance) with the field."""
+    aim_cameras: bool = True
+    """With ``refine_cameras``: first turn each camera whose silhouette centre disagrees with the others' by
+    more than 3° so that it agrees (``cameras.aim_at_silhouettes``; large image offsets)."""
+    shared_elevation: bool = True
+    """With ``refine_cameras``: also learn one elevation offset shared by all views (pose-cluster cameras)."""
+    shared_focal: bool = False
+    """With ``refine_cameras``: also learn one focal-length scale shared by all views (off by default: with
+    exact focal lengths it drifted and the object's scale with it)."""
+    robust: bool = True
+    """With ``refine_cameras``: weight each view by 1 / (1 + its error / the median view error)."""
+    lr_camera: float = 3e-3
+    """Learning rate of the camera corrections in the pose stage (radians; fractions of the camera distance)."""
+    camera_fine: float = 0.3
+    """Camera learning rate in the surface stage, as a fraction of ``lr_camera``."""
+    pose_iters: int = 300
+    """With ``refine_cameras``: steps of the pose stage (coarse grid and images, cameras learning fast) before
+    the visual hull is carved again with the refined cameras and the surface stage (``iters`` steps) starts."""
+    pose_folds: bool = False
+    """Pose stage with two fields, one per fold of the views (even / odd), each camera learning against the
+    field that never saw its view (else a field bends to fit each view's error and confirms it)."""
+    pose_color: float = 1.0
+    """Weight of the colour loss in the pose stage (0: the cameras align silhouettes only)."""
+    pose_dilate_px: int = 1
+    """Extra mask dilation (pixels) of the hull the pose stage starts from."""
+    pose_misses: float = 0.25
+    """Share of the views a point of the pose stage's starting hull may fall outside of."""
+    pose_width_end: float = 0.25
+    """Surface transition width at the end of the pose stage (voxels of its last level)."""
+    pose_res: float = 0.25
+    """Grid resolution of the pose stage's first half, a fraction of ``res`` (the second half doubles it)."""
+    pose_image_scale: float = 0.25
+    """Image scale of the pose stage's first half (the second half doubles it)."""
+    camera_start: float = 0.3
+    """Fraction of each stage's steps before the cameras start to learn (the field first settles on the views)."""
+    fair_unseen: bool = True
+    """Replace surface the views do not see well (a car's underside; bulges over concavities) by a membrane
+    spanning the well-seen surface (``mesh.fair_unseen``)."""
+    fair_cos: float = 0.3
+    """A view sees a vertex well when the vertex's normal is within acos(fair_cos) (73°) of the view direction."""
+    fair_views: float = 0.1875
+    """...and a vertex is well seen when that many views (this share of them, at least one; 3 of 16) see it well."""
     faces: int = 20000
     """Target face count after decimation."""
-    smooth_iters: int = 3
+    smooth_iters: int = 0
     """Taubin smoothing iterations on the extracted mesh (0 = none)."""
     texture_size: int = 512
     """Side of the square base-colour texture in pixels."""
+    texture_power: float = 6.0
+    """Exponent p of the view weights cos(θ)^p in texture projection (high: each texel from the views that
+    see it most squarely)."""
     format: str | None = None
     """'glb', 'obj' or 'ply'; None = from the output suffix."""
     preview: bool = False
@@ -100,11 +141,13 @@ class ReconConfig:
         checks = output_checks(self.iters, self.faces, self.texture_size, self.format) + [
             (8 <= self.res <= 1024, f"--res {self.res} must be between 8 and 1024 voxels"),
             (16 <= self.batch_rays <= 1 << 22, f"batch_rays {self.batch_rays} must be between 16 and 4194304"),
-            (0.0 < self.level < 1.0, f"--level {self.level} must be in (0, 1)"),
             (0.05 <= self.step_ratio <= 4.0, f"step_ratio {self.step_ratio} must be in [0.05, 4]"),
-            (len(self.res_levels) == len(self.level_starts) and len(self.res_levels) > 0, "res_levels and level_starts must have the same, non-zero length"),
+            (2 <= self.n_samples <= 1024, f"n_samples {self.n_samples} must be in [2, 1024]"),
+            (0.0 < self.pose_res <= 1.0 and 0.0 < self.pose_image_scale <= 1.0, "pose_res and pose_image_scale must be in (0, 1]"),
+            (self.pose_iters >= 0, f"pose_iters {self.pose_iters} must be >= 0"),
+            (self.width_start > 0 and self.width_end > 0, "width_start and width_end must be > 0"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"--device {self.device!r} must be auto, cpu or cuda"),
-            (self.hull_misses >= 0 and self.hull_dilate_px >= 0, "hull_misses and hull_dilate_px must be >= 0"),
+            (self.hull_misses >= -1 and self.hull_dilate_px >= 0, "hull_misses must be >= -1 and hull_dilate_px >= 0"),
             (self.cpu_threads >= 0, f"cpu_threads {self.cpu_threads} must be >= 0"),
         ]
         raise_failed(checks)

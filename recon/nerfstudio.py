@@ -103,7 +103,7 @@ def scene_bounds(views: ViewSet, cfg: NerfstudioConfig) -> tuple[float, float, f
     the nearest and farthest camera.
     """
     try:
-        lo, hi = scene_box(views, ReconConfig(hull_misses=cfg.hull_misses))
+        lo, hi = scene_box(views, ReconConfig(hull_misses=cfg.hull_misses, hull_dilate_px=2))
     except InputError:
         raise InputError("the visual hull of the views is empty: the cameras in transforms.json do not agree with the masks "
                          "(raise --hull-misses, or check the camera convention)") from None

@@ -1,4 +1,4 @@
-"""``reconstruct``: views folder → fitted radiance field → textured mesh file (GLB / OBJ / PLY)."""
+"""``reconstruct``: views (folder or in memory) → fitted signed-distance field → textured mesh file (GLB / OBJ / PLY)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 from mirage3d.config import save_config
 from mirage3d.errors import InputError
 from mirage3d.recon.config import ReconConfig
-from mirage3d.recon.fit import Progress, fit_field
-from mirage3d.recon.mesh import TexturedMesh, bake_texture, export, extract_mesh, output_format
+from mirage3d.recon.fit import FitResult, Progress, fit_field
+from mirage3d.recon.mesh import TexturedMesh, export, extract_mesh, output_format
+from mirage3d.recon.texture import bake_texture
 from mirage3d.recon.views import ViewSet, load_views
 
 
@@ -28,6 +29,7 @@ class ReconResult:
     vertices: int
     device: str
     history: list[dict[str, float]] = field(default_factory=list)
+    fit: FitResult | None = None  # the fitted field and refined cameras (voxel backend)
 
 
 def check_output(output: Path, fmt: str | None) -> str:
@@ -77,14 +79,15 @@ def write_records(textured: TexturedMesh, output: Path, files: list[Path], cfg, 
         stages.done("preview")
 
 
-def reconstruct(views_dir: str | Path | ViewSet, output: str | Path, config: ReconConfig | None = None,
+def reconstruct(views: str | Path | ViewSet, output: str | Path, config: ReconConfig | None = None,
                 progress: Progress | None = None, phase: Callable[[str], None] | None = None) -> ReconResult:
-    """Fit a voxel radiance field to the views (a views folder, or a :class:`ViewSet` in memory) and write a
-    textured mesh to ``output``.
+    """Fit a signed-distance field to ``views`` (a views folder, or a :class:`ViewSet` in memory) and write
+    a textured mesh to ``output``.
 
     ``progress(step, total, numbers)`` is called every optimisation step and ``phase(name)`` at the start
     of each phase. Writes ``output`` (atomically; nothing partial on failure), ``OUTPUT.config.json`` and,
-    with ``config.preview``, ``OUTPUT.preview.png`` / ``.gif``.
+    with ``config.preview``, ``OUTPUT.preview.png`` / ``.gif``. ``ReconResult.fit`` is the fitted field
+    (``fit.render(...)`` renders it at any camera; ``fit.c2w`` are the refined cameras).
     """
     cfg = config or ReconConfig()
     cfg.validate()
@@ -92,22 +95,23 @@ def reconstruct(views_dir: str | Path | ViewSet, output: str | Path, config: Rec
     fmt = check_output(output, cfg.format)
     stages = Stages(phase)
     stages.say("load")
-    views = views_dir if isinstance(views_dir, ViewSet) else load_views(views_dir)
+    source = "in memory" if isinstance(views, ViewSet) else str(views)
+    views = views if isinstance(views, ViewSet) else load_views(views)
     stages.done("load")
     stages.say("fit")
     fit = fit_field(views, cfg, progress)
     stages.done("fit")
     stages.say("mesh")
-    mesh = extract_mesh(fit.field, cfg)
+    mesh = extract_mesh(fit.field, cfg, fit.c2w, fit.K, views.hw)
     stages.done("mesh")
     stages.say("texture")
-    textured = bake_texture(mesh, fit.field, cfg.texture_size)
+    textured = bake_texture(mesh, fit.field, views.rgba, fit.c2w, fit.K, views.reference, cfg.texture_size, cfg.texture_power)
     stages.done("texture")
     stages.say("export")
     files = export(textured, output, fmt)
-    write_records(textured, output, files, cfg, stages, "export", views=None if isinstance(views_dir, ViewSet) else str(views_dir), psnr=fit.psnr)
+    write_records(textured, output, files, cfg, stages, "export", views=source, psnr=fit.psnr,
+                  cameras_refined=fit.c2w.tolist() if cfg.refine_cameras else None)
     return ReconResult(
         mesh_path=output, files=files, timings=stages.total(), psnr=fit.psnr, faces=int(len(textured.faces)),
-        vertices=int(len(textured.vertices)), device=str(fit.field.lo.device), history=fit.history,
+        vertices=int(len(textured.vertices)), device=str(fit.field.lo.device), history=fit.history, fit=fit,
     )
-

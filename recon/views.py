@@ -6,7 +6,7 @@ looking down -Z), world +Z up, pixel centres at +0.5, alpha is the object mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,15 @@ class ViewSet:
     rgba: np.ndarray  # (N, H, W, 4) float32 in [0, 1]; alpha = object mask
     c2w: np.ndarray  # (N, 4, 4) float64, OpenGL camera axes
     K: np.ndarray  # (3, 3) float64 intrinsics in pixels (for the images as loaded)
-    files: list[Path]
-    reference: int | None = None  # index of the input view: its camera is trusted and it wins in textures
+    files: list[Path] = field(default_factory=list)  # source image of each view (empty for views made in memory)
+    reference: int | None = None
+    """Index of the input view: refinement holds its camera fixed and its colours win in the texture."""
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            self.files = [Path(f"view_{i:04d}") for i in range(self.rgba.shape[0])]
+        if self.reference is not None and not 0 <= self.reference < self.rgba.shape[0]:
+            raise InputError(f"reference view {self.reference} is not one of the {self.rgba.shape[0]} views")
 
     @property
     def n(self) -> int:
@@ -48,6 +55,7 @@ class ViewSet:
 def load_views(folder: str | Path, white_threshold: float = 0.97) -> ViewSet:
     """Read a views folder; all images must share one size. Raises :class:`InputError` on bad input.
 
+    The frame marked ``"is_reference": true`` (the input photo's view) becomes ``ViewSet.reference``.
     Images whose size differs from the ``w``/``h`` in ``transforms.json`` (same aspect) have their
     intrinsics rescaled. Fully opaque images (no alpha) get a mask from "not near-white" pixels, since
     mirage3d views are rendered or generated on white.
@@ -84,7 +92,8 @@ def load_views(folder: str | Path, white_threshold: float = 0.97) -> ViewSet:
     empty = [files[i].name for i in range(len(files)) if not fg[i].any()]
     if empty:
         raise InputError(f"no foreground in {len(empty)} view(s) of {folder} (e.g. {empty[0]}); remove them or fix their alpha")
-    return ViewSet(rgba.astype(np.float32), t.c2w(), K, files)
+    refs = [i for i, f in enumerate(t.frames) if f.extra.get("is_reference")]  # written by ``mirage3d views``
+    return ViewSet(rgba.astype(np.float32), t.c2w(), K, files, refs[0] if len(refs) == 1 else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,19 +127,3 @@ def ray_aabb(o: torch.Tensor, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tenso
     near = torch.minimum(t0, t1).amax(-1).clamp_min(0.0)
     far = torch.maximum(t0, t1).amin(-1)
     return near, far
-
-
-def se3_exp(xi: torch.Tensor) -> torch.Tensor:
-    """(N, 6) twist (rotation vector ω, translation ρ) → (N, 4, 4) rigid transforms (Rodrigues; ρ used as is)."""
-    w, rho = xi[:, :3], xi[:, 3:]
-    theta = w.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (N, 1)
-    k = w / theta
-    kx = torch.zeros(xi.shape[0], 3, 3, dtype=xi.dtype, device=xi.device)
-    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    kx = kx - kx.transpose(1, 2)
-    s, c = torch.sin(theta)[..., None], torch.cos(theta)[..., None]
-    R = torch.eye(3, dtype=xi.dtype, device=xi.device) + s * kx + (1 - c) * (kx @ kx)
-    T = torch.eye(4, dtype=xi.dtype, device=xi.device).repeat(xi.shape[0], 1, 1)
-    T[:, :3, :3] = R
-    T[:, :3, 3] = rho
-    return T

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mirage3d.cli.main import app
 from mirage3d.errors import InputError
-from mirage3d.recon.mesh import TexturedMesh, export, rasterize_uv
+from mirage3d.recon.mesh import TexturedMesh, export
 from mirage3d.recon.synthetic import write_sphere_views
 
 runner = CliRunner()
@@ -130,14 +130,35 @@ def test_export_axes_and_texture_round_trip(tmp_path):
     assert img.shape == (32, 32, 3) and img[..., 0].min() == 200
 
 
-def test_rasterize_uv_covers_unit_square_once():
-    uv = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
-    faces = np.array([[0, 1, 2], [0, 2, 3]])
-    rc, fid, bary = rasterize_uv(uv, faces, 16)
-    covered = np.zeros((16, 16), int)
-    np.add.at(covered, (rc[:, 0], rc[:, 1]), 1)
-    assert (covered >= 1).all()
-    np.testing.assert_allclose(bary.sum(1), 1.0)
+def test_bad_output_suffix_is_refused_before_writing(tmp_path):
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
     with pytest.raises(InputError):
-        export(TexturedMesh(uv, faces, uv, np.zeros((4, 4, 3), np.uint8)), tmp := __import__("pathlib").Path("x.fbx"))
-    assert not tmp.exists()
+        export(TexturedMesh(np.c_[uv, np.zeros(3)], np.array([[0, 1, 2]]), uv, np.zeros((4, 4, 3), np.uint8)), tmp_path / "x.fbx")
+    assert not (tmp_path / "x.fbx").exists()
+
+
+def test_reconstruct_from_views_in_memory_with_reference(tmp_path):
+    from mirage3d.recon import ReconConfig, ViewSet, reconstruct
+    from mirage3d.recon.synthetic import toy_car_views
+
+    views = toy_car_views(n_views=6, res=32)
+    views = ViewSet(views.rgba, views.c2w, views.K, reference=2)  # made in memory: no files, no folder
+    out = tmp_path / "toy.glb"
+    res = reconstruct(views, out, ReconConfig(iters=10, res=24, faces=800, texture_size=64, batch_rays=512))
+    assert out.exists() and res.fit is not None and res.fit.c2w.shape == (6, 4, 4)
+    assert json.loads((tmp_path / "toy.glb.config.json").read_text())["views"] == "in memory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.glb", "toy.glb.config.json"]
+
+
+def test_load_views_reads_the_reference_frame(views, tmp_path):
+    import shutil
+
+    from mirage3d.recon import load_views
+
+    d = tmp_path / "v"
+    shutil.copytree(views, d)
+    data = json.loads((d / "transforms.json").read_text())
+    data["frames"][3]["is_reference"] = True
+    (d / "transforms.json").write_text(json.dumps(data))
+    assert load_views(d).reference == 3
+    assert load_views(views).reference is None

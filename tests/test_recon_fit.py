@@ -1,15 +1,19 @@
-"""Fitting a tiny analytic scene, camera refinement, metrics."""
+"""Fitting tiny analytic scenes: the surface, rendering at new cameras, camera refinement, metrics."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import trimesh
+from scipy.spatial.transform import Rotation
 
-from mirage3d.recon import ReconConfig, extract_mesh, fit_field, load_views
+from mirage3d.cameras import orbit_c2w
+from mirage3d.recon import ReconConfig, ViewSet, extract_mesh, fit_field, load_views
 from mirage3d.recon.metrics import geometry_scores, psnr, ssim
-from mirage3d.recon.synthetic import write_sphere_views
+from mirage3d.recon.synthetic import toy_car_views, write_sphere_views
 
 CENTRE = np.array([0.1, -0.05, 0.0])
 
@@ -18,33 +22,84 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def sphere_views(tmp_path_factory):
-    return write_sphere_views(tmp_path_factory.mktemp("sphere"), n_views=8, res=48, radius=0.5, centre=tuple(CENTRE))
-
-
-def test_fit_recovers_sphere_radius_and_colour(sphere_views):
-    views = load_views(sphere_views)
+def sphere_fit(tmp_path_factory):
+    views = load_views(write_sphere_views(tmp_path_factory.mktemp("sphere"), n_views=8, res=48, radius=0.5, centre=tuple(CENTRE)))
     cfg = ReconConfig(iters=100, res=32, batch_rays=1024, faces=2000, seed=0)
-    fit = fit_field(views, cfg)
-    assert fit.psnr > 24.0
-    mesh = extract_mesh(fit.field, cfg)
+    return views, cfg, fit_field(views, cfg)
+
+
+def test_fit_recovers_sphere_radius_and_colour(sphere_fit):
+    views, cfg, fit = sphere_fit
+    assert fit.psnr > 26.0
+    mesh = extract_mesh(fit.field, replace(cfg, fair_unseen=False))  # the surface as fitted (no membrane below)
     r = np.linalg.norm(mesh.vertices - CENTRE, axis=1)
-    assert abs(r.mean() - 0.5) < 0.03, r.mean()  # radius within 6 %
+    assert abs(r.mean() - 0.5) < 0.02, r.mean()  # radius within 4 %
     assert r.std() < 0.02
-    assert mesh.is_watertight and len(mesh.faces) <= 2000
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1 and len(mesh.faces) <= 2000
     # The colour grid at the top of the sphere is the analytic colour there (normal +Z → (0.5, 0.5, 0.8)).
-    top = torch.tensor([[*CENTRE[:2], 0.48]], dtype=torch.float32)
-    np.testing.assert_allclose(fit.field.color(top).detach().numpy()[0], [0.5, 0.5, 0.8], atol=0.12)
+    top = torch.tensor([[*CENTRE[:2], 0.49]], dtype=torch.float32)
+    np.testing.assert_allclose(fit.field.color(top).detach().numpy()[0], [0.5, 0.5, 0.8], atol=0.1)
 
 
-def test_camera_refinement_runs_and_keeps_cameras_rigid(sphere_views):
-    views = load_views(sphere_views)
-    cfg = ReconConfig(iters=10, res=16, batch_rays=256, refine_cameras=True, camera_start=0.0)
-    fit = fit_field(views, cfg)
-    R = fit.c2w[:, :3, :3]
-    np.testing.assert_allclose(np.einsum("nji,njk->nik", R, R), np.broadcast_to(np.eye(3), R.shape), atol=1e-5)
-    assert not np.allclose(fit.c2w, views.c2w)  # corrections were learned
-    assert np.abs(fit.c2w - views.c2w).max() < 0.2  # and stay small
+def test_fit_result_renders_new_cameras(sphere_fit):
+    views, _, fit = sphere_fit
+    c2w = np.stack([orbit_c2w(a, -30.0, 3.0, CENTRE) for a in (10.0, 200.0)])  # from below: never a training view
+    out = fit.render(c2w, views.K, 40, 48)
+    assert out.shape == (2, 40, 48, 4) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert (out[:, 18:22, 22:26, 3] > 0.95).all() and (out[:, :3, :3, 3] < 0.05).all()  # the sphere in the middle, empty corners
+    again = fit.render(views.c2w[:1], views.K, *views.hw)  # usable again; at a training camera it looks like the view
+    a = again[0, ..., 3:]
+    assert psnr(again[0, ..., :3] * a + 1 - a, views.rgb_on_white()[0]) > 24.0
+
+
+@pytest.fixture(scope="module")
+def toy_fit():
+    views = toy_car_views(n_views=12, res=64)
+    return views, fit_field(views, ReconConfig(iters=150, res=32, batch_rays=2048, seed=0))
+
+
+def _turned(c2w: np.ndarray, deg_z: float, deg_tilt: float, centre=np.array([0.0, 0.0, 0.3])) -> np.ndarray:
+    R = Rotation.from_euler("z", deg_z, degrees=True) * Rotation.from_rotvec(np.deg2rad(deg_tilt) * np.array([0.6, 0.0, 0.8]))
+    out = c2w.copy()
+    out[:3, :3] = R.as_matrix() @ c2w[:3, :3]
+    out[:3, 3] = R.apply(c2w[:3, 3] - centre) + centre
+    return out
+
+
+def _rot_err(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.rad2deg(Rotation.from_matrix(np.einsum("nij,nkj->nik", a[:, :3, :3], b[:, :3, :3])).magnitude())
+
+
+def test_align_recovers_known_camera_errors(toy_fit):
+    """Cameras turned 3-5° about the object (and 2° about a tilted axis) are registered back to the fitted
+    surface to within 1°; the reference view does not move."""
+    views, fit = toy_fit
+    bad = views.c2w.copy()
+    for i, deg in ((3, 5.0), (5, -4.0), (8, 3.0)):
+        bad[i] = _turned(views.c2w[i], deg, 2.0)
+    moved = ViewSet(views.rgba, bad, views.K, reference=0)
+    assert _rot_err(bad, views.c2w).max() > 4.0
+    got = fit.align(moved)
+    assert _rot_err(got, views.c2w).max() < 1.0, _rot_err(got, views.c2w)
+    np.testing.assert_allclose(got[0], views.c2w[0], atol=1e-6)
+
+
+def test_refinement_in_the_fit_reduces_a_camera_error():
+    """Joint refinement (``refine_cameras``) with one view turned 4.5° about the object: that error more
+    than halves and no view ends beyond 1.5° (the joint fit is weaker than ``align``: the field partly
+    bends to fit the wrong view; docs/recon.md)."""
+    views = toy_car_views(n_views=12, res=64)
+    true = views.c2w.copy()
+    views.c2w = views.c2w.copy()
+    views.c2w[5] = _turned(true[5], 4.0, 2.0)
+    views.reference = 0
+    before = _rot_err(views.c2w, true)[5]
+    cfg = ReconConfig(iters=60, res=32, batch_rays=2048, refine_cameras=True, pose_iters=120, seed=0, shared_elevation=False,
+                      shared_focal=False)
+    err = _rot_err(fit_field(views, cfg).c2w, true)
+    assert err[5] < 0.5 * before and err.max() < 1.5 * max(1.0, err[5]), (before, err)
+    assert err[0] < 1e-4  # the reference does not move
 
 
 def test_geometry_scores_identity_and_offset():
@@ -68,8 +123,6 @@ def test_psnr_ssim():
 @pytest.mark.parametrize("with_open3d", [True, False])
 def test_decimate_reaches_target_with_or_without_open3d(monkeypatch, with_open3d):
     import builtins
-
-    import trimesh
 
     from mirage3d.recon.mesh import decimate
 
