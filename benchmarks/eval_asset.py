@@ -28,16 +28,14 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mirage3d.asset import AssetConfig, make_asset  # noqa: E402
-from mirage3d.cameras import circular_difference, position_to_spherical  # noqa: E402
-from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array  # noqa: E402
-from mirage3d.recon.mesh import WORLD_TO_GLTF  # noqa: E402
-from mirage3d.recon.metrics import geometry_scores, psnr, ssim  # noqa: E402
+from mirage3d.asset import AssetConfig, make_asset
+from mirage3d.cameras import circular_difference, position_to_spherical
+from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array
+from mirage3d.recon.mesh import WORLD_TO_GLTF
+from mirage3d.recon.metrics import geometry_scores, psnr, ssim
 
 
-def azimuths(t) -> np.ndarray:  # noqa: ANN001
+def azimuths(t) -> np.ndarray:
     return np.array([float(position_to_spherical(f.transform_matrix[:3, 3])[0]) for f in t.frames])
 
 

@@ -9,6 +9,7 @@ import typer
 from mirage3d.cli._errors import console, handle_errors
 from mirage3d.cli.features import BACKBONE_HELP, progress_bar
 from mirage3d.errors import InputError
+from mirage3d.poses.config import DEFAULT_TIMESTEP, CameraConfig, DescriptorConfig, DiscoverConfig, FacingConfig, PartsConfig
 
 poses_app = typer.Typer(help="Discover poses (labels + cameras) in an unlabeled collection and assign them to images.", no_args_is_help=True)
 
@@ -24,26 +25,19 @@ def discover(
     output: Path = typer.Option(..., "-o", "--output", help="Poses folder to write (poses.json, cameras.json, pose model, sheets)."),
     backbone: str = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP),
     features: Path = typer.Option(None, "--features", help="Feature cache: reused if made by `features extract`, else made here (default COLLECTION/.cache/features/<hash>)."),
-    num_poses: int = typer.Option(8, "--poses", "-k", help="Number of poses K."),
-    num_parts: int = typer.Option(16, "--parts", "-p", help="Number of parts P."),
-    mode: str = typer.Option("parts", help="Descriptor: parts (visibility + location) or flat (pooled features, the HOG baseline)."),
-    centre_images: bool = typer.Option(False, "--centre-images", help="Subtract each image's mean foreground feature before clustering parts (docs/poses.md)."),
-    timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
+    num_poses: int = typer.Option(DiscoverConfig.num_poses, "--poses", "-k", help="Number of poses K."),
+    num_parts: int = typer.Option(PartsConfig.num_parts, "--parts", "-p", help="Number of parts P."),
+    timestep: int = typer.Option(DEFAULT_TIMESTEP, help="UNet backbones: noise timestep."),
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
-    colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6; docs/poses.md)."),
-    noise_maps: int = typer.Option(1, "--noise-maps", help="UNet backbones: average features over this many fixed noise maps (1..32; docs/poses.md)."),
     image_size: int = typer.Option(None, help="Input size for hog / ViT backbones."),
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
-    w_visibility: float = typer.Option(0.25, help="Descriptor weight of part visibility."),
-    w_location: float = typer.Option(1.0, help="Descriptor weight of part locations."),
-    w_box: float = typer.Option(0.25, help="Descriptor weight of the box aspect ratio."),
-    w_facing: float = typer.Option(0.0, help="Weight of the facing score from the image and its flip (0 = off; docs/poses.md)."),
-    facing_component: int = typer.Option(None, help="Principal component of the flip difference used as the facing axis (default: chosen automatically)."),
-    w_front: float = typer.Option(0.0, help="Weight of the front/back score that splits the pose pair holding front and back views (needs --w-facing; 0 = off; docs/poses.md)."),
-    spacing: str = typer.Option("uniform", help="Azimuth spacing: uniform or sizes."),
-    restarts: int = typer.Option(1, "--restarts", help="Discovery runs with seeds SEED, SEED+1, ...; the one most consistent with the mirror images is kept (docs/poses.md)."),
-    front_refine: bool = typer.Option(False, "--front-refine/--no-front-refine", help="After the front/back split, cluster the poses again from it (measured worse; docs/poses.md)."),
-    max_self_mirror: int = typer.Option(None, "--max-self-mirror", help="At most this many poses may be their own mirror image (2: front and back)."),
+    w_visibility: float = typer.Option(DescriptorConfig.w_visibility, help="Descriptor weight of part visibility."),
+    w_location: float = typer.Option(DescriptorConfig.w_location, help="Descriptor weight of part locations."),
+    w_box: float = typer.Option(DescriptorConfig.w_box, help="Descriptor weight of the box aspect ratio."),
+    w_facing: float = typer.Option(FacingConfig.w_facing, help="Weight of the facing score from the image and its flip (0 = off, and the front/back score too; docs/poses.md)."),
+    facing_component: str = typer.Option(str(FacingConfig.component), help="Principal component of the flip difference used as the facing axis (2: measured on cars), or auto."),
+    w_front: float = typer.Option(FacingConfig.w_front, help="Weight of the front/back score that splits the pose pair holding front and back views (0 = off; docs/poses.md)."),
+    spacing: str = typer.Option(CameraConfig.spacing, help="Azimuth spacing: uniform or sizes."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, help="Image-decoding workers."),
@@ -53,13 +47,15 @@ def discover(
 ) -> None:
     """Discover K poses: parts from patch features, per-image descriptors, mirror-consistent clusters, a camera ring."""
     from mirage3d.io import check_output_dir, list_images
-    from mirage3d.poses.discover import DiscoverConfig, check_discovery_input, discover_poses
+    from mirage3d.poses.discover import check_discovery_input, discover_poses
     from mirage3d.poses.extract import MANIFEST, ExtractConfig, FeatureCache, default_cache_dir, extract_features, is_main_process
     from mirage3d.poses.features import load_backbone
 
-    cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
-                         w_box=w_box, spacing=spacing, device=device, seed=seed, centre_images=centre_images, max_self_mirror=max_self_mirror, w_facing=w_facing,
-                         facing_component=facing_component, w_front=w_front, front_refine=front_refine, restarts=restarts)  # fmt: skip
+    if facing_component != "auto" and not facing_component.isdigit():
+        raise InputError(f"--facing-component {facing_component} must be a component number (0, 1, ...) or auto")
+    cfg = DiscoverConfig(num_poses=num_poses, parts=PartsConfig(num_parts=num_parts), descriptor=DescriptorConfig(w_visibility, w_location, w_box),
+                         facing=FacingConfig(w_facing=w_facing, component=None if facing_component == "auto" else int(facing_component), w_front=w_front),
+                         cameras=CameraConfig(spacing=spacing), device=device, seed=seed)  # fmt: skip
     check_discovery_input(len(list_images(collection)), cfg, flip)
     check_output_dir(output, overwrite)
     if backbone is None:
@@ -68,8 +64,7 @@ def discover(
         cache = FeatureCache.open(features)
     else:
         # The discovery seed does not reach the backbone: runs with other seeds share one feature cache.
-        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=feature_seed, image_size=image_size, colour_perms=colour_perms,
-                           noise_maps=noise_maps)  # fmt: skip
+        bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), seed=feature_seed, image_size=image_size)
         ecfg = ExtractConfig(batch_size=batch_size, flip=flip, device=device, num_workers=workers)
         with progress_bar("features") as bar:
             task = bar.add_task("features", total=None)
@@ -96,7 +91,7 @@ def assign(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Assign discovered poses to new images through the saved pose model."""
-    from mirage3d.poses.discover import assign_files
+    from mirage3d.poses.assign import assign_files
 
     rows = assign_files(images, poses, backbone, device)
     for r in rows:
@@ -115,22 +110,20 @@ def refit(
     backbone: str = typer.Option(..., "--backbone", "-b", help=BACKBONE_HELP),
     collection: Path = typer.Option(..., "--collection", help="The collection the poses were discovered on."),
     output: Path = typer.Option(..., "-o", "--output", help="New poses folder (same labels and cameras, pose model for the new backbone)."),
-    timestep: int = typer.Option(100, help="UNet backbones: noise timestep."),
+    timestep: int = typer.Option(DEFAULT_TIMESTEP, help="UNet backbones: noise timestep."),
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
-    colour_perms: int = typer.Option(1, "--colour-perms", help="UNet backbones: average features over this many RGB channel orders (1..6)."),
-    noise_maps: int = typer.Option(1, "--noise-maps", help="UNet backbones: average features over this many fixed noise maps (1..32; docs/poses.md)."),
     features: Path = typer.Option(None, "--features", help="Feature cache folder for the new backbone."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Refit the pose model for another backbone (e.g. the final pose-conditioned UNet), keeping the labels."""
     from mirage3d.io import check_output_dir
-    from mirage3d.poses.discover import refit_pose_model
+    from mirage3d.poses.assign import refit_pose_model
     from mirage3d.poses.extract import ExtractConfig
     from mirage3d.poses.features import load_backbone
 
     check_output_dir(output, overwrite)
-    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks), colour_perms=colour_perms, noise_maps=noise_maps)
+    bb = load_backbone(backbone, timestep=timestep, blocks=_blocks(blocks))
     res = refit_pose_model(poses, bb, collection, output, features, ExtractConfig(device=device), overwrite)
     console.print(f"refitted the pose model for {backbone}: it gives the fixed label to {100 * res.agreement:.1f}% of the images; wrote {res.folder}")
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mirage3d.cameras import Camera, Intrinsics
 from mirage3d.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -207,14 +208,27 @@ class Transforms:
     frames: list[Frame]
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_intrinsics(cls, intrinsics: Intrinsics, frames: list[Frame], extra: dict[str, Any] | None = None) -> Transforms:
+        i = intrinsics
+        return cls(i.w, i.h, i.fl_x, i.fl_y, i.cx, i.cy, frames, dict(extra or {}))
+
+    @property
+    def intrinsics(self) -> Intrinsics:
+        return Intrinsics(self.fl_x, self.fl_y, self.cx, self.cy, self.w, self.h)
+
     @property
     def K(self) -> np.ndarray:
         """(3, 3) intrinsics matrix in pixels."""
-        return np.array([[self.fl_x, 0.0, self.cx], [0.0, self.fl_y, self.cy], [0.0, 0.0, 1.0]])
+        return self.intrinsics.K
 
     def c2w(self) -> np.ndarray:
         """(N, 4, 4) stacked camera-to-world matrices."""
         return np.stack([f.transform_matrix for f in self.frames])
+
+    def cameras(self) -> list[Camera]:
+        """One :class:`mirage3d.cameras.Camera` per frame."""
+        return [Camera(np.asarray(f.transform_matrix, dtype=np.float64), self.intrinsics) for f in self.frames]
 
 
 _INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy")

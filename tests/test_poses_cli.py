@@ -1,4 +1,4 @@
-"""End-to-end CLI: features train/extract, poses discover/assign/refit, eval poses (tiny models, CPU)."""
+"""End-to-end CLI: features extract, train (phase 1, the backbone), poses discover/assign/refit, eval poses (tiny models, CPU)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def test_discover_assign_eval_end_to_end(setup):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_poses"] == 4 and cfg["backbone"]["kind"] == "unet"
 
-    # The saved model reproduces the discovery labels on the collection's own images.
+    # The saved model gives the collection's own images their discovered pose or its mirror pose: on 16 random
+    # images the facing pass (no self-mirror pose allowed, as the front/back step needs) makes mirror pairs whose
+    # centres nearly tie, and the fp16 cache at discovery against fp32 features here flips such ties.
     model = PoseModel.load(out)
     assert model.num_poses == 4 and list(model.mirror) == mirror
     from mirage3d.data.collection import ImageCollection
@@ -64,7 +66,8 @@ def test_discover_assign_eval_end_to_end(setup):
     items = [ds[i] for i in range(16)]
     x, m = torch.stack([it["pixel_values"] for it in items]), torch.stack([it["mask"] for it in items])
     labels, conf = model.assign(x, m)
-    assert (labels == np.array(poses["labels"])).mean() >= 0.9  # fp16 cache vs fp32 here: near-ties may flip
+    found = np.array(poses["labels"])
+    assert ((labels == found) | (labels == np.array(mirror)[found])).mean() >= 0.9
     assert conf.shape == (16,)
 
     # poses assign on files, JSON output
@@ -81,11 +84,16 @@ def test_discover_assign_eval_end_to_end(setup):
     assert -1 <= metrics["ari"] <= 1 and 0 <= metrics["median_error_deg"] <= 180 and metrics["num_images"] == 16
     assert "ARI" in r.output
 
-    # discovery again from the cache alone, hog baseline and flat mode, and refit for another backbone
+    # discovery again from the cache alone, the hog baseline, and refit for another backbone
     r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "p2"), "--features", str(root / "feats"), "--poses", "4", "--parts", "4"])
     _ok(r)
     assert json.loads((root / "p2" / "poses.json").read_text())["labels"] == poses["labels"]  # deterministic
-    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "p3"), "--backbone", "hog", "--mode", "flat", "--poses", "3", "--workers", "0", "--image-size", "32"])
+    # Without the scores every label is the saved model's nearest centre.
+    _ok(runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "plain"), "--features", str(root / "feats"), "--poses", "4", "--parts", "4", "--w-facing", "0"]))
+    plain = json.loads((root / "plain" / "poses.json").read_text())
+    assert plain["assign_agreement"] == 1.0 and "facing_eta2" not in plain
+    assert (PoseModel.load(root / "plain").assign(x, m)[0] == np.array(plain["labels"])).mean() >= 0.9  # (fp16 cache: near-ties may flip)
+    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "p3"), "--backbone", "hog", "--poses", "3", "--workers", "0", "--image-size", "32"])
     _ok(r)
     assert (coll / ".cache" / "features").is_dir()
     r = runner.invoke(app, ["poses", "refit", str(out), "--backbone", "hog", "--collection", str(coll), "-o", str(root / "refit"), "--features", str(root / "hogfeats")])
@@ -116,10 +124,10 @@ def test_features_extract_cli(setup):
     _ok(runner.invoke(app, ["features", "extract", str(setup["coll"]), "-o", str(out), "--backbone", "hog", "--image-size", "32", "--shard-size", "5", "--workers", "0"]))
 
 
-def test_features_train_cli(setup, tmp_path):
+def test_phase1_train_makes_a_backbone(setup, tmp_path):
+    """The offline backbone is `mirage3d train` without --poses (phase 1); its folder is a UNet backbone."""
     coll = make_collection(tmp_path / "c", n=8)
-    r = runner.invoke(app, ["features", "train", str(coll), "-o", str(tmp_path / "bb"), "--model", "tiny", "--max-steps", "2", "--batch-size", "4",
-                            "--workers", "0", "--device", "cpu", "--sample-steps", "2"])  # fmt: skip
+    r = runner.invoke(app, ["train", str(coll), "-o", str(tmp_path / "bb"), "--model", "tiny", "--max-steps", "2", "--batch-size", "4", "--cpu", "--sample-steps", "2"])
     _ok(r)
     assert (tmp_path / "bb" / "unet" / "config.json").exists()
     from mirage3d.poses.features import UNetBackbone, load_backbone
