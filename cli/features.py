@@ -37,7 +37,7 @@ def extract(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N (under accelerate launch: one GPU per process)."),
     dtype: str = typer.Option("float32", help="Backbone compute dtype on CUDA: float32, bfloat16, float16."),
     workers: int = typer.Option(2, help="Image-decoding workers."),
-    seed: int = typer.Option(0, help="Seed of the UNet noise maps / random-init ViT."),
+    seed: int = typer.Option(0, help="Seed of the UNet noise map / random-init ViT."),
 ) -> None:
     """Extract patch features of every image into a resumable cache (multi-GPU with `accelerate launch`)."""
     from mirage3d.poses.extract import ExtractConfig, extract_features, is_main_process

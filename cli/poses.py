@@ -9,7 +9,7 @@ import typer
 from mirage3d.cli._errors import console, handle_errors
 from mirage3d.cli.features import BACKBONE_HELP, progress_bar
 from mirage3d.errors import InputError
-from mirage3d.poses.config import DEFAULT_TIMESTEP, CameraConfig, DescriptorConfig, DiscoverConfig, FacingConfig, PartsConfig
+from mirage3d.poses.config import DEFAULT_TIMESTEP, CameraConfig, DiscoverConfig, FacingConfig, PartsConfig
 
 poses_app = typer.Typer(help="Discover poses (labels + cameras) in an unlabeled collection and assign them to images.", no_args_is_help=True)
 
@@ -31,9 +31,6 @@ def discover(
     blocks: str = typer.Option("up0", help="UNet backbones: comma-separated feature blocks."),
     image_size: int = typer.Option(None, help="Input size for hog / ViT backbones."),
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
-    w_visibility: float = typer.Option(DescriptorConfig.w_visibility, help="Descriptor weight of part visibility."),
-    w_location: float = typer.Option(DescriptorConfig.w_location, help="Descriptor weight of part locations."),
-    w_box: float = typer.Option(DescriptorConfig.w_box, help="Descriptor weight of the box aspect ratio."),
     w_facing: float = typer.Option(FacingConfig.w_facing, help="Weight of the facing score from the image and its flip (0 = off, and the front/back score too; docs/poses.md)."),
     facing_component: str = typer.Option(str(FacingConfig.component), help="Principal component of the flip difference used as the facing axis (2: measured on cars), or auto."),
     w_front: float = typer.Option(FacingConfig.w_front, help="Weight of the front/back score that splits the pose pair holding front and back views (0 = off; docs/poses.md)."),
@@ -42,7 +39,7 @@ def discover(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     workers: int = typer.Option(2, help="Image-decoding workers."),
     seed: int = typer.Option(0, help="Seed of sampling and clustering (not of the features: --feature-seed)."),
-    feature_seed: int = typer.Option(0, "--feature-seed", help="Seed of the UNet noise maps / random-init ViT (as `features extract --seed`)."),
+    feature_seed: int = typer.Option(0, "--feature-seed", help="Seed of the UNet noise map / random-init ViT (as `features extract --seed`)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Discover K poses: parts from patch features, per-image descriptors, mirror-consistent clusters, a camera ring."""
@@ -53,7 +50,7 @@ def discover(
 
     if facing_component != "auto" and not facing_component.isdigit():
         raise InputError(f"--facing-component {facing_component} must be a component number (0, 1, ...) or auto")
-    cfg = DiscoverConfig(num_poses=num_poses, parts=PartsConfig(num_parts=num_parts), descriptor=DescriptorConfig(w_visibility, w_location, w_box),
+    cfg = DiscoverConfig(num_poses=num_poses, parts=PartsConfig(num_parts=num_parts),
                          facing=FacingConfig(w_facing=w_facing, component=None if facing_component == "auto" else int(facing_component), w_front=w_front),
                          cameras=CameraConfig(spacing=spacing), device=device, seed=seed)  # fmt: skip
     check_discovery_input(len(list_images(collection)), cfg, flip)

@@ -27,7 +27,7 @@ stamp "render seed 0: $N views per mesh"
     python3 benchmarks/bench_train.py --out "$W/bt" "${BT[@]}" 2>> "$LOG" | grep -E "^\|"
   fi
   echo; echo "## Phase 1 for $MIN minutes: mirage3d train cars0 -o backbone ${ARGS[*]}"
-  mirage3d train "$W/cars0" -o "$W/backbone" "${ARGS[@]}" --minutes "$MIN" 2>> "$LOG" | tail -3
+  COLUMNS=250 mirage3d train "$W/cars0" -o "$W/backbone" "${ARGS[@]}" --minutes "$MIN" 2>> "$LOG" | tail -3
 } | tee "$O/train.md"
 cp "$W/backbone/loss.jsonl" "$O/" 2>/dev/null
 cp "$(ls "$W"/backbone/samples/*.png 2>/dev/null | tail -1)" "$O/samples.png" 2>/dev/null
