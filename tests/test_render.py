@@ -96,7 +96,7 @@ def test_recolour_changes_paint_keeps_black_and_canonical_is_identity() -> None:
 def test_mesh_table_covers_shared_cars_with_verified_fronts() -> None:
     table = M.load_mesh_table()
     cars = [k for k, v in table.items() if v.category == "car"]
-    assert len(cars) == 15 and all(table[k].verified and table[k].front_axis == "+Z" for k in cars)
+    assert len(cars) == 17 and all(table[k].verified and table[k].front_axis == "+Z" for k in cars)
     assert table["quaternius-Public_SchoolBus"].front_axis == "-Z"
 
 
