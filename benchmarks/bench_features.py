@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mirage3d.poses.extract import ExtractConfig, extract_features  # noqa: E402
-from mirage3d.poses.features import load_backbone  # noqa: E402
+from mirage3d.poses.extract import ExtractConfig, extract_features
+from mirage3d.poses.features import load_backbone
 
 
 def rate_text(r: float) -> str:
@@ -53,7 +50,7 @@ def forward_rate(bb, device: torch.device, dtype: str, batch: int, n: int) -> fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backbone", type=Path, help="UNet model folder (from `mirage3d features train`)")
+    ap.add_argument("--backbone", type=Path, help="UNet model folder (from `mirage3d train`)")
     ap.add_argument("--baselines", default="hog,random-vit", help="comma-separated extra backbones ('' for none)")
     ap.add_argument("--devices", default="cuda,cpu" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", default="float32,bfloat16" if torch.cuda.is_available() else "float32")

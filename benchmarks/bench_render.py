@@ -17,7 +17,7 @@ from pathlib import Path
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("PYGLET_HEADLESS", "1")
 
-from mirage3d.data.render import RenderConfig, render_collection  # noqa: E402
+from mirage3d.data.render import RenderConfig, render_collection
 
 
 def main() -> None:

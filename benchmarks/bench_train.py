@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -36,12 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mirage3d.data.collection import ImageCollection, load_uint8_images  # noqa: E402
-from mirage3d.diffusion.model import build_unet, count_parameters, unet_config_from_preset  # noqa: E402
-from mirage3d.diffusion.train import TrainConfig, make_noise_scheduler, train  # noqa: E402
-from mirage3d.io import list_images  # noqa: E402
+from mirage3d.data.collection import ImageCollection, load_uint8_images
+from mirage3d.diffusion.model import build_unet, count_parameters, unet_config_from_preset
+from mirage3d.diffusion.train import TrainConfig, make_noise_scheduler, train
+from mirage3d.io import list_images
 
 
 def synthetic_collection(folder: Path, n: int, res: int) -> Path:
@@ -174,7 +171,7 @@ def evaluate_run(model_dir: Path, train_imgs: torch.Tensor, held: torch.Tensor, 
     cls = torch.zeros(n_samples, dtype=torch.long, device=device)
     for t in pipe.scheduler.timesteps:
         x = pipe.scheduler.step(unet(x, t, class_labels=cls).sample, t, x, generator=g).prev_sample
-    small = lambda z: F.interpolate(z.float().clamp(-1, 1), size=32, mode="area").flatten(1)  # noqa: E731
+    small = lambda z: F.interpolate(z.float().clamp(-1, 1), size=32, mode="area").flatten(1)
     s_, tr = small(x), small(train_imgs.to(device))
     res["NN dist"] = torch.cdist(s_, tr).min(1).values.mean().item()
     res["diversity"] = (torch.pdist(s_).mean() / torch.pdist(tr[: len(s_)]).mean()).item()

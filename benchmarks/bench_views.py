@@ -14,17 +14,14 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mirage3d.diffusion.model import build_unet, count_parameters, unet_config_from_preset  # noqa: E402
-from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline  # noqa: E402
+from mirage3d.diffusion.model import build_unet, count_parameters, unet_config_from_preset
+from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline
 
 
 def sync(device: torch.device) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,16 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mirage3d.cameras import circular_difference, position_to_spherical  # noqa: E402
-from mirage3d.data.collection import load_model_image  # noqa: E402
-from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig  # noqa: E402
-from mirage3d.diffusion.preprocess import PreparedImage  # noqa: E402
-from mirage3d.diffusion.views import contact_sheet, load_model, white_alpha  # noqa: E402
-from mirage3d.io import atomic_save_image, read_transforms  # noqa: E402
-from mirage3d.poses.evaluate import best_alignment  # noqa: E402
-from mirage3d.recon.metrics import psnr, ssim  # noqa: E402
+from mirage3d.cameras import circular_difference, position_to_spherical
+from mirage3d.data.collection import load_model_image
+from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig
+from mirage3d.diffusion.preprocess import PreparedImage
+from mirage3d.diffusion.views import contact_sheet, load_model, white_alpha
+from mirage3d.io import atomic_save_image, read_transforms
+from mirage3d.poses.evaluate import best_alignment
+from mirage3d.recon.metrics import psnr, ssim
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -53,7 +50,7 @@ def orbit_folders(root: Path) -> list[Path]:
     return folders
 
 
-def frame_azimuths(t) -> np.ndarray:  # noqa: ANN001
+def frame_azimuths(t) -> np.ndarray:
     az, _, _ = position_to_spherical(t.c2w()[:, :3, 3])
     return np.asarray(az)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import typer
 
 from mirage3d.cli._errors import console, handle_errors
-from mirage3d.cli._options import (BACKBONE, BACKBONE_OR_CACHE, BLOCKS, COLOUR_PERMS, DEVICE, FEATURE_SEED, IMAGE_SIZE, NOISE_MAPS, OVERWRITE, TIMESTEP,
-                                   load_backbone_from, progress_bar)  # fmt: skip
+from mirage3d.cli._options import BACKBONE, BACKBONE_OR_CACHE, BLOCKS, DEVICE, FEATURE_SEED, IMAGE_SIZE, OVERWRITE, TIMESTEP, load_backbone_from, progress_bar
 from mirage3d.errors import InputError
+from mirage3d.poses.config import CameraConfig, DiscoverConfig, FacingConfig, PartsConfig
 
 poses_app = typer.Typer(help="Discover poses (labels + cameras) in an unlabeled collection and assign them to images.", no_args_is_help=True)
 
@@ -21,27 +21,17 @@ def discover(
     output: Path = typer.Option(..., "-o", "--output", help="Poses folder to write (poses.json, cameras.json, pose model, sheets)."),
     backbone: str = BACKBONE_OR_CACHE,
     features: Path = typer.Option(None, "--features", help="Feature cache: reused if made by `features extract`, else made here (default COLLECTION/.cache/features/<hash>)."),
-    num_poses: int = typer.Option(8, "--poses", "-k", help="Number of poses K."),
-    num_parts: int = typer.Option(16, "--parts", "-p", help="Number of parts P."),
-    mode: str = typer.Option("parts", help="Descriptor: parts (visibility + location) or flat (pooled features, the HOG baseline)."),
-    centre_images: bool = typer.Option(False, "--centre-images", help="Subtract each image's mean foreground feature before clustering parts (docs/poses.md)."),
+    num_poses: int = typer.Option(DiscoverConfig.num_poses, "--poses", "-k", help="Number of poses K."),
+    num_parts: int = typer.Option(PartsConfig.num_parts, "--parts", "-p", help="Number of parts P."),
     timestep: int = TIMESTEP,
     blocks: str = BLOCKS,
-    colour_perms: int = COLOUR_PERMS,
-    noise_maps: int = NOISE_MAPS,
     image_size: int = IMAGE_SIZE,
     feature_seed: int = FEATURE_SEED,
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
-    w_visibility: float = typer.Option(0.25, help="Descriptor weight of part visibility."),
-    w_location: float = typer.Option(1.0, help="Descriptor weight of part locations."),
-    w_box: float = typer.Option(0.25, help="Descriptor weight of the box aspect ratio."),
-    w_facing: float = typer.Option(0.0, help="Weight of the facing score from the image and its flip (0 = off; docs/poses.md)."),
-    facing_component: int = typer.Option(None, help="Principal component of the flip difference used as the facing axis (default: chosen automatically)."),
-    w_front: float = typer.Option(0.0, help="Weight of the front/back score that splits the pose pair holding front and back views (needs --w-facing; 0 = off; docs/poses.md)."),
-    spacing: str = typer.Option("uniform", help="Azimuth spacing: uniform or sizes."),
-    restarts: int = typer.Option(1, "--restarts", help="Discovery runs with seeds SEED, SEED+1, ...; the one most consistent with the mirror images is kept (docs/poses.md)."),
-    front_refine: bool = typer.Option(False, "--front-refine/--no-front-refine", help="After the front/back split, cluster the poses again from it (measured worse; docs/poses.md)."),
-    max_self_mirror: int = typer.Option(None, "--max-self-mirror", help="At most this many poses may be their own mirror image (2: front and back)."),
+    w_facing: float = typer.Option(FacingConfig.w_facing, help="Weight of the facing score from the image and its flip (0 = off, and the front/back score too; docs/poses.md)."),
+    facing_component: str = typer.Option(str(FacingConfig.component), help="Principal component of the flip difference used as the facing axis (2: measured on cars), or auto."),
+    w_front: float = typer.Option(FacingConfig.w_front, help="Weight of the front/back score that splits the pose pair holding front and back views (0 = off; docs/poses.md)."),
+    spacing: str = typer.Option(CameraConfig.spacing, help="Azimuth spacing: uniform or sizes."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = DEVICE,
     workers: int = typer.Option(2, help="Image-decoding workers."),
@@ -50,15 +40,17 @@ def discover(
 ) -> None:
     """Discover K poses: parts from patch features, per-image descriptors, mirror-consistent clusters, a camera ring."""
     from mirage3d.io import claim_output, list_images
-    from mirage3d.poses.discover import DiscoverConfig, check_discovery_input
+    from mirage3d.poses.discover import check_discovery_input
 
-    cfg = DiscoverConfig(num_poses=num_poses, num_parts=num_parts, mode=mode, w_visibility=w_visibility, w_location=w_location,
-                         w_box=w_box, spacing=spacing, device=device, seed=seed, centre_images=centre_images, max_self_mirror=max_self_mirror, w_facing=w_facing,
-                         facing_component=facing_component, w_front=w_front, front_refine=front_refine, restarts=restarts)  # fmt: skip
+    if facing_component != "auto" and not facing_component.isdigit():
+        raise InputError(f"--facing-component {facing_component} must be a component number (0, 1, ...) or auto")
+    cfg = DiscoverConfig(num_poses=num_poses, parts=PartsConfig(num_parts=num_parts),
+                         facing=FacingConfig(w_facing=w_facing, component=None if facing_component == "auto" else int(facing_component), w_front=w_front),
+                         cameras=CameraConfig(spacing=spacing), device=device, seed=seed)  # fmt: skip
     check_discovery_input(len(list_images(collection)), cfg, flip)
     with claim_output(output, overwrite, kind="dir"):
         result, cache = _discover(collection, output, backbone, features, cfg, flip, batch_size, device, workers, overwrite,
-                                  (backbone, timestep, blocks, colour_perms, noise_maps, image_size, feature_seed))  # fmt: skip
+                                  (backbone, timestep, blocks, image_size, feature_seed))  # fmt: skip
     if result is None:  # multi-GPU: the other ranks only helped extract
         return
     console.print(f"found {result.num_poses} poses in {len(result.files)} images (features: {cache.folder})")
@@ -107,7 +99,7 @@ def assign(
     import contextlib
 
     from mirage3d.io import atomic_write_json, claim_output
-    from mirage3d.poses.discover import assign_files
+    from mirage3d.poses.assign import assign_files
 
     with claim_output(output, overwrite, kind="file") if output is not None else contextlib.nullcontext():
         rows = assign_files(images, poses, backbone, device)
@@ -128,8 +120,6 @@ def refit(
     output: Path = typer.Option(..., "-o", "--output", help="New poses folder (same labels and cameras, pose model for the new backbone)."),
     timestep: int = TIMESTEP,
     blocks: str = BLOCKS,
-    colour_perms: int = COLOUR_PERMS,
-    noise_maps: int = NOISE_MAPS,
     image_size: int = IMAGE_SIZE,
     feature_seed: int = FEATURE_SEED,
     features: Path = typer.Option(None, "--features", help="Feature cache folder for the new backbone."),
@@ -137,13 +127,14 @@ def refit(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Refit the pose model for another backbone (e.g. the final pose-conditioned UNet), keeping the labels."""
-    from mirage3d.io import claim_output, read_poses_json
-    from mirage3d.poses.discover import refit_pose_model
+    from mirage3d.io import claim_output
+    from mirage3d.poses.assign import refit_pose_model
+    from mirage3d.poses.poseset import PoseSet
     from mirage3d.poses.extract import ExtractConfig
 
-    read_poses_json(poses)  # a damaged poses folder is refused before the backbone is loaded
+    PoseSet.load(poses)  # a damaged poses folder is refused before the backbone is loaded
     with claim_output(output, overwrite, kind="dir"):
-        bb = load_backbone_from(backbone, timestep, blocks, colour_perms, noise_maps, image_size, feature_seed)
+        bb = load_backbone_from(backbone, timestep, blocks, image_size, feature_seed)
         res = refit_pose_model(poses, bb, collection, output, features, ExtractConfig(device=device), overwrite)
     console.print(f"refitted the pose model for {backbone}: it gives the fixed label to {100 * res.agreement:.1f}% of the images; wrote {res.folder}")
 

@@ -5,9 +5,16 @@ Camera: OpenGL / nerfstudio axes: +X right, +Y up, looking down -Z. Matrices are
 Azimuth: degrees in [0, 360), counter-clockwise seen from above, 0 = camera on +X (sees the front),
 90 = camera on +Y (sees the object's left side). Elevation: degrees above the XY plane.
 A horizontally mirrored image of a left/right-symmetric object is the view from azimuth -az.
+
+``Camera`` (a camera-to-world matrix and ``Intrinsics``) is the one camera type of every stage: the renderer's
+views, the camera of each discovered pose (``mirage3d.poses.cameras.PoseCamera`` adds the pose), the frames of
+a views folder (``mirage3d.io.Transforms.cameras()``) and what reconstruction reads from it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +112,63 @@ def fit_radius_for_sphere(object_radius: float, fov_deg: float, fill: float = 0.
     """Camera distance at which a sphere of ``object_radius`` spans ``fill`` of the image's field of view."""
     half = np.deg2rad(fov_deg) * 0.5
     return float(object_radius / np.sin(np.arctan(fill * np.tan(half))))
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels: focal lengths, principal point (pixel centres at +0.5) and image size."""
+
+    fl_x: float
+    fl_y: float
+    cx: float
+    cy: float
+    w: int
+    h: int
+
+    @property
+    def K(self) -> np.ndarray:
+        """(3, 3) intrinsics matrix."""
+        return np.array([[self.fl_x, 0.0, self.cx], [0.0, self.fl_y, self.cy], [0.0, 0.0, 1.0]])
+
+    @classmethod
+    def from_fov(cls, fov_deg: float, size: int) -> Intrinsics:
+        """A square ``size``-pixel image with field of view ``fov_deg`` and the principal point at its centre."""
+        f = float(focal_from_fov(fov_deg, size))
+        return cls(f, f, size / 2.0, size / 2.0, int(size), int(size))
+
+    def resized(self, w: int, h: int) -> Intrinsics:
+        """The same camera for the image resampled to ``w`` x ``h`` pixels."""
+        sx, sy = w / self.w, h / self.h
+        return Intrinsics(self.fl_x * sx, self.fl_y * sy, self.cx * sx, self.cy * sy, int(w), int(h))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fl_x": float(self.fl_x), "fl_y": float(self.fl_y), "cx": float(self.cx), "cy": float(self.cy), "w": int(self.w), "h": int(self.h)}
+
+
+@dataclass
+class Camera:
+    """A pinhole camera: camera-to-world (4, 4) with OpenGL axes in the +Z-up world, and its intrinsics."""
+
+    c2w: np.ndarray
+    intrinsics: Intrinsics
+
+    @property
+    def K(self) -> np.ndarray:
+        return self.intrinsics.K
+
+    # The intrinsics' fields, read through the camera (transforms.json and cameras.json list them flat).
+    w = property(lambda self: self.intrinsics.w)
+    h = property(lambda self: self.intrinsics.h)
+    fl_x = property(lambda self: self.intrinsics.fl_x)
+    fl_y = property(lambda self: self.intrinsics.fl_y)
+    cx = property(lambda self: self.intrinsics.cx)
+    cy = property(lambda self: self.intrinsics.cy)
+
+    @classmethod
+    def orbit(cls, az_deg: float, el_deg: float, radius: float, intrinsics: Intrinsics) -> Camera:
+        """A camera on the sphere of ``radius`` around the origin, looking at it."""
+        return cls(orbit_c2w(az_deg, el_deg, radius), intrinsics)
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """World points (N, 3) → pixel coordinates (N, 2) and depth (N,) (:func:`project_points`)."""
+        return project_points(points, self.c2w, self.K)

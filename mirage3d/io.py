@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mirage3d.cameras import Camera, Intrinsics
 from mirage3d.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -335,14 +336,27 @@ class Transforms:
     frames: list[Frame]
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_intrinsics(cls, intrinsics: Intrinsics, frames: list[Frame], extra: dict[str, Any] | None = None) -> Transforms:
+        i = intrinsics
+        return cls(i.w, i.h, i.fl_x, i.fl_y, i.cx, i.cy, frames, dict(extra or {}))
+
+    @property
+    def intrinsics(self) -> Intrinsics:
+        return Intrinsics(self.fl_x, self.fl_y, self.cx, self.cy, self.w, self.h)
+
     @property
     def K(self) -> np.ndarray:
         """(3, 3) intrinsics matrix in pixels."""
-        return np.array([[self.fl_x, 0.0, self.cx], [0.0, self.fl_y, self.cy], [0.0, 0.0, 1.0]])
+        return self.intrinsics.K
 
     def c2w(self) -> np.ndarray:
         """(N, 4, 4) stacked camera-to-world matrices."""
         return np.stack([f.transform_matrix for f in self.frames])
+
+    def cameras(self) -> list[Camera]:
+        """One :class:`mirage3d.cameras.Camera` per frame."""
+        return [Camera(np.asarray(f.transform_matrix, dtype=np.float64), self.intrinsics) for f in self.frames]
 
 
 _INTRINSIC_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy")
@@ -456,46 +470,3 @@ def write_transforms(path: str | os.PathLike[str], t: Transforms) -> None:
         for f in t.frames
     ]
     atomic_write_json(path, data)
-
-
-# --------------------------------------------------------------------------------------------------
-# poses.json (written by `mirage3d poses discover`)
-# --------------------------------------------------------------------------------------------------
-def read_poses_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate ``POSES/poses.json`` (or the file itself): ``num_poses`` K ≥ 1, ``files`` and
-    ``labels`` of one length with labels in 0..K-1, ``mirror`` a K-entry table of poses and, when present,
-    K finite ``azimuth_deg`` and one finite ``confidence`` per file. One-line :class:`InputError` otherwise."""
-    path = Path(path)
-    file = path / "poses.json" if path.is_dir() or not path.suffix else path
-    if not file.is_file():
-        raise InputError(f"{file} does not exist; run `mirage3d poses discover` first (it writes POSES/poses.json)")
-    try:
-        data = json.loads(file.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{file} is not valid JSON ({type(e).__name__}); run `mirage3d poses discover` again") from None
-    need = ("num_poses", "files", "labels", "mirror")
-    if not isinstance(data, dict) or any(k not in data for k in need):
-        raise InputError(f"{file} must be an object with {', '.join(need)}; run `mirage3d poses discover` again")
-
-    def ints(v: Any) -> bool:
-        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-
-    def finite(v: Any, n: int) -> bool:
-        return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-
-    k, files, labels, mirror = data["num_poses"], data["files"], data["labels"], data["mirror"]
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise InputError(f"{file}: num_poses must be a positive integer, got {k!r}")
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files) or not ints(labels) or len(files) != len(labels):
-        raise InputError(f"{file}: files (names) and labels (integers) must be lists of one length")
-    if not ints(mirror) or len(mirror) != k:
-        raise InputError(f"{file}: mirror must list {k} integer poses (one per pose)")
-    for name, values in (("labels", labels), ("mirror", mirror)):
-        bad = [x for x in values if not 0 <= x < k]
-        if bad:
-            raise InputError(f"{file}: {name} holds pose {bad[0]}, out of range 0..{k - 1}")
-    if "azimuth_deg" in data and not finite(data["azimuth_deg"], k):
-        raise InputError(f"{file}: azimuth_deg must list {k} finite numbers (one per pose)")
-    if "confidence" in data and not finite(data["confidence"], len(files)):
-        raise InputError(f"{file}: confidence must list one finite number per file")
-    return data

@@ -74,14 +74,9 @@ def load_views(folder: str | Path, white_threshold: float = 0.97) -> ViewSet:
             "all views must share one size"
         )
     w, h = images[0].size
-    K = t.K.copy()
-    if (w, h) != (t.w, t.h):
-        if abs(w / h - t.w / t.h) > 1e-3:
-            raise InputError(
-                f"images are {w}x{h} but transforms.json says {t.w}x{t.h} (another aspect ratio); fix w/h in transforms.json"
-            )
-        K[0] *= w / t.w
-        K[1] *= h / t.h
+    if (w, h) != (t.w, t.h) and abs(w / h - t.w / t.h) > 1e-3:
+        raise InputError(f"images are {w}x{h} but transforms.json says {t.w}x{t.h} (another aspect ratio); fix w/h in transforms.json")
+    K = t.intrinsics.resized(w, h).K  # the cameras of transforms.json, for the images as loaded
     rgba = np.stack([rgba_to_array(im) for im in images])  # (N, H, W, 4)
     if np.all(rgba[..., 3] > 0.999):
         # No alpha channel: the background is white by the views convention.

@@ -18,9 +18,13 @@ from PIL import Image, ImageDraw
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-from mirage3d.cameras import focal_from_fov, orbit_c2w  # noqa: E402
-from mirage3d.data.meshes import find_meshes  # noqa: E402
-from mirage3d.data.render import Intrinsics, render_views  # noqa: E402
+from mirage3d.cameras import (
+    Intrinsics,
+    focal_from_fov,
+    orbit_c2w,
+)
+from mirage3d.data.meshes import find_meshes
+from mirage3d.data.render import render_views
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mirage3d.cameras import fit_radius_for_sphere, focal_from_fov, orbit_c2w
-from mirage3d.data.render import Intrinsics, render_views
+from mirage3d.cameras import Intrinsics, fit_radius_for_sphere, focal_from_fov, orbit_c2w
+from mirage3d.data.render import render_views
 from mirage3d.io import atomic_save_image, atomic_write_json
 
 EXAMPLES = [  # (mesh file, appearance seed, azimuth, elevation)

@@ -155,9 +155,7 @@ CASES = [
     Case("data render: --res out of range", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--res", "5"], "--res"),
     Case("data render: --elev-max nan", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--elev-max", "nan"], "finite"),
     Case("data render: existing output", lambda d, o: ["data", "render", str(d.meshes), "-o", str(d.exists)], "--overwrite", lambda d, o: [d.exists / "keep.txt"]),
-    # features train / extract
-    Case("features train: bad image in the collection", lambda d, o: ["features", "train", str(d.badcoll), "-o", str(o), *TRAIN_FAST, "--workers", "0"], "zzz_broken.png"),
-    Case("features train: output below a file", lambda d, o: ["features", "train", str(d.coll), "-o", _below(d), *TRAIN_FAST, "--workers", "0"], "is a file"),
+    # features extract
     Case("features extract: truncated weights", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_trunc), *UNET_FAST], "cannot load the UNet"),
     Case("features extract: header of 10^12 bytes", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_huge), *UNET_FAST], "cannot load the UNet"),
     Case("features extract: wrong types in config.json", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_types), *UNET_FAST], "cannot load the UNet"),

@@ -75,41 +75,12 @@ def test_unet_backbone_shapes_and_batch_independence(unet_folder):
     torch.testing.assert_close(load_backbone(ref)(x), f)
 
 
-def test_colour_permutations_make_features_colour_invariant(unet_folder):
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    swapped = x[:, [2, 0, 1]]
-    one = load_backbone(str(unet_folder), timestep=100)
-    six = load_backbone(str(unet_folder), timestep=100, colour_perms=6)
-    assert not torch.allclose(one(x), one(swapped), atol=1e-3)  # a plain UNet sees the paint
-    torch.testing.assert_close(six(x), six(swapped), rtol=1e-4, atol=1e-5)  # averaged over all 6 orders: it does not
-    ref = six.reference()
-    assert ref["colour_perms"] == 6 and "colour_perms" not in one.reference()
-    torch.testing.assert_close(load_backbone(ref)(x), six(x))
-    with pytest.raises(InputError, match="colour-perms"):
-        load_backbone(str(unet_folder), colour_perms=7)
-
-
-def test_noise_maps_average_the_single_map_features(unet_folder):
-    x = torch.rand(3, 3, 32, 32) * 2 - 1
-    one = load_backbone(str(unet_folder), timestep=300)
-    three = load_backbone(str(unet_folder), timestep=300, noise_maps=3)
-    torch.testing.assert_close(three.noise[:1], one.noise)  # map 0 is the single map: old caches stay comparable
-    # The batched average over the maps equals the mean of one-map backbones, each holding one of the maps.
-    singles = []
-    for i in range(3):
-        bb = load_backbone(str(unet_folder), timestep=300)
-        bb.noise = three.noise[i : i + 1].clone()
-        singles.append(bb(x))
-    torch.testing.assert_close(three(x), torch.stack(singles).mean(0), rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(three(x), one(x), atol=1e-3)
-    torch.testing.assert_close(three(x[1:2]), three(x)[1:2], rtol=1e-4, atol=1e-5)  # still no dependence on batch mates
-    ref = three.reference()
-    assert ref["noise_maps"] == 3 and "noise_maps" not in one.reference()
-    torch.testing.assert_close(load_backbone(ref)(x), three(x))
-    both = load_backbone(str(unet_folder), timestep=300, colour_perms=2, noise_maps=2)
-    assert both(x).shape == one(x).shape
-    with pytest.raises(InputError, match="noise-maps"):
-        load_backbone(str(unet_folder), noise_maps=0)
+def test_removed_feature_averaging_is_refused_in_saved_references(unet_folder):
+    """References written with --colour-perms / --noise-maps (options since removed) fail with one line."""
+    ref = load_backbone(str(unet_folder), timestep=100).reference()
+    assert ref["timestep"] == 100 and load_backbone(str(unet_folder)).reference()["timestep"] == 200  # the default
+    with pytest.raises(ModelError, match="noise_maps > 1"):
+        load_backbone({**ref, "noise_maps": 4})
 
 
 def test_unet_backbone_with_alpha_channel(tmp_path):
@@ -138,7 +109,7 @@ def test_dinov2_offline_without_weights_is_one_line(monkeypatch):
     with pytest.raises(DependencyError) as e:
         load_backbone("dinov2-small")
     msg = str(e.value)
-    assert "\n" not in msg and "hf download facebook/dinov2-small" in msg and "mirage3d features train" in msg
+    assert "\n" not in msg and "hf download facebook/dinov2-small" in msg and "mirage3d train COLLECTION -o BACKBONE" in msg
 
 
 def test_random_vit_shape_and_reference():
@@ -164,7 +135,7 @@ def test_bad_backbone_spec():
 
 def test_not_a_unet_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="features train"):
+    with pytest.raises(ModelError, match="mirage3d train"):
         load_backbone(str(tmp_path / "empty"))
 
 

@@ -100,28 +100,6 @@ def test_fit_parts_recovers_parts_and_feature_foreground():
     assert float(((torch.nn.functional.normalize(feats[:, 0, 0], dim=-1) - mean) @ axis).max()) < 0
 
 
-def test_centre_images_removes_a_per_image_offset():
-    """Each image adds its own large 'paint' vector to every object patch: plain part clustering splits by
-    image, per-image centring recovers the parts."""
-    feats, truth = _synthetic_patches(n=60, c=16)
-    g = torch.Generator().manual_seed(1)
-    paint = torch.randn(3, 16, generator=g) * 12  # three paints, image i painted i % 3
-    obj = (truth > 0)[None, ..., None].float()
-    feats = feats + obj * paint[torch.arange(60) % 3][:, None, None, :]
-    fg_alpha = (truth > 0).float()[None].repeat(60, 1, 1)
-    mask = torch.ones(60, dtype=torch.bool)
-    fg_truth = truth[truth > 0].repeat(60).numpy()
-    plain = fit_parts(feats, fg_alpha, mask, 3, pca_dim=8, seed=0)
-    centred = fit_parts(feats, fg_alpha, mask, 3, pca_dim=8, seed=0, centre_images=True)
-    assert centred.centre_images and not plain.centre_images
-    ari_plain = adjusted_rand_score(fg_truth, plain.assign(feats, fg_alpha)[:, truth > 0].flatten().numpy())
-    ari_centred = adjusted_rand_score(fg_truth, centred.assign(feats, fg_alpha)[:, truth > 0].flatten().numpy())
-    assert ari_plain < 0.2 and ari_centred == pytest.approx(1.0)
-    # Round trip through tensors keeps the setting (the saved pose model records it).
-    again = type(centred).from_tensors(centred.tensors(), centred.fg_threshold, centred.centre_images)
-    assert torch.equal(again.assign(feats, fg_alpha), centred.assign(feats, fg_alpha))
-
-
 def _all_involutions(k):
     for perm in itertools.permutations(range(k)):
         if all(perm[perm[i]] == i for i in range(k)):

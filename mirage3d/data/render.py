@@ -16,22 +16,22 @@ import os
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("PYGLET_HEADLESS", "1")  # the GPU machine has no X11 libraries for pyglet
 
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from mirage3d.cameras import fit_radius_for_sphere, focal_from_fov, fov_from_focal, look_at, orbit_c2w, spherical_to_position  # noqa: E402
-from mirage3d.config import save_config  # noqa: E402
-from mirage3d.data import meshes as M  # noqa: E402
-from mirage3d.errors import InputError  # noqa: E402
-from mirage3d.io import Frame, Transforms, atomic_dir, atomic_write_text, write_transforms  # noqa: E402
+from mirage3d.cameras import Intrinsics, fit_radius_for_sphere, focal_from_fov, fov_from_focal, look_at, orbit_c2w, spherical_to_position
+from mirage3d.config import save_config
+from mirage3d.data import meshes as M
+from mirage3d.errors import InputError
+from mirage3d.io import Frame, Transforms, atomic_dir, atomic_write_text, write_transforms
 
 
 @dataclass
@@ -77,22 +77,6 @@ class RenderConfig:
     """Render processes (each holds one renderer)."""
     seed: int = 0
     """Base seed: image i's draws come from (seed, i)."""
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels (``docs/conventions.md``)."""
-
-    fl_x: float
-    fl_y: float
-    cx: float
-    cy: float
-    w: int
-    h: int
-
-    @property
-    def K(self) -> np.ndarray:
-        return np.array([[self.fl_x, 0.0, self.cx], [0.0, self.fl_y, self.cy], [0.0, 0.0, 1.0]])
 
 
 @dataclass(frozen=True)
@@ -263,10 +247,9 @@ def _render_chunk(job: tuple[str, str, list[int], RenderConfig, str]) -> list[di
 
 def orbit_cameras(n: int, elev_deg: float, cfg: RenderConfig) -> tuple[np.ndarray, Intrinsics, np.ndarray]:
     """N orbit views at constant elevation, azimuths evenly spaced from 0 → (c2ws (N, 4, 4), intrinsics, azimuths)."""
-    f = focal_from_fov(cfg.fov_deg, cfg.res)
     dist = fit_radius_for_sphere(1.0, cfg.fov_deg, cfg.fill)
     az = np.arange(n) * (360.0 / n)
-    return np.stack([orbit_c2w(a, elev_deg, dist) for a in az]), Intrinsics(f, f, cfg.res / 2, cfg.res / 2, cfg.res, cfg.res), az
+    return np.stack([orbit_c2w(a, elev_deg, dist) for a in az]), Intrinsics.from_fov(cfg.fov_deg, cfg.res), az
 
 
 def _render_orbit(job: tuple[str, str, list[int], RenderConfig, str]) -> list[dict[str, Any]]:
@@ -283,7 +266,7 @@ def _render_orbit(job: tuple[str, str, list[int], RenderConfig, str]) -> list[di
         frames.append(Frame(f"images/frame_{k:05d}.png", c2w, {"azimuth_deg": float(az), "elevation_deg": cfg.orbit_elev}))
     extra = {"mesh_id": mesh_id, "appearance_seed": M.CANONICAL_APPEARANCE, "light": asdict(CANONICAL_LIGHT),
              "mesh": "mesh.glb", "mesh_frame": "world (+Z up, front +X, bounding radius 1)"}  # fmt: skip
-    write_transforms(out / "transforms.json", Transforms(intr.w, intr.h, intr.fl_x, intr.fl_y, intr.cx, intr.cy, frames, extra))
+    write_transforms(out / "transforms.json", Transforms.from_intrinsics(intr, frames, extra))
     M.normalised_trimesh(nm).export(out / "mesh.glb")
     return []
 

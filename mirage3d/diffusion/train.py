@@ -34,13 +34,13 @@ from mirage3d.diffusion.train_outputs import (
     SAVE_DTYPES,
     append_loss,
     copy_poses,
-    write_framing,
     draw_loss,
     export_pipeline,
     latest_checkpoint,
     prepare_output,
     sample_grid,
     truncate_loss_log,
+    write_framing,
 )
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import atomic_save_image, atomic_write_json, list_images
@@ -207,7 +207,7 @@ def _load_init(init: Path) -> torch.nn.Module:
 
     init = Path(init)
     if not (init / "unet" / "config.json").exists():
-        raise ModelError(f"--init {init} is not a mirage3d model folder (no unet/config.json); give a folder written by `mirage3d train` or `mirage3d features train`")
+        raise ModelError(f"--init {init} is not a mirage3d model folder (no unet/config.json); give a folder written by `mirage3d train`")
     from mirage3d.errors import loading
 
     with loading("the --init UNet", init / "unet", "it is damaged or incomplete: give another --init folder"):
@@ -344,7 +344,8 @@ def train(
 
     def write_samples(at: int) -> None:
         if main:
-            grid = sample_grid(ema.model, scheduler, pose_labels.num_poses if pose_labels else None, cfg, cfg.seed, accelerator.autocast)
+            grid = sample_grid(ema.model, scheduler, pose_labels.num_poses if pose_labels else None, cfg.sample_per_pose, cfg.sample_steps, cfg.sample_guidance,
+                               cfg.seed, accelerator.autocast)  # fmt: skip
             atomic_save_image(output / "samples" / f"step-{at:06d}.png", grid)
         accelerator.wait_for_everyone()
 

@@ -8,7 +8,6 @@ the batches and noise the uninterrupted run would have seen, without saving any 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,48 +34,12 @@ class PoseLabels:
 
 
 def read_pose_labels(path: Path, collection_names: list[str]) -> PoseLabels:
-    """Read ``POSES/poses.json`` (or the file itself) and align it to ``collection_names``.
+    """Read ``POSES/poses.json`` (or the file itself, through :class:`mirage3d.poses.poseset.PoseSet`) and align it
+    to ``collection_names``: ``files`` must be exactly the collection's images (relative paths), in any order."""
+    from mirage3d.poses.poseset import PoseSet
 
-    ``files`` must be exactly the collection's images (paths relative to the collection folder), in any
-    order; labels must lie in 0..K-1 and ``mirror`` must be a K-entry table of poses.
-    """
-    path = Path(path)
-    file = path / "poses.json" if path.is_dir() else path
-    if not file.exists():
-        raise InputError(f"{file} does not exist; --poses takes the folder written by `mirage3d poses` (with poses.json)")
-    raw = file.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{file} is not valid JSON ({type(e).__name__})") from None
-    if not isinstance(data, dict) or not all(k in data for k in ("num_poses", "files", "labels", "mirror")):
-        raise InputError(f"{file} must be an object with num_poses, files, labels and mirror")
-    k, files, labels, mirror = data["num_poses"], data["files"], data["labels"], data["mirror"]
-    if not isinstance(k, int) or k < 1:
-        raise InputError(f"{file}: num_poses must be a positive integer, got {k!r}")
-    if not isinstance(files, list) or not isinstance(labels, list) or len(files) != len(labels):
-        raise InputError(f"{file}: files and labels must be lists of equal length")
-    if not isinstance(mirror, list) or len(mirror) != k:
-        raise InputError(f"{file}: mirror must list {k} poses (one per pose), got {len(mirror) if isinstance(mirror, list) else mirror!r}")
-    try:
-        labels_arr = np.asarray(labels, dtype=np.int64)
-        mirror_arr = np.asarray(mirror, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise InputError(f"{file}: labels and mirror must be integers") from None
-    for name, arr in (("labels", labels_arr), ("mirror", mirror_arr)):
-        bad = np.flatnonzero((arr < 0) | (arr >= k))
-        if bad.size:
-            raise InputError(f"{file}: {name}[{bad[0]}] = {arr[bad[0]]} is out of range 0..{k - 1}")
-    by_name = {str(f).replace("\\", "/"): i for i, f in enumerate(files)}
-    if len(by_name) != len(files):
-        raise InputError(f"{file}: files lists some image twice")
-    missing = [n for n in collection_names if n not in by_name]
-    extra = sorted(set(by_name) - set(collection_names))
-    if missing or extra:
-        what = f"{len(missing)} collection images have no label (e.g. {missing[0]})" if missing else f"{len(extra)} labelled files are not in the collection (e.g. {extra[0]})"
-        raise InputError(f"{file} does not match the collection: {what}; run pose discovery on this collection again")
-    aligned = labels_arr[[by_name[n] for n in collection_names]]
-    return PoseLabels(file.parent, k, aligned, mirror_arr, hashlib.sha256(raw).hexdigest())
+    poses = PoseSet.load(path)
+    return PoseLabels(poses.folder, poses.num_poses, poses.labels_for(collection_names), poses.mirror, poses.sha256)
 
 
 def class_tables(num_images: int, poses: PoseLabels | None, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

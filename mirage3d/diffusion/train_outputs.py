@@ -13,7 +13,6 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,9 +22,6 @@ from mirage3d.diffusion.loss_plot import draw_loss_curve, read_loss_log
 from mirage3d.diffusion.train_data import PoseLabels
 from mirage3d.errors import InputError
 from mirage3d.io import atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from mirage3d.diffusion.train import TrainConfig
 
 RESUME_KEYS = ("model", "res", "channels", "max_poses", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
                 "prediction_type", "beta_schedule", "num_train_timesteps", "p_uncond", "flip", "seed")
@@ -132,24 +128,24 @@ def export_pipeline(output: Path, ema_unet: torch.nn.Module, train_scheduler, sa
 
 
 @torch.no_grad()
-def sample_grid(unet: torch.nn.Module, train_scheduler, num_poses: int | None, cfg: TrainConfig, seed: int, autocast: Callable) -> np.ndarray:
-    """uint8 grid (rows·H, cols·W, 3): one row per pose (guided), or 4 rows of class-0 samples in phase 1."""
+def sample_grid(unet: torch.nn.Module, train_scheduler, num_poses: int | None, cols: int, steps: int, guidance: float, seed: int, autocast: Callable) -> np.ndarray:
+    """uint8 grid (rows·H, cols·W, 3): one row per pose (guided by ``guidance``, ``steps`` DDIM steps), or 4 rows of
+    class-0 samples in phase 1."""
     from mirage3d.diffusion.pipeline import MiragePipeline
 
     pipe = MiragePipeline(unet=unet, scheduler=sampling_scheduler(train_scheduler))
     pipe.set_progress_bar_config(disable=True)
-    cols = cfg.sample_per_pose
     g = torch.Generator().manual_seed(seed)
     with autocast():
         if num_poses is not None:
             poses = [k for k in range(num_poses) for _ in range(cols)]
-            images = pipe(poses, num_inference_steps=cfg.sample_steps, guidance_scale=cfg.sample_guidance, generator=g, output_type="np").images
+            images = pipe(poses, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np").images
             rows = num_poses
         else:  # class 0: the pipeline's __call__ takes pose labels only, so run its loop with the null class
             rows, device, res = 4, unet.device, unet.config.sample_size
             x = torch.randn((rows * cols, unet.config.in_channels, res, res), generator=g).to(device)
             labels = torch.full((rows * cols,), NULL_CLASS, device=device)
-            pipe.scheduler.set_timesteps(cfg.sample_steps, device=device)
+            pipe.scheduler.set_timesteps(steps, device=device)
             for t in pipe.scheduler.timesteps:
                 out = pipe.predict_noise(pipe.scheduler.scale_model_input(x, t), t, labels, 1.0)
                 x = pipe.scheduler.step(out.float(), t, x, generator=g).prev_sample

@@ -2,34 +2,47 @@
 
 Stages: ``features`` (backbones) → ``extract`` (feature cache) → ``parts`` / ``descriptors`` →
 ``cluster`` (mirror-consistent pose k-means) → ``ring`` (azimuths) → ``cameras``; ``discover`` runs them all
-and writes a poses folder, ``model.PoseModel`` assigns poses to new images, ``evaluate`` scores them.
+(settings: ``config.DiscoverConfig``) and writes a poses folder (``poseset.PoseSet`` is its ``poses.json``),
+``model.PoseModel`` assigns poses to new images (``assign``), ``evaluate`` scores them.
+
+The names below are imported on first use, so ``mirage3d.poses.config`` (the settings, which the CLI reads for
+its defaults) loads without torch.
 """
 
-from mirage3d.poses.cameras import CameraConfig, PoseCamera, load_cameras
-from mirage3d.poses.discover import DiscoverConfig, PoseSet, RefitResult, discover_poses, refit_pose_model
-from mirage3d.poses.evaluate import PoseMetrics, evaluate_poses
-from mirage3d.poses.extract import ExtractConfig, FeatureCache, extract_features
-from mirage3d.poses.features import Backbone, Dinov2Backbone, HogBackbone, UNetBackbone, load_backbone
-from mirage3d.poses.model import PoseModel
+from __future__ import annotations
 
-__all__ = [
-    "Backbone",
-    "CameraConfig",
-    "DiscoverConfig",
-    "Dinov2Backbone",
-    "ExtractConfig",
-    "FeatureCache",
-    "HogBackbone",
-    "PoseCamera",
-    "PoseMetrics",
-    "PoseModel",
-    "PoseSet",
-    "RefitResult",
-    "UNetBackbone",
-    "discover_poses",
-    "evaluate_poses",
-    "extract_features",
-    "load_backbone",
-    "load_cameras",
-    "refit_pose_model",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Backbone": "features",
+    "CameraConfig": "config",
+    "DescriptorConfig": "config",
+    "DiscoverConfig": "config",
+    "Dinov2Backbone": "features",
+    "ExtractConfig": "extract",
+    "FacingConfig": "config",
+    "FeatureCache": "extract",
+    "HogBackbone": "features",
+    "PartsConfig": "config",
+    "PoseCamera": "cameras",
+    "PoseMetrics": "evaluate",
+    "PoseModel": "model",
+    "PoseSet": "poseset",
+    "RefitResult": "assign",
+    "UNetBackbone": "features",
+    "assign_files": "assign",
+    "discover_poses": "discover",
+    "evaluate_poses": "evaluate",
+    "extract_features": "extract",
+    "load_backbone": "features",
+    "load_cameras": "cameras",
+    "refit_pose_model": "assign",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mirage3d.poses' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mirage3d.poses.{_EXPORTS[name]}"), name)

@@ -9,14 +9,15 @@ sphere filling 85 % of the half-frame). Every pose shares them.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mirage3d.cameras import fit_radius_for_sphere, focal_from_fov, orbit_c2w
+from mirage3d.cameras import Camera, Intrinsics, fit_radius_for_sphere, orbit_c2w
 from mirage3d.errors import InputError
 from mirage3d.io import Frame, Transforms, atomic_write_json, write_transforms
+from mirage3d.poses.config import CameraConfig
 
 ASSUMPTIONS = (
     "Azimuths are known only up to the object's symmetry: azimuth 0 is placed on the axis about which the "
@@ -27,54 +28,31 @@ ASSUMPTIONS = (
 
 
 @dataclass
-class CameraConfig:
-    elevation_deg: float = 17.5
-    """camera elevation of every pose (midpoint of the renderer's default 0-35 degree range)"""
-    fov_deg: float = 40.0
-    """full field of view (the renderer's default)"""
-    fill: float = 0.85
-    """fraction of the half-frame spanned by the object's unit bounding sphere (sets the distance)"""
-    spacing: str = "uniform"
-    """azimuth spacing around the ring: "uniform" (360/K each) or "sizes" (arcs proportional to cluster sizes)"""
+class PoseCamera(Camera):
+    """The camera of one discovered pose (``mirage3d.cameras.Camera`` with the pose and its orbit position)."""
 
-
-@dataclass
-class PoseCamera:
-    pose: int
-    azimuth_deg: float
-    elevation_deg: float
-    radius: float
-    fl_x: float
-    fl_y: float
-    cx: float
-    cy: float
-    w: int
-    h: int
-    c2w: np.ndarray  # (4, 4) camera-to-world, OpenGL axes, world +Z up
+    pose: int = 0
+    azimuth_deg: float = 0.0
+    elevation_deg: float = 0.0
+    radius: float = 0.0
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d.pop("c2w")
-        d["transform_matrix"] = np.asarray(self.c2w, dtype=float).tolist()
-        return d
+        return {"pose": self.pose, "azimuth_deg": self.azimuth_deg, "elevation_deg": self.elevation_deg, "radius": self.radius, **self.intrinsics.to_json(),
+                "transform_matrix": np.asarray(self.c2w, dtype=float).tolist()}  # fmt: skip
 
 
 def make_cameras(azimuth_deg: np.ndarray, res: int, cfg: CameraConfig) -> list[PoseCamera]:
     """A camera per pose at the given azimuths (K,), for images of ``res``×``res`` pixels."""
     radius = fit_radius_for_sphere(1.0, cfg.fov_deg, cfg.fill)
-    f = float(focal_from_fov(cfg.fov_deg, res))
-    return [
-        PoseCamera(k, float(az), cfg.elevation_deg, radius, f, f, res / 2.0, res / 2.0, int(res), int(res), orbit_c2w(float(az), cfg.elevation_deg, radius))
-        for k, az in enumerate(np.asarray(azimuth_deg, dtype=np.float64))
-    ]
+    intr = Intrinsics.from_fov(cfg.fov_deg, res)
+    return [PoseCamera(orbit_c2w(float(az), cfg.elevation_deg, radius), intr, k, float(az), cfg.elevation_deg, radius) for k, az in enumerate(np.asarray(azimuth_deg, dtype=np.float64))]
 
 
 def write_cameras(folder: Path, cameras: list[PoseCamera], extra: dict | None = None) -> None:
     """``cameras.json`` and ``transforms.json`` (template: one frame per pose, ``images/pose_KK.png``)."""
     atomic_write_json(folder / "cameras.json", {"num_poses": len(cameras), "cameras": [c.to_json() for c in cameras], "assumptions": ASSUMPTIONS, **(extra or {})})
-    c0 = cameras[0]
     frames = [Frame(f"images/pose_{c.pose:02d}.png", c.c2w, {"pose": c.pose, "azimuth_deg": c.azimuth_deg, "elevation_deg": c.elevation_deg}) for c in cameras]
-    write_transforms(folder / "transforms.json", Transforms(c0.w, c0.h, c0.fl_x, c0.fl_y, c0.cx, c0.cy, frames, {"template": True}))
+    write_transforms(folder / "transforms.json", Transforms.from_intrinsics(cameras[0].intrinsics, frames, {"template": True}))
 
 
 def load_cameras(folder: str | Path) -> list[PoseCamera]:
@@ -86,7 +64,8 @@ def load_cameras(folder: str | Path) -> list[PoseCamera]:
     try:
         data = json.loads(path.read_text())
         cams = [
-            PoseCamera(int(c["pose"]), float(c["azimuth_deg"]), float(c["elevation_deg"]), float(c["radius"]), float(c["fl_x"]), float(c["fl_y"]), float(c["cx"]), float(c["cy"]), int(c["w"]), int(c["h"]), np.asarray(c["transform_matrix"], dtype=np.float64))
+            PoseCamera(np.asarray(c["transform_matrix"], dtype=np.float64), Intrinsics(float(c["fl_x"]), float(c["fl_y"]), float(c["cx"]), float(c["cy"]), int(c["w"]), int(c["h"])),
+                       int(c["pose"]), float(c["azimuth_deg"]), float(c["elevation_deg"]), float(c["radius"]))  # fmt: skip
             for c in data["cameras"]
         ]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:

@@ -17,7 +17,7 @@ flips of each cluster's members fall.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ def best_involution(w: np.ndarray, max_fixed: int | None = None) -> np.ndarray:
                 free -= {i, j}
         return m
 
-    @lru_cache(maxsize=None)
+    @cache
     def best(mask: int) -> tuple[float, tuple[tuple[int, int], ...]]:
         if mask == 0:
             return 0.0, ()
@@ -92,7 +92,7 @@ def _best_involution_limited(w: np.ndarray, max_fixed: int) -> np.ndarray:
             fixed = [i for i in fixed if i not in (a, b)]
         return m
 
-    @lru_cache(maxsize=None)
+    @cache
     def best(mask: int, left: int) -> tuple[float, tuple[tuple[int, int], ...]]:
         if mask == 0:
             return 0.0, ()
@@ -166,36 +166,31 @@ def _lloyd(d: torch.Tensor, f: torch.Tensor, c: torch.Tensor, mirror: np.ndarray
 
 
 def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, flip_centres: bool = False,
-                  max_fixed: int | None = None, init: tuple[np.ndarray, np.ndarray] | None = None) -> MirrorClusters:  # fmt: skip
+                  max_fixed: int | None = None) -> MirrorClusters:  # fmt: skip
     """Cluster descriptors ``d`` (N, D) with flipped descriptors ``f`` (N, D) into ``k`` mirror-consistent poses.
 
     ``flip_centres`` False (default): centres are means of real images only (the flips constrain the labels
     and the mirror map but cannot pull a centre off the real images; measured more robust when flipped
     features are unlike real ones). True: exact coordinate descent on J (centres also average the flips).
     ``max_fixed``: at most this many self-mirror poses (see :func:`best_involution`); None = any number.
-    ``init`` (labels (N,), mirror (k,)): one run refined from these poses instead of ``n_init`` seeded starts.
     """
     n = d.shape[0]
     if n < k:
         raise InputError(f"cannot find {k} poses in {n} images; use at most {n} poses or add images")
     d, f = d.float(), f.float()
     best: MirrorClusters | None = None
-    for r in range(1 if init is not None else n_init):
-        if init is not None:  # the given poses: centres are their images' means
-            c = _label_means(d, torch.as_tensor(init[0], dtype=torch.long, device=d.device), k)
-            mirror = np.asarray(init[1], dtype=np.int64)
+    for r in range(n_init):
+        # Alternate two starts: k-means of images and flips together (tends to flip-closed clusters), and
+        # of the images alone (can split mirror pairs); the joint objective decides between them.
+        if r % 2 == 0:
+            c, lab, _ = kmeans(torch.cat([d, f]), k, seed=seed * 1000 + r, n_init=1)
+            lab_d, lab_f = lab[:n], lab[n:]
         else:
-            # Alternate two starts: k-means of images and flips together (tends to flip-closed clusters), and
-            # of the images alone (can split mirror pairs); the joint objective decides between them.
-            if r % 2 == 0:
-                c, lab, _ = kmeans(torch.cat([d, f]), k, seed=seed * 1000 + r, n_init=1)
-                lab_d, lab_f = lab[:n], lab[n:]
-            else:
-                c, lab_d, _ = kmeans(d, k, seed=seed * 1000 + r, n_init=1)
-                lab_f = (torch.cdist(f, c) ** 2).argmin(1)
-            counts = np.zeros((k, k))
-            np.add.at(counts, (lab_d.cpu().numpy(), lab_f.cpu().numpy()), 1.0)
-            mirror = best_involution(counts, max_fixed)
+            c, lab_d, _ = kmeans(d, k, seed=seed * 1000 + r, n_init=1)
+            lab_f = (torch.cdist(f, c) ** 2).argmin(1)
+        counts = np.zeros((k, k))
+        np.add.at(counts, (lab_d.cpu().numpy(), lab_f.cpu().numpy()), 1.0)
+        mirror = best_involution(counts, max_fixed)
         c, mirror = _lloyd(d, f, c, mirror, iters, flip_centres, max_fixed)
         cost = joint_cost(d, f, c, mirror)
         labels = cost.argmin(1)

@@ -14,24 +14,12 @@ its weight (``DescriptorConfig``); Euclidean distance between descriptors then w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from mirage3d.poses.config import DescriptorConfig
+
 BLOCKS = ("visibility", "location", "box")
-
-
-@dataclass
-class DescriptorConfig:
-    w_visibility: float = 0.25
-    """weight of the part-visibility block"""
-    w_location: float = 1.0
-    """weight of the part-location block"""
-    w_box: float = 0.25
-    """weight of the bounding-box aspect-ratio block"""
-    fg_threshold: float = 0.5
-    """a patch counts as foreground (for the bounding box) when its foreground weight is at least this"""
 
 
 def part_descriptors(parts: torch.Tensor, fg: torch.Tensor, num_parts: int, fg_threshold: float = 0.5) -> torch.Tensor:
@@ -76,14 +64,3 @@ def fit_block_scales(raw: torch.Tensor, num_parts: int, cfg: DescriptorConfig) -
     for name, sl in block_slices(num_parts).items():
         scales[sl] = weights[name] / float(var[sl].sum().clamp_min(1e-12).sqrt())
     return scales.float()
-
-
-def flat_descriptors(feats: torch.Tensor, grid: int = 8) -> torch.Tensor:
-    """Global descriptor (N, grid·grid·C) of a feature map (N, h, w, C): average-pooled to ``grid``² and flattened.
-
-    Used for the HOG baseline, where the feature map itself is the descriptor.
-    """
-    x = feats.float().permute(0, 3, 1, 2)
-    if x.shape[-1] != grid or x.shape[-2] != grid:
-        x = F.adaptive_avg_pool2d(x, (grid, grid))
-    return x.flatten(1)

@@ -20,6 +20,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from mirage3d.cameras import circular_difference
 from mirage3d.errors import InputError
 from mirage3d.poses.cameras import load_cameras
+from mirage3d.poses.poseset import PoseSet
 
 
 @dataclass
@@ -68,6 +69,7 @@ def best_alignment(pred_deg: np.ndarray, true_deg: np.ndarray) -> tuple[float, f
     best = (np.inf, 0.0, False)
     for reflected in (False, True):
         p = -pred if reflected else pred
+        best_r = (np.inf, 0.0)
         for thetas in (np.arange(0.0, 360.0, 1.0), None):
             if thetas is None:  # refine around the best coarse rotation of this reflection
                 thetas = best_r[1] + np.arange(-1.0, 1.0 + 1e-9, 0.05)
@@ -81,17 +83,15 @@ def best_alignment(pred_deg: np.ndarray, true_deg: np.ndarray) -> tuple[float, f
 
 def evaluate_poses(poses_dir: str | Path, collection: str | Path) -> PoseMetrics:
     """Score ``poses_dir`` (``poses.json`` + ``cameras.json``) against ``collection/ground_truth.jsonl``."""
-    from mirage3d.io import read_poses_json
-
     poses_dir = Path(poses_dir)
-    poses = read_poses_json(poses_dir)
+    poses = PoseSet.load(poses_dir)
     truth = read_ground_truth(collection)
-    files, labels = poses["files"], np.asarray(poses["labels"], dtype=np.int64)
+    files, labels = poses.files, poses.labels
     missing = [f for f in files if f not in truth]
     if missing:
         raise InputError(f"{len(missing)} of {len(files)} posed images (e.g. {missing[0]}) are not in {collection}/ground_truth.jsonl; is it the same collection?")
     true_az = np.array([truth[f] for f in files])
-    k = int(poses["num_poses"])
+    k = poses.num_poses
     cams = {c.pose: c.azimuth_deg for c in load_cameras(poses_dir)}
     if set(cams) != set(range(k)):
         raise InputError(f"{poses_dir / 'cameras.json'} must have one camera for each of the {k} poses; run `mirage3d poses discover` again")

@@ -40,6 +40,8 @@ MASK_MIN_TRANSPARENT = 0.01
 
 @dataclass
 class ExtractConfig:
+    """Feature extraction into a cache (checked when made)."""
+
     batch_size: int = 64
     """images per forward pass (a shard is processed in batches of this size)"""
     shard_size: int = 1024
@@ -52,6 +54,14 @@ class ExtractConfig:
     """backbone compute dtype: float32, bfloat16 or float16 (autocast; CUDA only)"""
     num_workers: int = 2
     """DataLoader worker processes decoding images"""
+
+    def __post_init__(self) -> None:
+        if self.flip not in FLIP_MODES:
+            raise InputError(f"flip mode {self.flip!r} is unknown; use one of {', '.join(FLIP_MODES)}")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise InputError(f"batch size and shard size must be >= 1 (got {self.batch_size}, {self.shard_size})")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise InputError(f"dtype {self.dtype!r} is unknown; use float32, bfloat16 or float16")
 
 
 @dataclass
@@ -133,12 +143,6 @@ def extract_features(
     cache are kept (resume); a cache made with another backbone or settings is refused.
     """
     cfg = config or ExtractConfig()
-    if cfg.flip not in FLIP_MODES:
-        raise InputError(f"flip mode {cfg.flip!r} is unknown; use one of {', '.join(FLIP_MODES)}")
-    if cfg.batch_size < 1 or cfg.shard_size < 1:
-        raise InputError(f"batch size and shard size must be >= 1 (got {cfg.batch_size}, {cfg.shard_size})")
-    if cfg.dtype not in ("float32", "bfloat16", "float16"):
-        raise InputError(f"dtype {cfg.dtype!r} is unknown; use float32, bfloat16 or float16")
     collection, out = Path(collection), Path(out)
     rank, world, barrier = _distributed()
     device = resolve_device(cfg.device)

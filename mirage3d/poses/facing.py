@@ -11,13 +11,12 @@ where b pools unit patch features over the object's bounding box on a g x g grid
 the flipped image's features with the flipped mask). c is exactly antisymmetric under the flip:
 c(flip x) = -c(x). Its principal components hold several left/right differences (the light direction of a
 render, for one) besides the facing. The facing component is the one that the first-pass pose labels
-explain best: images of one pose mostly face the same way, while the light does not depend on the pose.
-The first-pass poses hold views φ and φ + 180° together. So they explain well the left/right differences
-that are the same for both views (which end of the object is nearer the camera, for one), and only partly
-the facing. The axis is therefore the largest-variance component that the poses explain less than half of
-(η² < 0.5). This rule was chosen on one collection (`docs/poses.md`).
-Measured on car renders, the third component tells the facing of views more than 22° from front/back 87-90 %
-of the time, against 57-60 % for the first (`benchmarks/pose_direction_probe.py`).
+explain in part. The first-pass poses hold views φ and φ + 180° together, so they explain well the left/right
+differences that are the same for both views (which end of the object is nearer the camera, for one), and only
+partly the facing. The automatic rule therefore takes the largest-variance component that the poses explain
+less than half of (η² < 0.5). On car renders the facing is the third component (index 2) on every feature set
+measured, and the rule picks another one on the longer-trained backbones, so the default is that component,
+fixed (``FacingConfig.component``; ``None`` = the rule; `docs/poses.md`).
 
 The chosen component is then refined by self-training: a ridge regression on c (no intercept, so the score
 stays exactly antisymmetric) is fitted to the sign of the current score on the images where it is clear
@@ -36,7 +35,8 @@ reference images with known ends: the two mirror orbits of poses whose mean |s| 
 front/back orbit itself. Those are the oblique views nearest to front and to back, one on each side by the
 symmetry |sin φ| = |sin(180° − φ)|; which one is called "front" is arbitrary (the global rotation of the
 frame). The front/back orbit is split at the median score, the score is appended to the descriptor, and the
-split is kept as found (``DiscoverConfig.front_refine`` clusters again from it; measured worse, docs/poses.md). A nearest-neighbour vote rather than a linear classifier: a ridge
+split is kept as found (clustering again from it was measured worse, docs/poses.md). A nearest-neighbour
+vote rather than a linear classifier: a ridge
 regression fitted on the oblique groups separates them perfectly but tells front from back views no better
 than chance (0.50), while the vote, being local, reaches 0.82 (6,000 renders).
 """

@@ -5,7 +5,7 @@ Every backbone maps images ``(B, 3, H, W)`` in [-1, 1] (RGB composited on white)
 saved pose model can re-create the exact feature extractor it was fitted with.
 
 - ``unet``: decoder activations of a diffusers ``UNet2DModel`` (the project's own, trained offline by
-  ``mirage3d features train``); the image is noised to a fixed timestep with a fixed noise map so the
+  phase 1 of ``mirage3d train``); the image is noised to a fixed timestep with a fixed noise map so the
   features are deterministic.
 - ``dinov2``: ``transformers.Dinov2Model`` from the hub name or a local folder (needs the weights).
 - ``random-vit``: a DINOv2-small-shaped ViT with seeded random weights (a baseline).
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mirage3d.errors import DependencyError, InputError, ModelError
+from mirage3d.poses.config import DEFAULT_TIMESTEP
 
 DINOV2_NAMES = ("small", "base", "large", "giant")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,12 +76,7 @@ def _unet_folder(folder: Path) -> Path:
             cls = None
         if cls == "UNet2DModel":
             return folder
-    raise ModelError(f"{folder} holds no diffusers UNet2DModel (expected {folder}/unet/config.json); train one with `mirage3d features train`")
-
-
-MAX_NOISE_MAPS = 32
-# RGB channel orders for colour_perms (identity first, then the two cyclic shifts, then the three swaps).
-COLOUR_PERMS: tuple[tuple[int, int, int], ...] = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
+    raise ModelError(f"{folder} holds no diffusers UNet2DModel (expected {folder}/unet/config.json); train one with `mirage3d train COLLECTION -o BACKBONE` (phase 1)")
 
 
 class UNetBackbone(Backbone):
@@ -89,31 +85,16 @@ class UNetBackbone(Backbone):
     ``blocks`` names the modules whose outputs are used: ``up0`` = ``up_blocks[0]``, ``mid`` = ``mid_block``,
     ``down2`` = ``down_blocks[2]``. Several blocks are resized to the first one's grid, each L2-normalised per
     patch (so each block weighs the same) and concatenated.
-
-    ``colour_perms`` > 1 averages the features of the image with its RGB channels permuted (the first N of the
-    6 permutations, identity first): a red car and the same car in blue or green then give nearly the same
-    features, so parts cluster by what the patch shows rather than by paint. Costs N forward passes.
-
-    ``noise_maps`` > 1 averages the features over that many fixed noise maps (the first is the single map of
-    ``noise_maps`` = 1): closer to the expectation over the noise than one map's pattern. Measured on pose
-    discovery: no change (docs/poses.md, "What the seed moves"). Costs N forward passes (N × colour_perms
-    with both).
     """
 
-    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, folder: str | None = None,
-                 colour_perms: int = 1, noise_maps: int = 1):  # fmt: skip
+    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, timestep: int = DEFAULT_TIMESTEP, blocks: tuple[str, ...] = ("up0",), seed: int = 0,
+                 folder: str | None = None):  # fmt: skip
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
         self.folder = folder
         self.timestep = int(timestep)
         self.blocks = tuple(blocks)
         self.seed = int(seed)
-        if not 1 <= int(colour_perms) <= len(COLOUR_PERMS):
-            raise InputError(f"--colour-perms {colour_perms} must be in 1..{len(COLOUR_PERMS)}")
-        self.colour_perms = int(colour_perms)
-        if not 1 <= int(noise_maps) <= MAX_NOISE_MAPS:
-            raise InputError(f"--noise-maps {noise_maps} must be in 1..{MAX_NOISE_MAPS}")
-        self.noise_maps = int(noise_maps)
         n_t = len(alphas_cumprod)
         if not 0 <= self.timestep < n_t:
             raise InputError(f"timestep {timestep} is out of range; use 0..{n_t - 1}")
@@ -122,11 +103,9 @@ class UNetBackbone(Backbone):
             raise ModelError(f"the UNet takes {unet.config.in_channels} channels; a feature backbone needs 3 (RGB) or 4 (RGB + alpha)")
         size = unet.config.sample_size
         self.image_size = int(size if isinstance(size, int) else size[0])
-        # Fixed noise maps shared by every image: features do not depend on batch composition or image order.
-        # One draw per map from one generator, so map 0 is the single map of noise_maps = 1.
+        # One fixed noise map shared by every image: features do not depend on batch composition or image order.
         g = torch.Generator().manual_seed(self.seed)
-        maps = [torch.randn((1, unet.config.in_channels, self.image_size, self.image_size), generator=g) for _ in range(self.noise_maps)]
-        self.register_buffer("noise", torch.cat(maps), persistent=False)
+        self.register_buffer("noise", torch.randn((1, unet.config.in_channels, self.image_size, self.image_size), generator=g), persistent=False)
         self._modules_by_name = {b: self._resolve(b) for b in self.blocks}
 
     def _resolve(self, name: str) -> torch.nn.Module:
@@ -143,44 +122,27 @@ class UNetBackbone(Backbone):
         raise InputError(f"unknown UNet block {name!r}; use up0..up{len(u.up_blocks) - 1}, mid or down0..down{len(u.down_blocks) - 1}")
 
     @classmethod
-    def from_folder(cls, folder: str | Path, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, colour_perms: int = 1,
-                    noise_maps: int = 1) -> UNetBackbone:  # fmt: skip
+    def from_folder(cls, folder: str | Path, timestep: int = DEFAULT_TIMESTEP, blocks: tuple[str, ...] = ("up0",), seed: int = 0) -> UNetBackbone:
         from diffusers import DDPMScheduler, UNet2DModel
 
         from mirage3d.errors import loading
 
         ufolder = _unet_folder(Path(folder))
-        with loading("the UNet backbone", ufolder, "it is damaged or incomplete: copy or train it again (`mirage3d features train`)"):
+        with loading("the UNet backbone", ufolder, "it is damaged or incomplete: copy or train it again (`mirage3d train`)"):
             unet = UNet2DModel.from_pretrained(ufolder)
             sched_dir = ufolder.parent / "scheduler"
             sched = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").exists() else DDPMScheduler(num_train_timesteps=1000)
-            return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()), colour_perms=colour_perms, noise_maps=noise_maps)
+            return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()))
 
     def reference(self) -> dict[str, Any]:
         # "weights" fingerprints the UNet's files, so a feature cache made from the same folder before it was
         # retrained (same path, other weights) is refused instead of silently reused.
-        ref = {"kind": "unet", "path": self.folder, "timestep": self.timestep, "blocks": list(self.blocks), "seed": self.seed,
-               "weights": weights_fingerprint(self.folder) if self.folder else None}
-        if self.colour_perms > 1:  # absent = 1, so references (and cache names) written before the option still match
-            ref["colour_perms"] = self.colour_perms
-        if self.noise_maps > 1:  # likewise absent = 1
-            ref["noise_maps"] = self.noise_maps
-        return ref
-
+        return {"kind": "unet", "path": self.folder, "timestep": self.timestep, "blocks": list(self.blocks), "seed": self.seed,
+                "weights": weights_fingerprint(self.folder) if self.folder else None}
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         x = images.to(self.noise.device, torch.float32)
-        if self.colour_perms == 1:
-            return self._features(x, masks)
-        total = None
-        for perm in COLOUR_PERMS[: self.colour_perms]:
-            f = self._features(x[:, list(perm)], masks)
-            total = f if total is None else total + f
-        return total / self.colour_perms
-
-    def _features(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        """Features of ``x`` averaged over the noise maps (all maps in one batched forward pass)."""
         if self.noise.shape[1] == 4:  # RGB + alpha model: alpha in [-1, 1] as the 4th channel
             alpha = torch.ones_like(x[:, :1]) if masks is None else masks.to(x.device, torch.float32)
             if alpha.shape[-2:] != x.shape[-2:]:
@@ -189,8 +151,7 @@ class UNetBackbone(Backbone):
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
         a = self.alpha_bar
-        maps, batch = self.noise_maps, x.shape[0]
-        x_t = (a.sqrt() * x[None] + (1 - a).sqrt() * self.noise[:, None]).flatten(0, 1)  # (maps·B, C, H, W), map-major
+        x_t = a.sqrt() * x + (1 - a).sqrt() * self.noise  # (B, C, H, W)
         outs: dict[str, torch.Tensor] = {}
         hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(n, o[0] if isinstance(o, tuple) else o)) for n, m in self._modules_by_name.items()]
         try:
@@ -201,7 +162,7 @@ class UNetBackbone(Backbone):
         finally:
             for h in hooks:
                 h.remove()
-        feats = [outs[b].float().unflatten(0, (maps, batch)).mean(0) for b in self.blocks]  # each (B, C_b, h_b, w_b)
+        feats = [outs[b].float() for b in self.blocks]  # each (B, C_b, h_b, w_b)
         if len(feats) > 1:
             size = feats[0].shape[-2:]
             feats = [F.normalize(F.interpolate(f, size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else f, dim=1) for f in feats]
@@ -241,7 +202,7 @@ class Dinov2Backbone(Backbone):
             raise DependencyError(
                 f"DINOv2 weights {name!r} are not available here (offline); on a connected machine run "
                 f"`hf download {name} --local-dir DINO_DIR`, copy DINO_DIR here and pass --backbone DINO_DIR, "
-                "or train an offline backbone with `mirage3d features train COLLECTION -o BACKBONE`"
+                "or train an offline backbone with `mirage3d train COLLECTION -o BACKBONE` (phase 1)"
             ) from None
         ref = {"kind": "dinov2", "path": str(Path(name).resolve()) if is_local else name, "image_size": image_size}
         return cls(model, image_size, ref)
@@ -315,13 +276,16 @@ class HogBackbone(Backbone):
 # Building a backbone from a CLI spec or a saved reference
 # --------------------------------------------------------------------------------------------------
 def unet_settings(ref: dict[str, Any]) -> dict[str, Any]:
-    """The ``UNetBackbone`` settings a saved reference records (absent keys: their defaults), as keyword arguments."""
-    return {"timestep": int(ref.get("timestep", 100)), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": int(ref.get("seed", 0)),
-            "colour_perms": int(ref.get("colour_perms", 1)), "noise_maps": int(ref.get("noise_maps", 1))}
+    """The ``UNetBackbone`` settings a saved reference records, as keyword arguments."""
+    removed = [k for k in ("colour_perms", "noise_maps") if int(ref.get(k, 1)) > 1]
+    if removed:  # features averaged over colour orders / noise maps: options measured not to help, removed
+        raise ModelError(f"the backbone reference asks for {' and '.join(removed)} > 1, which mirage3d no longer computes; discover the poses again")
+    # A reference always records its timestep; 100 was the default when references were first written.
+    return {"timestep": int(ref.get("timestep", 100)), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": int(ref.get("seed", 0))}
 
 
-def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tuple[str, ...] = ("up0",), seed: int = 0, image_size: int | None = None,
-                  colour_perms: int = 1, noise_maps: int = 1) -> Backbone:  # fmt: skip
+def load_backbone(spec: str | dict[str, Any], *, timestep: int = DEFAULT_TIMESTEP, blocks: tuple[str, ...] = ("up0",), seed: int = 0,
+                  image_size: int | None = None) -> Backbone:  # fmt: skip
     """Backbone from a spec string or a saved :meth:`Backbone.reference` dict.
 
     Spec strings: ``hog``, ``random-vit``, ``dinov2-small|base|large|giant``, ``facebook/dinov2-*``, or a folder
@@ -354,7 +318,7 @@ def load_backbone(spec: str | dict[str, Any], *, timestep: int = 100, blocks: tu
                 model_type = None
         if model_type == "dinov2":
             return Dinov2Backbone.from_pretrained(s, image_size or 224)
-        return UNetBackbone.from_folder(path, timestep, blocks, seed, colour_perms, noise_maps)
+        return UNetBackbone.from_folder(path, timestep, blocks, seed)
     if "dinov2" in s or s in DINOV2_NAMES:
         return Dinov2Backbone.from_pretrained(s, image_size or 224)
-    raise InputError(f"backbone {s!r} is neither a folder nor one of: hog, random-vit, dinov2-small|base|large|giant; pass a model folder from `mirage3d features train`")
+    raise InputError(f"backbone {s!r} is neither a folder nor one of: hog, random-vit, dinov2-small|base|large|giant; pass a model folder from `mirage3d train`")

@@ -21,23 +21,17 @@ from safetensors.torch import load_file, save_file
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import atomic_path, atomic_write_json
 from mirage3d.poses.cluster import confidence_from_cost, joint_cost
-from mirage3d.poses.descriptors import flat_descriptors, part_descriptors
-from mirage3d.poses.features import Backbone, load_backbone
+from mirage3d.poses.descriptors import part_descriptors
 from mirage3d.poses.facing import FacingModel, FrontModel, box_pool
+from mirage3d.poses.features import Backbone, load_backbone
 from mirage3d.poses.parts import PartModel
-
-MODES = ("parts", "flat")
 
 
 @dataclass
 class DescriptorModel:
-    """Maps features of a batch to normalised descriptors (N, D)."""
+    """Maps features of a batch to normalised descriptors (N, D): part descriptors, then the scores."""
 
-    mode: str  # "parts" or "flat"
-    parts: PartModel | None = None
-    flat_mean: torch.Tensor | None = None  # (G·G·C,) flat mode: PCA of the pooled feature map
-    flat_proj: torch.Tensor | None = None  # (G·G·C, d)
-    flat_grid: int = 8
+    parts: PartModel
     fg_threshold: float = 0.5
     desc_mean: torch.Tensor | None = None  # (D,) set once fitted
     desc_scale: torch.Tensor | None = None  # (D,)
@@ -50,16 +44,10 @@ class DescriptorModel:
 
     def _raw(self, feats: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
         """:meth:`raw` given the foreground weights from :meth:`foreground`."""
-        if self.mode == "flat":
-            x = flat_descriptors(feats, self.flat_grid)
-            return (x - self.flat_mean.to(x.device)) @ self.flat_proj.to(x.device)
-        pm = self.parts
-        return part_descriptors(pm.assign(feats, fg), fg, pm.num_parts, self.fg_threshold)
+        return part_descriptors(self.parts.assign(feats), fg, self.parts.num_parts, self.fg_threshold)
 
     def foreground(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """The foreground weights the descriptor uses (N, h, w)."""
-        if self.mode == "flat":
-            return fg_alpha.to(feats.device).float()
         return self.parts.foreground(feats, fg_alpha.to(feats.device), has_mask.to(feats.device))
 
     def raw_pair(self, feats: torch.Tensor, feats_flip: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,11 +79,7 @@ class DescriptorModel:
         return self.normalise(self.raw(feats, fg_alpha, has_mask))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        t = {"desc_mean": self.desc_mean, "desc_scale": self.desc_scale}
-        if self.parts is not None:
-            t.update(self.parts.tensors())
-        if self.flat_proj is not None:
-            t.update({"flat_mean": self.flat_mean, "flat_proj": self.flat_proj})
+        t = {"desc_mean": self.desc_mean, "desc_scale": self.desc_scale, **self.parts.tensors()}
         if self.facing is not None:
             t["facing_axis"] = self.facing.axis
         if self.front is not None:
@@ -103,9 +87,8 @@ class DescriptorModel:
         return t
 
     def to(self, device: torch.device | str) -> DescriptorModel:
-        mv = lambda x: None if x is None else x.to(device)  # noqa: E731
-        return DescriptorModel(self.mode, None if self.parts is None else self.parts.to(device), mv(self.flat_mean), mv(self.flat_proj), self.flat_grid, self.fg_threshold,
-                               mv(self.desc_mean), mv(self.desc_scale), None if self.facing is None else self.facing.to(device),
+        mv = lambda x: None if x is None else x.to(device)
+        return DescriptorModel(self.parts.to(device), self.fg_threshold, mv(self.desc_mean), mv(self.desc_scale), None if self.facing is None else self.facing.to(device),
                                None if self.front is None else self.front.to(device))  # fmt: skip
 
 
@@ -182,16 +165,14 @@ class PoseModel:
         meta = {
             "format": "mirage3d-pose-model/1",
             "backbone": ref,
-            "mode": self.descriptor.mode,
+            "mode": "parts",
             "num_poses": self.num_poses,
-            "num_parts": None if self.descriptor.parts is None else self.descriptor.parts.num_parts,
+            "num_parts": self.descriptor.parts.num_parts,
             "mirror": [int(m) for m in self.mirror],
             "flip": self.flip,
             "temperature": self.temperature,
-            "flat_grid": self.descriptor.flat_grid,
             "descriptor_fg_threshold": self.descriptor.fg_threshold,
-            "feature_fg_threshold": 0.0 if self.descriptor.parts is None else self.descriptor.parts.fg_threshold,
-            "centre_images": False if self.descriptor.parts is None else self.descriptor.parts.centre_images,
+            "feature_fg_threshold": self.descriptor.parts.fg_threshold,
             "facing_grid": None if self.descriptor.facing is None else self.descriptor.facing.grid,
             **({} if self.descriptor.front is None else {"front_k": self.descriptor.front.k, "front_grid": self.descriptor.front.grid}),
             **self.extra,
@@ -210,14 +191,15 @@ class PoseModel:
         with loading("the pose model", folder, "run `mirage3d poses discover` (or `poses refit`) again"):
             meta = json.loads(meta_path.read_text())
             t = load_file(tensor_path)
-            mode = meta["mode"]
-            parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0), bool(meta.get("centre_images", False))) if mode == "parts" else None
+            # Pose models written with descriptor options since removed (the flat descriptor, per-image centring)
+            if meta["mode"] != "parts" or meta.get("centre_images", False):
+                raise ModelError(f"the pose model in {folder} uses a descriptor mirage3d no longer computes (flat or centred); discover the poses again")
+            parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0))
             facing = FacingModel(t["facing_axis"].float(), int(meta["facing_grid"])) if "facing_axis" in t else None
             front = FrontModel.from_tensors(t, int(meta["front_k"]), int(meta["front_grid"])) if "front_refs" in t else None
-            dm = DescriptorModel(mode, parts, t.get("flat_mean"), t.get("flat_proj"), int(meta.get("flat_grid", 8)), float(meta.get("descriptor_fg_threshold", 0.5)),
-                                 t["desc_mean"], t["desc_scale"], facing, front)  # fmt: skip
-            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "flat_grid", "descriptor_fg_threshold", "feature_fg_threshold", "centre_images", "facing_grid",
-                     "front_k", "front_grid"}  # fmt: skip
+            dm = DescriptorModel(parts, float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"], facing, front)
+            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "descriptor_fg_threshold", "feature_fg_threshold", "facing_grid",
+                     "front_k", "front_grid", "flat_grid", "centre_images"}  # fmt: skip
             ref = dict(meta["backbone"])
             # A relative backbone path is relative to the pose-model folder (a shipped model refers to its own
             # UNet as ".."), so the model folder can move.

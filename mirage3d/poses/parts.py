@@ -2,11 +2,8 @@
 
 Patch features are L2-normalised, centred, PCA-reduced and L2-normalised again; parts are spherical
 k-means centres of a sample of foreground patches, and every patch is assigned to the part of highest
-cosine similarity. With ``centre_images`` each image's mean foreground feature is first subtracted from its
-patches (then re-normalised): what all patches of one image share (its paint, its car model) goes, and what
-tells one patch of the object from another (which part it shows) stays. Without an alpha mask the foreground is where a patch's projection on the first
-principal component of all patch features is above 0, signed so that the image border (background) is
-negative.
+cosine similarity. Without an alpha mask the foreground is where a patch's projection on the first principal
+component of all patch features is above 0, signed so that the image border (background) is negative.
 """
 
 from __future__ import annotations
@@ -86,28 +83,18 @@ class PartModel:
     fg_mean: torch.Tensor  # (C,) mean used for the foreground principal component
     fg_axis: torch.Tensor  # (C,) first principal component, signed so the image border is negative
     fg_threshold: float = 0.0
-    centre_images: bool = False  # subtract each image's mean foreground feature before embedding
 
     @property
     def num_parts(self) -> int:
         return int(self.centroids.shape[0])
 
-    def unit(self, feats: torch.Tensor, fg: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, h, w, C) → unit-norm patch features, centred per image first when ``centre_images``.
+    def embed(self, feats: torch.Tensor) -> torch.Tensor:
+        """(…, C) → (…, d) unit-norm reduced features."""
+        return F.normalize((F.normalize(feats.float(), dim=-1) - self.mean) @ self.proj, dim=-1)
 
-        ``fg`` (N, h, w) weighs the per-image mean (foreground patches only); None: from the features.
-        """
-        if not self.centre_images:
-            return F.normalize(feats.float(), dim=-1)
-        return centre_per_image(feats, self.feature_foreground(feats) if fg is None else fg)
-
-    def embed(self, feats: torch.Tensor, fg: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, h, w, C) → (N, h, w, d) unit-norm reduced features (any (…, C) when not ``centre_images``)."""
-        return F.normalize((self.unit(feats, fg) - self.mean) @ self.proj, dim=-1)
-
-    def assign(self, feats: torch.Tensor, fg: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, h, w, C) → (N, h, w) part index of highest cosine similarity; ``fg`` as in :meth:`unit`."""
-        return (self.embed(feats, fg) @ self.centroids.T).argmax(-1)
+    def assign(self, feats: torch.Tensor) -> torch.Tensor:
+        """(N, h, w, C) → (N, h, w) part index of highest cosine similarity."""
+        return (self.embed(feats) @ self.centroids.T).argmax(-1)
 
     def feature_foreground(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, h, w, C) → (N, h, w) in {0, 1}: projection on the foreground axis above the threshold."""
@@ -127,19 +114,11 @@ class PartModel:
         return {"part_mean": self.mean, "part_proj": self.proj, "part_centroids": self.centroids, "fg_mean": self.fg_mean, "fg_axis": self.fg_axis}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], fg_threshold: float = 0.0, centre_images: bool = False) -> PartModel:
-        return cls(t["part_mean"].float(), t["part_proj"].float(), t["part_centroids"].float(), t["fg_mean"].float(), t["fg_axis"].float(), fg_threshold, centre_images)
+    def from_tensors(cls, t: dict[str, torch.Tensor], fg_threshold: float = 0.0) -> PartModel:
+        return cls(t["part_mean"].float(), t["part_proj"].float(), t["part_centroids"].float(), t["fg_mean"].float(), t["fg_axis"].float(), fg_threshold)
 
     def to(self, device: torch.device | str) -> PartModel:
-        return PartModel(*(getattr(self, k).to(device) for k in ("mean", "proj", "centroids", "fg_mean", "fg_axis")), self.fg_threshold, self.centre_images)
-
-
-def centre_per_image(feats: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
-    """Unit-norm patch features (N, h, w, C) minus each image's ``fg``-weighted mean, re-normalised to unit norm."""
-    f = F.normalize(feats.float(), dim=-1)
-    w = (fg.float() >= 0.5).float()[..., None]  # (N, h, w, 1)
-    mu = (f * w).sum(dim=(1, 2), keepdim=True) / w.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
-    return F.normalize(f - mu, dim=-1)
+        return PartModel(*(getattr(self, k).to(device) for k in ("mean", "proj", "centroids", "fg_mean", "fg_axis")), self.fg_threshold)
 
 
 def fit_foreground_axis(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,16 +134,15 @@ def fit_foreground_axis(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def fit_parts(feats: torch.Tensor, fg: torch.Tensor, has_mask: torch.Tensor, num_parts: int, pca_dim: int = 64, seed: int = 0, max_patches: int = 200_000,
-              centre_images: bool = False, n_init: int = 4) -> PartModel:
+              n_init: int = 4) -> PartModel:  # fmt: skip
     """Fit the part model on a sample: ``feats`` (N, h, w, C), ``fg`` (N, h, w) alpha coverage in [0, 1].
 
     Images without a mask (``has_mask`` (N,) false) get their foreground from the features' first principal
-    component instead. ``centre_images``: see the module docstring.
+    component instead.
     """
     fg_mean, fg_axis = fit_foreground_axis(feats)
     fg = PartModel(fg_mean, fg_mean[:, None], fg_mean[None], fg_mean, fg_axis).foreground(feats, fg, has_mask)
-    unit = centre_per_image(feats, fg) if centre_images else F.normalize(feats.float(), dim=-1)
-    x = unit[fg >= 0.5]  # (M, C) foreground patches
+    x = F.normalize(feats.float(), dim=-1)[fg >= 0.5]  # (M, C) foreground patches
     if x.shape[0] < num_parts:
         raise InputError(f"only {x.shape[0]} foreground patches to cluster into {num_parts} parts; lower --parts or check the masks")
     if x.shape[0] > max_patches:
@@ -173,4 +151,4 @@ def fit_parts(feats: torch.Tensor, fg: torch.Tensor, has_mask: torch.Tensor, num
     mean, proj = fit_pca(x, pca_dim if pca_dim > 0 else x.shape[1])  # (C,), (C, d)
     z = F.normalize((x - mean) @ proj, dim=-1)
     centroids, _, _ = kmeans(z, num_parts, seed=seed, n_init=n_init, spherical=True)
-    return PartModel(mean, proj, F.normalize(centroids, dim=1), fg_mean, fg_axis, centre_images=centre_images)
+    return PartModel(mean, proj, F.normalize(centroids, dim=1), fg_mean, fg_axis)
