@@ -14,10 +14,20 @@ from typer.testing import CliRunner
 
 from mirage3d.cli.main import app
 from mirage3d.poses import PoseModel
-from mirage3d.poses.cluster import mirror_kmeans
-from mirage3d.poses.discover import DiscoverConfig, add_front
-from mirage3d.poses.facing import (FrontModel, box_pool, eta_squared, fit_facing, fit_front, flip_difference, flip_sum, foreground_boxes, mirror_orbits,
-                                   refine_axis)  # fmt: skip
+from mirage3d.poses.config import DiscoverConfig, FacingConfig
+from mirage3d.poses.discover import add_front
+from mirage3d.poses.facing import (
+    FrontModel,
+    box_pool,
+    eta_squared,
+    fit_facing,
+    fit_front,
+    flip_difference,
+    flip_sum,
+    foreground_boxes,
+    mirror_orbits,
+    refine_axis,  # fmt: skip
+)
 from mirage3d.poses.model import DescriptorModel
 
 runner = CliRunner()
@@ -140,9 +150,7 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     r = runner.invoke(app, [*args[:4], str(bad), *args[5:], "--flip", "none"])
     assert r.exit_code == 1 and "mirror features" in r.output and not bad.exists()
     r = runner.invoke(app, [*args[:4], str(bad), *args[5:12], "-1", *args[13:]])
-    assert r.exit_code == 1 and "--w-facing" in r.output
-    r = runner.invoke(app, [*args[:4], str(bad), *args[5:12], "0", *args[13:], "--w-front", "1"])
-    assert r.exit_code == 1 and "--w-front needs the facing score" in r.output and not bad.exists()
+    assert r.exit_code == 1 and "--w-facing" in r.output and not bad.exists()
     # With the front score: these poses make two mirror orbits, too few to split a front/back pair (it takes
     # three), so it is recorded unused and the poses are those found without it.
     front = tmp_path / "front"
@@ -178,12 +186,12 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
 def test_front_split_through_the_cli_keeps_its_invariants(tmp_path):
     """The front/back split on a random toy collection (whether it happens depends on the clustering, so only
     what holds either way is checked): poses.json says whether it was used, the saved model carries the front
-    score exactly then, and --front-refine ends with every image at its nearest centre."""
+    score exactly then."""
     coll, unet = make_collection(tmp_path / "coll", n=16), make_unet_folder(tmp_path / "bb")
     base = ["poses", "discover", str(coll), "--backbone", str(unet), "--poses", "6", "--parts", "4", "--w-facing", "1", "--w-front", "1",
             "--features", str(tmp_path / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"]  # fmt: skip
-    for name, extra in (("front", []), ("refined", ["--front-refine"])):
-        r = runner.invoke(app, [*base, "-o", str(tmp_path / name), *extra])
+    for name in ("front",):
+        r = runner.invoke(app, [*base, "-o", str(tmp_path / name)])
         assert r.exit_code == 0, r.output
         poses = json.loads((tmp_path / name / "poses.json").read_text())
         model = PoseModel.load(tmp_path / name)
@@ -191,8 +199,6 @@ def test_front_split_through_the_cli_keeps_its_invariants(tmp_path):
         assert 0 < poses["assign_agreement"] <= 1
         if poses["front_used"]:
             assert model.centres.shape[1] == 3 * 4 + 1 + 2 and json.loads((tmp_path / name / "pose_model.json").read_text())["front_k"] == 10
-            if extra:  # clustered again from the split: labels are the nearest centres
-                assert poses["assign_agreement"] == 1.0
 
 
 def test_refine_axis_moves_a_rough_axis_onto_the_facing():
@@ -206,7 +212,7 @@ def test_refine_axis_moves_a_rough_axis_onto_the_facing():
     c = torch.as_tensor(c, dtype=torch.float32)
     rough = torch.as_tensor(u[:, 0] + 0.9 * u[:, 1], dtype=torch.float32)
     rough = rough / rough.norm()
-    acc = lambda a: float(((c @ a > 0).numpy() == (facing > 0)).mean())  # noqa: E731
+    acc = lambda a: float(((c @ a > 0).numpy() == (facing > 0)).mean())
     refined = refine_axis(c, rough, iters=3)
     assert float(refined.norm()) == pytest.approx(1.0, abs=1e-5)
     assert float(refined.double() @ torch.as_tensor(u[:, 0])) > 0.95 > float(rough.double() @ torch.as_tensor(u[:, 0]))
@@ -236,7 +242,7 @@ def test_front_score_is_flip_symmetric_and_votes_by_neighbours():
 
 def test_front_split_separates_front_from_back_in_the_merged_pair():
     """Orbits by mean |facing|: the front/back pair (0, 1) holds both ends at random; the two oblique orbits
-    vote; the split puts each end in its own self-mirror pose, and refining from it keeps that."""
+    vote; the split puts each end in its own self-mirror pose."""
     rng = np.random.default_rng(2)
     n = 1600
     view = rng.integers(0, 4, n)  # 0 front/back (merged), 1 front oblique, 2 back oblique, 3 side
@@ -253,8 +259,8 @@ def test_front_split_separates_front_from_back_in_the_merged_pair():
     # Flip sums: which end is seen, plus noise.
     direction = rng.normal(size=16)
     b = torch.as_tensor(end[:, None] * direction + 0.3 * rng.normal(size=(n, 16)) + 2.0 * base[:, :1], dtype=torch.float32)
-    dm = DescriptorModel("parts")
-    out = add_front(b / 2, b / 2, dm, labels, mirror, d_raw, f_raw, DiscoverConfig(w_facing=1.0, w_front=1.0, front_dim=2, front_k=10))
+    dm = DescriptorModel(parts=None)  # (add_front reads no part model)
+    out = add_front(b / 2, b / 2, dm, labels, mirror, d_raw, f_raw, DiscoverConfig(facing=FacingConfig(w_facing=1.0, w_front=1.0, front_dim=2, front_k=10)))
     assert out is not None and dm.front is not None
     d2, f2, split, split_mirror = out
     assert split_mirror[0] == 0 and split_mirror[1] == 1 and list(split_mirror[2:]) == [3, 2, 5, 4, 7, 6]
@@ -262,29 +268,6 @@ def test_front_split_separates_front_from_back_in_the_merged_pair():
     fb = view == 0
     agree = (split[fb] == 0) == (end[fb] == end[fb & (split == 0)][0])
     assert agree.mean() > 0.95
-    refined = mirror_kmeans(d2, f2, 8, init=(split, split_mirror))
-    assert (refined.labels.numpy() == split).mean() > 0.95
     # No front/back pair (the lowest orbit a single pose): nothing to split.
-    assert add_front(b, b, DescriptorModel("parts"), np.where(labels == 1, 0, labels), np.array([0, 1, 3, 2, 5, 4, 7, 6]), d_raw, f_raw, DiscoverConfig(w_facing=1.0, w_front=1.0)) is None
-
-
-def test_restarts_keep_the_run_with_the_highest_flip_agreement(tmp_path):
-    coll, unet = make_collection(tmp_path / "coll", n=16), make_unet_folder(tmp_path / "bb")
-    base = ["poses", "discover", str(coll), "--backbone", str(unet), "--poses", "4", "--parts", "4", "--w-facing", "1", "--w-front", "1",
-            "--features", str(tmp_path / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"]  # fmt: skip
-    r = runner.invoke(app, [*base, "-o", str(tmp_path / "r3"), "--restarts", "3", "--seed", "5"])
-    assert r.exit_code == 0, r.output
-    poses = json.loads((tmp_path / "r3" / "poses.json").read_text())
-    runs = poses["restarts"]
-    assert [x["seed"] for x in runs] == [5, 6, 7]
-    best = max(runs, key=lambda x: x["flip_agreement"])  # (max keeps the first of equals, as discovery does)
-    assert poses["seed_used"] == best["seed"] and abs(poses["flip_agreement"] - best["flip_agreement"]) < 1e-4
-    # The kept run is the single run with that seed.
-    r = runner.invoke(app, [*base, "-o", str(tmp_path / "one"), "--seed", str(best["seed"])])
-    assert r.exit_code == 0, r.output
-    one = json.loads((tmp_path / "one" / "poses.json").read_text())
-    assert one["labels"] == poses["labels"] and "restarts" not in one
-    plain = ["poses", "discover", str(coll), "--backbone", str(unet), "--poses", "4", "--parts", "4", "--device", "cpu", "--workers", "0"]
-    for bad, msg in ((["--restarts", "0"], "--restarts 0 must be in 1..64"), (["--restarts", "2", "--flip", "none"], "--restarts compares runs by their flip agreement")):
-        r = runner.invoke(app, [*plain, "-o", str(tmp_path / "bad"), *bad])
-        assert r.exit_code == 1 and msg in r.output and not (tmp_path / "bad").exists(), r.output
+    no_pair = np.where(labels == 1, 0, labels)
+    assert add_front(b, b, DescriptorModel(parts=None), no_pair, np.array([0, 1, 3, 2, 5, 4, 7, 6]), d_raw, f_raw, DiscoverConfig(facing=FacingConfig(w_facing=1.0, w_front=1.0))) is None
