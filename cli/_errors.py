@@ -31,7 +31,7 @@ from typer._click import exceptions as click_exc
 from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
-from mirage3d.errors import InputError, MirageError, Terminated, one_line
+from mirage3d.errors import TERMINATED, InputError, MirageError, Terminated, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,6 +94,8 @@ def handle_errors(fn: F | None = None, *, hold_warnings: bool = True) -> Any:
             try:
                 _check_finite(kwargs)
                 result = fn(*args, **kwargs)
+                if TERMINATED.is_set():  # the handler's exception was swallowed somewhere: still a terminated run
+                    raise Terminated()
                 ok = True
                 return result
             except typer.Exit:
@@ -138,6 +140,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    TERMINATED.set()
     raise Terminated()
 
 

@@ -6,6 +6,8 @@ them into one line on stderr and exit code 1 (a traceback only with ``MIRAGE3D_D
 
 from __future__ import annotations
 
+import threading
+
 import contextlib
 import json
 import os
@@ -30,6 +32,17 @@ class DependencyError(MirageError, ImportError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread by the CLI's handler so that it unwinds (and cleans up) like Ctrl-C."""
+
+
+TERMINATED = threading.Event()
+"""Set by the CLI's SIGTERM handler. The exception it raises can be swallowed (Python ignores exceptions
+raised while a ``__del__`` or a weakref callback runs), so the atomic writers also check this before they
+rename a finished output into place."""
+
+
+def raise_if_terminated() -> None:
+    if TERMINATED.is_set():
+        raise Terminated()
 
 
 def _first_line(e: BaseException) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mirage3d.cameras import Camera, Intrinsics
-from mirage3d.errors import InputError
+from mirage3d.errors import InputError, raise_if_terminated
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MIN_IMAGE_SIDE = 16
@@ -54,6 +54,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        raise_if_terminated()
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp_path, path)
@@ -101,6 +102,7 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterato
         try:
             os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; the finished folder gets the usual permissions
             yield tmp
+            raise_if_terminated()
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
                 os.replace(path, old)
