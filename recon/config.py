@@ -98,11 +98,6 @@ class ReconConfig:
     pose_iters: int = 300
     """With ``refine_cameras``: steps of the pose stage (coarse grid and images, cameras learning fast) before
     the visual hull is carved again with the refined cameras and the surface stage (``iters`` steps) starts."""
-    pose_folds: bool = False
-    """Pose stage with two fields, one per fold of the views (even / odd), each camera learning against the
-    field that never saw its view (else a field bends to fit each view's error and confirms it)."""
-    pose_color: float = 1.0
-    """Weight of the colour loss in the pose stage (0: the cameras align silhouettes only)."""
     pose_dilate_px: int = 1
     """Extra mask dilation (pixels) of the hull the pose stage starts from."""
     pose_misses: float = 0.25

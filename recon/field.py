@@ -15,7 +15,6 @@ is a few large kernels on a GPU. The surface is always a closed level set, so th
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -160,7 +159,7 @@ class SDFField(nn.Module):
         if idx.numel() == 0:
             zero = self.sdf.sum() * 0.0
             return zero, zero, zero
-        _, _, nz, ny, nx = self.sdf.shape
+        _, _, _nz, ny, nx = self.sdf.shape
         offs = torch.tensor([0, 1, -1, nx, -nx, nx * ny, -nx * ny], device=idx.device)
         g = self.sdf.reshape(-1)[(idx[None] + offs[:, None]).reshape(-1)].reshape(7, -1)  # one gather: one gradient buffer
         c, xp, xm, yp, ym, zp, zm = g

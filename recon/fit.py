@@ -65,7 +65,7 @@ class FitResult:
         gen = torch.Generator().manual_seed(seed)
         inv_s = 1.0 / (self.config.width_end * fld.voxel)
         for it in range(iters):
-            idx = pool.fold_index(0, batch_rays, gen)
+            idx = pool.sample(batch_rays, gen)
             c2w, K = cams()
             o, d = generate_rays(c2w[pool.view[idx]], pool.uv[idx], K)
             out = fld.render(o, d, inv_s, self.config.step_ratio * fld.voxel, self.config.n_samples,
@@ -232,16 +232,10 @@ class PixelPool:
         self.rgb = rgb.permute(0, 2, 3, 1).reshape(views.n, -1, 3)[v, p].to(device)
         self.alpha = a.reshape(views.n, -1)[v, p].to(device)
         self.size = int(v.shape[0])
-        self._folds: dict[int, list[torch.Tensor]] = {}
 
-    def fold_index(self, k: int, n: int, gen: torch.Generator, n_folds: int = 1) -> torch.Tensor:
-        """``n`` random pool indices of pixels from views with index ≡ k (mod ``n_folds``)."""
-        if n_folds not in self._folds:
-            vcpu = self.view.cpu()
-            self._folds[n_folds] = [torch.nonzero(vcpu % n_folds == j).squeeze(1).to(self.view.device) for j in range(n_folds)]
-        members = self._folds[n_folds][k]
-        pick = torch.randint(0, members.shape[0], (n,), generator=gen).to(members.device)
-        return members[pick]
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """``n`` random pool indices (drawn on the CPU generator, so a seed gives the same batches anywhere)."""
+        return torch.randint(0, self.size, (n,), generator=gen).to(self.view.device)
 
 
 def level_voxel(extent: np.ndarray, res: int, frac: float) -> float:
@@ -261,8 +255,6 @@ class Stage:
     lr_camera: float
     width_start: float
     width_end: float
-    folds: bool = False
-    w_color: float = 1.0
 
 
 def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
@@ -274,7 +266,7 @@ def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
         s0 = min(1.0, max(cfg.pose_image_scale, 32 / min(hw)))
         levels = [(g0, s0, 0.0), (min(1.0, 2 * g0), min(1.0, 2 * s0), 0.5)]
         out.append(Stage(cfg.pose_iters, levels, cfg.hull_dilate_px + cfg.pose_dilate_px, max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
-                         cfg.lr_camera, cfg.width_start, cfg.pose_width_end, folds=cfg.pose_folds, w_color=cfg.pose_color))
+                         cfg.lr_camera, cfg.width_start, cfg.pose_width_end))
     out.append(Stage(cfg.iters, [(1.0, 1.0, 0.0)], cfg.hull_dilate_px, cfg.hull_misses,
                      cfg.lr_camera * cfg.camera_fine if cfg.refine_cameras else 0.0, cfg.width_start, cfg.width_end))
     return out
@@ -299,39 +291,35 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
     for st in plan:
         cam_opt = GroupAdam(cams.parameters_to_learn(), lr=st.lr_camera) if st.lr_camera > 0 else None
         starts = [int(round(s * st.iters)) for _, _, s in st.levels]
-        n_fields = 2 if st.folds and views.n >= 4 else 1
-        flds: list[SDFField] = []
+        fld = None
         for it in range(st.iters):
-            if it in starts or not flds:
+            if it in starts or fld is None:
                 level = max(i for i, s in enumerate(starts) if s <= it)
                 frac, scale, _ = st.levels[level]
                 voxel = level_voxel(extent, cfg.res, frac)
                 if scale not in pools:
                     pools[scale] = PixelPool(views, scale, lo, hi, 0.0, device)
                 pool = pools[scale]
-                if not flds:  # each stage starts from the visual hull seen by the current cameras
+                if fld is None:  # each stage starts from the visual hull seen by the current cameras
                     shape = tuple(int(round(e / voxel)) + 1 for e in extent)
                     with torch.no_grad():
                         c2w_now, K_now = (x.detach().double().cpu().numpy() for x in cams())
                         hull = hull_sdf(SDFField(lo, voxel, shape).to(device), ViewSet(views.rgba, c2w_now, K_now),
                                         replace(cfg, hull_dilate_px=st.hull_dilate_px, hull_misses=st.hull_misses))
-                    flds = [SDFField(lo, voxel, shape, hull).to(device) for _ in range(n_fields)]
+                    fld = SDFField(lo, voxel, shape, hull).to(device)
                 else:
-                    flds = [f.resample(voxel) for f in flds]
-                groups = [g for f in flds for g in ({"params": [f.sdf], "lr": cfg.lr_sdf * voxel}, {"params": [f.rgb], "lr": cfg.lr_color})]
+                    fld = fld.resample(voxel)
+                groups = [{"params": [fld.sdf], "lr": cfg.lr_sdf * voxel}, {"params": [fld.rgb], "lr": cfg.lr_color}]
                 opt = torch.optim.Adam(groups, betas=(0.9, 0.99), fused=True)
                 lr0 = [g["lr"] for g in groups]
-                for f in flds:
-                    f.update_band(cfg.reg_band * f.voxel)
+                fld.update_band(cfg.reg_band * fld.voxel)
             fr = it / max(1, st.iters - 1)
             for g, l0 in zip(opt.param_groups, lr0):
                 g["lr"] = l0 * 0.1**fr
-            inv_s = 1.0 / ((st.width_start * level_voxel(extent, cfg.res, st.levels[0][0])) ** (1 - fr) * (st.width_end * flds[0].voxel) ** fr)
+            inv_s = 1.0 / ((st.width_start * level_voxel(extent, cfg.res, st.levels[0][0])) ** (1 - fr) * (st.width_end * fld.voxel) ** fr)
             if it % 10 == 0:
-                for f in flds:
-                    f.update_band(cfg.reg_band * f.voxel)
-            loss, mse = _step(flds, opt, cams, cam_opt, pool, views, cfg, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr,
-                              st.w_color)
+                fld.update_band(cfg.reg_band * fld.voxel)
+            loss, mse = _step(fld, opt, cams, cam_opt, pool, views, cfg, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr)
             done += 1
             if it % 20 == 0 or it == st.iters - 1:
                 rec = {"step": float(done), "loss": float(loss), "psnr": -10.0 * math.log10(max(float(mse), 1e-10))}
@@ -342,7 +330,6 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
                 history.append(rec)
             if progress is not None:
                 progress(done, total, history[-1] if history else {})
-        fld = flds[0]
 
     assert fld is not None
     with torch.no_grad():
@@ -353,66 +340,43 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
     return result
 
 
-def _step(flds: list[SDFField], opt: torch.optim.Optimizer, cams: CameraModel, cam_opt: GroupAdam | None, pool: PixelPool,
+def _step(fld: SDFField, opt: torch.optim.Optimizer, cams: CameraModel, cam_opt: GroupAdam | None, pool: PixelPool,
           views: ViewSet, cfg: ReconConfig, inv_s: float, gen: torch.Generator, view_err: torch.Tensor, cameras_learn: bool,
-          frac: float, w_color: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on a random batch of pixels; returns (loss, colour MSE), detached.
-
-    One field: field and cameras learn from the same renders. Two fields (the pose stage): field k learns
-    from the views of fold k (even / odd view indices) with their cameras held, and each view's camera
-    learns from its rays rendered through the *other* field, which never saw that view, so a camera cannot
-    be "confirmed" by a field that has already bent to fit its own error.
-    """
-    device = flds[0].lo.device
-    n_f = len(flds)
-    idx = torch.cat([pool.fold_index(k, cfg.batch_rays // n_f, gen, n_f) for k in range(n_f)])
+          frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a random batch of pixels; returns (loss, colour MSE), detached."""
+    device = fld.lo.device
+    idx = pool.sample(cfg.batch_rays, gen)
     vi = pool.view[idx]
     c2w_all, K = cams()
     K_lvl = K * torch.tensor([[pool.hw[1] / views.hw[1]], [pool.hw[0] / views.hw[0]], [1.0]], device=device)
-    step, before = cfg.step_ratio * flds[0].voxel, cfg.window_before * flds[0].voxel
+    step, before = cfg.step_ratio * fld.voxel, cfg.window_before * fld.voxel
 
-    def errors(out, sl):
-        e_rgb = (out["rgb"] - pool.rgb[idx[sl]]).pow(2).mean(-1)
-        return e_rgb, w_color * e_rgb + cfg.w_mask * (out["acc"] - pool.alpha[idx[sl]]).pow(2)
+    def errors(out):
+        e_rgb = (out["rgb"] - pool.rgb[idx]).pow(2).mean(-1)
+        return e_rgb, e_rgb + cfg.w_mask * (out["acc"] - pool.alpha[idx]).pow(2)
 
     wv = None
     if cam_opt is not None and cfg.robust:
         with torch.no_grad():
             wv = (1.0 / (1.0 + (view_err / (1.5 * view_err.median().clamp_min(1e-8))) ** 2))
             wv = wv / wv.mean()
-    if n_f == 1:
-        o, d = generate_rays(c2w_all[vi], pool.uv[idx], K_lvl)
-        err_rgb, per_px = errors(flds[0].render(o, d, inv_s, step, cfg.n_samples, before, jitter=True), slice(None))
-        data = (per_px * wv[vi]).mean() if wv is not None else per_px.mean()
-        cam_err = per_px
-    else:
-        o, d = generate_rays(c2w_all[vi], pool.uv[idx], K_lvl)
-        o_h, d_h = o.detach(), d.detach()
-        half = idx.shape[0] // n_f
-        data, err_parts, cam_parts = 0.0, [], []
-        for k in range(n_f):
-            sl = slice(k * half, (k + 1) * half)
-            e_rgb, e_own = errors(flds[k].render(o_h[sl], d_h[sl], inv_s, step, cfg.n_samples, before, jitter=True), sl)
-            _, e_cross = errors(flds[1 - k].render(o[sl], d[sl], inv_s, step, cfg.n_samples, before, jitter=True, frozen=True), sl)
-            data = data + (e_own * wv[vi[sl]]).mean() / n_f if wv is not None else data + e_own.mean() / n_f
-            data = data + e_cross.mean() / n_f
-            err_parts.append(e_rgb)
-            cam_parts.append(e_cross)
-        err_rgb, per_px, cam_err = torch.cat(err_parts), None, torch.cat(cam_parts)
+    o, d = generate_rays(c2w_all[vi], pool.uv[idx], K_lvl)
+    err_rgb, per_px = errors(fld.render(o, d, inv_s, step, cfg.n_samples, before, jitter=True))
+    data = (per_px * wv[vi]).mean() if wv is not None else per_px.mean()
     if cam_opt is not None and cfg.robust:
-        with torch.no_grad():  # running error per view: views the others contradict count less in the field(s)
-            e = torch.zeros(views.n, device=device).index_add_(0, vi, cam_err.detach())
+        with torch.no_grad():  # running error per view: views the others contradict count less in the field
+            e = torch.zeros(views.n, device=device).index_add_(0, vi, per_px.detach())
             cnt = torch.bincount(vi, minlength=views.n).clamp_min(1)
             view_err.mul_(0.9).add_(0.1 * e / cnt)
-    regs = [f.regularisers() for f in flds]
-    loss = data + sum(cfg.w_eikonal * eik + cfg.w_laplacian * lap + cfg.w_tv_color * tv for eik, lap, tv in regs)
+    eik, lap, tv = fld.regularisers()
+    loss = data + cfg.w_eikonal * eik + cfg.w_laplacian * lap + cfg.w_tv_color * tv
     opt.zero_grad(set_to_none=True)
     if cam_opt is not None:
         cam_opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     if cam_opt is not None and cameras_learn:
-        if wv is not None and n_f == 1:  # a view's own camera follows its whole error: undo its weight on its gradient
+        if wv is not None:  # a view's own camera follows its whole error: undo its weight on its gradient
             for p in (cams.omega, cams.rho):
                 if p.grad is not None:
                     p.grad.div_(wv[:, None])

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import trimesh
 from PIL import Image
-from scipy import ndimage
 
 from mirage3d.errors import InputError
 from mirage3d.io import atomic_path, atomic_write_bytes

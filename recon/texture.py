@@ -5,8 +5,9 @@ Each texel's surface point is projected into every view. A view counts where the
 cos(θ)^p (θ between the surface normal and the direction to the camera) times the view's alpha there
 (eroded, so silhouette pixels mixed with the background count little). The colour is the weighted mean,
 with a high power p so a texel takes the colours of the views that see it most squarely rather than a
-blur of all of them, then taken again with views far from that mean down-weighted (robust). The reference view (the input photo), where it sees the surface at θ < 70°, wins.
-Texels no view sees take the field's colour. The texture is then grown into the gutters between charts.
+blur of all of them, then taken again with views far from that mean down-weighted (robust). The
+reference view (the input photo), where it sees the surface at θ < 70°, wins. Texels no view sees take
+the field's colour. The texture is then grown into the gutters between charts.
 """
 
 from __future__ import annotations

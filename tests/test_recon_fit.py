@@ -29,7 +29,7 @@ def sphere_fit(tmp_path_factory):
 
 
 def test_fit_recovers_sphere_radius_and_colour(sphere_fit):
-    views, cfg, fit = sphere_fit
+    _views, cfg, fit = sphere_fit
     assert fit.psnr > 26.0
     mesh = extract_mesh(fit.field, replace(cfg, fair_unseen=False))  # the surface as fitted (no membrane below)
     r = np.linalg.norm(mesh.vertices - CENTRE, axis=1)

@@ -49,7 +49,7 @@ def test_projection_respects_occlusion():
     scene = trimesh.util.concatenate([near, far])
     pts = np.array([[0.25, 0.0, 0.0], [1.25, 0.0, 0.0]])  # the hidden box's +X face, the front box's +X face
     nrm = np.array([[1.0, 0, 0], [1.0, 0, 0]])
-    col, wsum = _project(scene, pts, nrm, [orbit_c2w(0.0, 0.0, 4.0)], [_flat(RED)])
+    _col, wsum = _project(scene, pts, nrm, [orbit_c2w(0.0, 0.0, 4.0)], [_flat(RED)])
     assert wsum[0] < 1e-6 and wsum[1] > 0.5
 
 
@@ -74,7 +74,7 @@ def test_atlas_is_injective_and_covers_every_face(size):
     e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
     area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
     assert (area > 0).all()
-    rc, fid, _ = rasterize_uv(torch.from_numpy(uv), torch.from_numpy(faces), size)
+    rc, _fid, _ = rasterize_uv(torch.from_numpy(uv), torch.from_numpy(faces), size)
     hits = np.zeros((size, size), int)
     np.add.at(hits, (rc[:, 0].numpy(), rc[:, 1].numpy()), 1)
     # Texels are shared only along triangle edges (the inside test includes them), never by overlapping charts.
