@@ -12,12 +12,13 @@ from mirage3d.cli._errors import console, handle_errors
 
 @handle_errors
 def make_asset(
-    image: Path = typer.Argument(..., help="Photo of one object: an RGBA cut-out, or RGB on a plain background."),
+    image: Path = typer.Argument(..., help="Photo of one object: an RGBA cut-out, RGB on a plain background, or a photo with a background (see --box)."),
     output: Path = typer.Option(..., "--output", "-o", help="Mesh to write: .glb (default choice), .obj or .ply."),
     model: str = typer.Option("default", "--model", "-m", help="Model folder from `mirage3d train`, or 'default' (the shipped car model)."),
     views: int | None = typer.Option(None, "--views", help="Number of views to generate (default: every pose of the model)."),
     steps: int = typer.Option(20, "--steps", help="DDIM steps (20 fits the CPU time target; use 50 on a GPU)."),
     pose: int | None = typer.Option(None, "--pose", help="The input's pose index if known (default: estimated)."),
+    box: str | None = typer.Option(None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background (default: found automatically)."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale (1 = off)."),
     hard_guidance: float = typer.Option(0.0, "--hard-guidance", help="Hard-attention guidance weight (0 = off)."),
     iters: int = typer.Option(600, "--iters", help="Radiance-field optimisation steps."),
@@ -30,7 +31,14 @@ def make_asset(
     server: str | None = typer.Option(None, "--server", envvar="MIRAGE3D_SERVER", help="URL of a `mirage3d serve` process to do the work (skips imports and model loading)."),
 ) -> None:
     """Turn one photo of an object into a textured 3D mesh (GLB)."""
+    from mirage3d.foreground import parse_box
+
+    box_px = None if box is None else parse_box(box)
     if server:
+        if box_px is not None:
+            from mirage3d.errors import InputError
+
+            raise InputError("--box is not sent to a server; cut the photo out first (mirage3d data import) or run without --server")
         options = {"views": views, "steps": steps, "reference_pose": pose, "guidance_scale": guidance, "hard_guidance_scale": hard_guidance,
                    "recon_iters": iters, "faces": faces, "preview": preview, "seed": seed}  # fmt: skip
         _remote(server, image, output, model, options, keep_views, device, overwrite)
@@ -38,7 +46,7 @@ def make_asset(
     from mirage3d.asset import AssetConfig, make_asset as run
 
     cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance, reference_pose=pose,
-                      recon_iters=iters, faces=faces, preview=preview, seed=seed, device=device)
+                      recon_iters=iters, faces=faces, preview=preview, box=box_px, seed=seed, device=device)
     with console.status("checking inputs...") as status:
         res = run(image, output, cfg, keep_views=keep_views, overwrite=overwrite,
                   stage=lambda name: status.update({"views": "generating views...", "recon": "reconstructing the mesh..."}.get(name, name)))

@@ -68,6 +68,8 @@ class AssetConfig:
     """Hard-attention guidance weight (docs/views.md)."""
     reference_pose: int | None = None
     """The input's pose if known; None: estimated with the model's pose model."""
+    box: tuple[int, int, int, int] | None = None
+    """The object's box (x0, y0, x1, y1, pixels) in a photo with a background (GrabCut from it); None: found automatically."""
     recon_iters: int = 600
     """Radiance-field optimisation steps."""
     recon_res: int = 128
@@ -161,7 +163,7 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
         say("views")
         t = time.perf_counter()
         vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                           hard_guidance_scale=cfg.hard_guidance_scale, seed=cfg.seed, device=cfg.device)
+                           hard_guidance_scale=cfg.hard_guidance_scale, box=cfg.box, seed=cfg.seed, device=cfg.device)
         vres = generate_views(image, model_dir, work / "views", vcfg)
         timings["views"] = time.perf_counter() - t
 

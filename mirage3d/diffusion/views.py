@@ -22,6 +22,7 @@ from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, M
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_framing, prepare_reference
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
+from mirage3d.foreground import check_box
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_save_image, load_image, write_transforms
 
 
@@ -52,6 +53,9 @@ class ViewsConfig:
     median bbox fraction, else the default 0.85 (preprocess.fill_for_mask)."""
     reframe: bool = True
     """False: the input is already framed like the training renders (only padded and resized)."""
+    box: tuple[int, int, int, int] | None = None
+    """The object's box (x0, y0, x1, y1, pixels of the input photo) for a photo with a background: GrabCut from it
+    (mirage3d.foreground); None: the mask comes from alpha, a plain background, rembg or the automatic GrabCut."""
     alpha_low: float = 0.03
     """Generated views' alpha: 0 where the distance from white is below this ..."""
     alpha_high: float = 0.12
@@ -200,6 +204,10 @@ def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir
     if cfg.guidance_scale < 0 or cfg.hard_guidance_scale < 0:
         raise InputError("--guidance and --hard-guidance must be >= 0")
     photo = load_image(input_path) if input_path is not None else None  # validate before loading the model
+    if cfg.box is not None:  # (the box fits the photo: checked before loading the model)
+        if photo is None:
+            raise InputError("--box needs an input photo")
+        check_box(cfg.box, photo.width, photo.height, str(input_path))
     pipe = load_model(model_dir, cfg.device, need_pose_model=photo is not None and cfg.reference_pose is None)
     if pipe.cameras is None:
         raise ModelError(f"{model_dir / 'poses' / 'cameras.json'} is missing; the model needs the cameras of its poses (from `mirage3d poses discover`)")
@@ -210,7 +218,7 @@ def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir
     prepared = None
     if photo is not None:
         fill = None if not cfg.reframe else (cfg.fill or pipe.fill)
-        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill else pipe.fill_range)
+        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill else pipe.fill_range, box=cfg.box)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     cross = CrossFrameConfig(enabled=cfg.cross_frame != "off", mode=cfg.cross_frame if cfg.cross_frame != "off" else "concat", layers=cfg.cross_frame_layers)
