@@ -13,7 +13,8 @@ Variants:
 ``--work-side`` and ``--centre`` override those ``ForegroundConfig`` fields for every variant.
 
 Prints one row per variant (share found, median IoU, seconds per photo) and writes an optional contact sheet
-of the cut-outs (the ``auto`` variant when run, else the first), each on grey with its IoU.
+of the cut-outs (``--sheet``: for ``--sheet-count`` photos spread over the set, one tile per GrabCut variant
+side by side, each on grey with its IoU).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("--centre", type=float, default=None)
     ap.add_argument("--sheet", type=Path, default=None, help="contact sheet of cut-outs to write (PNG)")
     ap.add_argument("--sheet-count", type=int, default=48)
+    ap.add_argument("--tile", type=int, default=96, help="contact sheet tile width (pixels)")
     args = ap.parse_args()
 
     cfg = ForegroundConfig()
@@ -82,7 +84,7 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     ious = {v: [] for v in variants}
     secs = {v: 0.0 for v in variants}
-    sheet_variant = "auto" if "auto" in variants else variants[0]
+    sheet_variants = [v for v in variants if v != "prior"] or variants
     pick = set(np.linspace(0, len(files) - 1, min(args.sheet_count, len(files))).round().astype(int).tolist())
     tiles = []
     for n, name in enumerate(files):
@@ -94,8 +96,8 @@ def main() -> None:
             secs[v] += time.perf_counter() - t0
             found = mask_box(mask)
             ious[v].append(0.0 if found is None else box_iou(found, truth))
-            if v == sheet_variant and n in pick and args.sheet is not None:
-                tiles.append(tile(rgb, mask, ious[v][-1]))
+            if v in sheet_variants and n in pick and args.sheet is not None:
+                tiles.append(tile(rgb, mask, ious[v][-1], args.tile))
     load = os.getloadavg()[0]
     print(f"{len(files)} photos of {args.photos}; found = IoU(mask box, true box) >= {args.iou}; load average {load:.1f}")
     print("| variant | found | median IoU | s / photo |")
@@ -104,13 +106,13 @@ def main() -> None:
         a = np.array(ious[v])
         print(f"| {v} | {(a >= args.iou).mean():.3f} ({int((a >= args.iou).sum())}/{len(a)}) | {np.median(a):.3f} | {secs[v] / len(a):.3f} |")
     if tiles:
-        cols = 8
+        cols = 4 * len(sheet_variants)
         w, h = tiles[0].width, max(t.height for t in tiles)
         sheet = Image.new("RGB", (cols * w, -(-len(tiles) // cols) * h), (128, 128, 128))
         for i, t in enumerate(tiles):
             sheet.paste(t, ((i % cols) * w, (i // cols) * h))
         sheet.save(args.sheet)
-        print(f"wrote {args.sheet} ({sheet_variant})")
+        print(f"wrote {args.sheet} (per photo: {', '.join(sheet_variants)})")
 
 
 if __name__ == "__main__":
