@@ -18,12 +18,13 @@ _D = AssetConfig()  # the defaults of the options below are the config's
 
 @handle_errors
 def make_asset(
-    image: Path = typer.Argument(..., help="Photo of one object: an RGBA cut-out, or RGB on a plain background."),
+    image: Path = typer.Argument(..., help="Photo of one object: an RGBA cut-out, RGB on a plain background, or a photo with a background (see --box)."),
     output: Path = typer.Option(..., "--output", "-o", help="Mesh to write: .glb (default choice), .obj or .ply."),
     model: str = typer.Option(_D.model, "--model", "-m", help="Model folder from `mirage3d train`, or 'default' (the shipped car model)."),
     views: int | None = typer.Option(_D.views, "--views", help="Number of views to generate, 2..K (default: every one of the model's K poses)."),
     steps: int = typer.Option(_D.steps, "--steps", help="DDIM steps, 1..1000 (20 fits the CPU time target; use 50 on a GPU)."),
     pose: int | None = typer.Option(_D.reference_pose, "--pose", help="The input's pose index if known (default: estimated)."),
+    box: str | None = typer.Option(None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background (default: found automatically)."),
     guidance: float = typer.Option(_D.guidance_scale, "--guidance", help="Classifier-free guidance scale (1 = off)."),
     hard_guidance: float = typer.Option(_D.hard_guidance_scale, "--hard-guidance", help="Hard-attention guidance weight (0 = off)."),
     iters: int = typer.Option(_D.recon_iters, "--iters", help="Radiance-field optimisation steps."),
@@ -37,9 +38,15 @@ def make_asset(
     token: str | None = typer.Option(None, "--token", envvar="MIRAGE3D_TOKEN", show_envvar=False, help=TOKEN_HELP),
 ) -> None:
     """Turn one photo of an object into a textured 3D mesh (GLB)."""
+    from mirage3d.foreground import parse_box
     from mirage3d.io import output_lock
 
-    cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance, reference_pose=pose,
+    box_px = None if box is None else parse_box(box)
+    if server and box_px is not None:
+        from mirage3d.errors import InputError
+
+        raise InputError("--box is not sent to a server; cut the photo out first (mirage3d data import) or run without --server")
+    cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance, reference_pose=pose, box=box_px,
                       recon_iters=iters, faces=faces, preview=preview, seed=seed, device=device)  # fmt: skip
     with output_lock(output):
         if server:

@@ -1,4 +1,4 @@
-"""``mirage3d data ...``: making image collections (``data render``)."""
+"""``mirage3d data ...``: making image collections (``data render`` from meshes, ``data import`` from photos)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,39 @@ def render(
     console.print(f"  ground truth: {result.output / 'ground_truth.jsonl'}; contact sheet: {result.output / 'contact_sheet.png'}; config: {result.output / 'config.json'}")
     if result.orbit_dirs:
         console.print(f"  orbits ({cfg.orbits} views + mesh.glb each): {result.output / 'orbits'}/<mesh_id>/")
+
+
+@data_app.command("import")
+@handle_errors
+def import_(
+    photos: Path = typer.Argument(..., help="A folder of photos (PNG/JPEG/WebP/BMP; not searched recursively), one object each."),
+    output: Path = typer.Option(..., "-o", "--output", help="Collection folder to write (images/<stem>.png, import.json, contact_sheet.png, config.json)."),
+    boxes: Path = typer.Option(None, "--boxes", help="CSV with the header file,x0,y0,x1,y1: the object's box per photo (pixels). Photos without a row are found automatically."),
+    res: int = typer.Option(128, "--res", help="Image side in pixels."),
+    fill: float = typer.Option(0.71, "--fill", help="Longer side of the object's box / image side (0.71: as the default car model's renders)."),
+    workers: int = typer.Option(min(os.cpu_count() or 1, 16), help="Processes cutting out photos; default: one per CPU."),
+    seed: int = typer.Option(0, help="Seed of the cut-out (GrabCut's colour models); the same seed gives the same images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Import photos as a collection: find the object (a box or automatically), cut it out, crop square, resize."""
+    from rich.markup import escape
+
+    from mirage3d.data.photos import ImportConfig, import_photos
+
+    cfg = ImportConfig(res=res, fill=fill, workers=workers, seed=seed)
+    columns = (TextColumn("cutting out"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("import", total=None)
+        result = import_photos(photos, output, cfg, boxes=boxes, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    how = ", ".join(f"{n} {src}" for src, n in sorted(result.sources.items()))
+    console.print(f"imported {result.n_images} photos to {result.output}/images in {result.seconds:.1f} s (cut-outs: {how})")
+    if result.skipped:
+        console.print(f"  skipped {len(result.skipped)} (reasons in {result.output / 'import.json'}):")
+        for r in result.skipped[:10]:
+            console.print(escape(f"    {r['file']}: {r['reason']}"))
+        if len(result.skipped) > 10:
+            console.print(f"    ... and {len(result.skipped) - 10} more")
+    console.print(f"  contact sheet: {result.output / 'contact_sheet.png'}; config: {result.output / 'config.json'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,7 @@ from mirage3d.cli._options import DEVICE, OVERWRITE
 
 @handle_errors
 def views(
-    input: Path | None = typer.Argument(None, help="Photo of one object (RGBA cut-out, or RGB on a plain background). Leave out for unconditional views."),
+    input: Path | None = typer.Argument(None, help="Photo of one object (RGBA cut-out, RGB on a plain background, or a photo with a background: see --box). Leave out for unconditional views."),
     model: Path = typer.Option(..., "--model", "-m", help="Model folder from `mirage3d train` (with poses/)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output views folder (created; must not exist unless --overwrite)."),
     poses: str = typer.Option("all", "--poses", help="Poses to generate: all, or comma-separated indices like 0,2,5."),
@@ -25,16 +25,19 @@ def views(
     hard_layers: str = typer.Option("all", "--hard-layers", help="Attention layers used by the hard-guidance pass."),
     fill: float | None = typer.Option(None, "--fill", help="Object bbox / frame side for the input (default: MODEL/framing.json or 0.85)."),
     no_reframe: bool = typer.Option(False, "--no-reframe", help="The input is already framed like the training renders: only pad and resize."),
+    box: str | None = typer.Option(None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background: cut out with GrabCut from it."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate consistent views of the object in INPUT, with cameras, ready for `mirage3d recon`."""
     from mirage3d.diffusion.views import ViewsConfig, generate_views
+    from mirage3d.foreground import parse_box
     from mirage3d.io import claim_output
 
     cfg = ViewsConfig(poses=poses, reference_pose=pose, num_inference_steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance,
-                      cross_frame=cross_frame, cross_frame_layers=layers, hard_layers=hard_layers, fill=fill, reframe=not no_reframe, seed=seed, device=device)
+                      cross_frame=cross_frame, cross_frame_layers=layers, hard_layers=hard_layers, fill=fill, reframe=not no_reframe,
+                      box=None if box is None else parse_box(box), seed=seed, device=device)
     with claim_output(output, overwrite, kind="dir"), console.status("generating views..."):
         res = generate_views(input, model, output, cfg, overwrite=overwrite)
     ref = "" if res.reference_pose is None else f", reference pose {res.reference_pose}"

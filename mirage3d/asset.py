@@ -72,6 +72,8 @@ class AssetConfig:
     """Consistency rounds: fit, render, re-noise and denoise the views again (docs/views.md)."""
     strength: float = 0.5
     """Fraction of the DDIM steps re-run from the renders in each round."""
+    box: tuple[int, int, int, int] | None = None
+    """The object's box (x0, y0, x1, y1, pixels) in a photo with a background (GrabCut from it); None: found automatically."""
     recon_iters: int = 600
     """Radiance-field optimisation steps."""
     recon_res: int = 128
@@ -186,7 +188,7 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
     rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, res=cfg.recon_res, faces=cfg.faces,
                        texture_size=cfg.texture_size, preview=cfg.preview)
     vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                       hard_guidance_scale=cfg.hard_guidance_scale, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
+                       hard_guidance_scale=cfg.hard_guidance_scale, box=cfg.box, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
                        seed=cfg.seed, device=cfg.device)
     gen = make_views(image, model_dir, vcfg, recon=replace(rcfg, preview=False))
     timings["views"] = time.perf_counter() - t

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mirage3d.diffusion.preprocess import bbox_fraction, choose_fill, load_fill, load_framing, object_mask, prepare_reference
-from mirage3d.errors import DependencyError, InputError
+from mirage3d.errors import InputError
 
 
 def square_rgba(h: int = 60, w: int = 80, box: tuple[int, int, int, int] = (10, 20, 30, 60)) -> np.ndarray:
@@ -45,11 +45,21 @@ def test_plain_background_found_and_removed() -> None:
     assert ((mask > 0.5) == truth).mean() > 0.99
 
 
-def test_busy_background_without_rembg(monkeypatch: pytest.MonkeyPatch) -> None:
+def busy_photo(seed: int = 1) -> np.ndarray:
+    """(60, 80, 3) float: a saturated orange box (rows 18-42, columns 22-62) on grey-green noise."""
+    busy = np.random.default_rng(seed).uniform(0.3, 0.7, (60, 80, 3)).astype(np.float32) * np.array([0.8, 1.0, 0.9], np.float32)
+    busy[18:42, 22:62] = (0.95, 0.55, 0.1)
+    return busy
+
+
+def test_busy_background_without_rembg_uses_grabcut(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "rembg", None)  # import fails even if installed
-    busy = np.random.default_rng(1).random((40, 40, 3)).astype(np.float32)
-    with pytest.raises(DependencyError, match=r"busy background: install mirage3d\[rembg\] or give an RGBA cut-out"):
-        prepare_reference(busy, 16, name="photo.jpg")
+    p = prepare_reference(busy_photo(), 16, fill=0.8, name="photo.jpg")
+    assert p.mask_source == "grabcut-auto" and p.bbox == (22, 18, 62, 42)
+    boxed = prepare_reference(busy_photo(), 16, fill=0.8, name="photo.jpg", box=(15, 10, 70, 50))
+    assert boxed.mask_source == "grabcut-box" and boxed.bbox == (22, 18, 62, 42)
+    with pytest.raises(InputError, match=r"photo.jpg: box 0,0,90,50 lies outside the 80x60 image"):
+        prepare_reference(busy_photo(), 16, name="photo.jpg", box=(0, 0, 90, 50))
 
 
 def test_busy_background_uses_rembg_when_available(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -103,7 +103,8 @@ def test_bad_inputs(tmp_path: Path, model_dir: Path) -> None:
     cases = [
         ([str(corrupt), "--model", str(model_dir), "--pose", "0"], "cannot read"),
         ([str(tmp_path / "missing.png"), "--model", str(model_dir), "--pose", "0"], "does not exist"),
-        ([str(busy), "--model", str(model_dir), "--pose", "0"], "busy background: install mirage3d[rembg] or give an RGBA cut-out"),
+        ([str(busy), "--model", str(model_dir), "--pose", "0", "--box", "0,0,50,30"], "box 0,0,50,30 lies outside the 40x40 image"),
+        ([str(busy), "--model", str(model_dir), "--pose", "0", "--box", "0,0,30"], "must be four numbers x0,y0,x1,y1"),
         ([str(good), "--model", str(tmp_path / "empty_model"), "--pose", "0"], "is not a mirage3d model"),
         ([str(good), "--model", str(model_dir)], "pass --pose K"),
         ([str(good), "--model", str(model_dir), "--pose", "7"], "--pose 7 is out of range"),

@@ -1,12 +1,13 @@
 """Input photo → the model's framing: find the object, crop, pad, composite on white, resize.
 
-Object mask, in order of preference:
+Object mask (:func:`mirage3d.foreground.find_object`), in order of preference:
 1. the image's alpha channel, when it is non-trivial (some pixels transparent, some opaque);
-2. a plain background: the border strip (2 % of the short side) is nearly one colour (≥ 95 % of its pixels
+2. GrabCut from the object's box, when one is given (``--box x0,y0,x1,y1``);
+3. a plain background: the border strip (2 % of the short side) is nearly one colour (≥ 95 % of its pixels
    within ``tolerance`` of the median border colour, per channel max-abs in [0, 1]); object = pixels
    further than ``tolerance`` from that colour, specks removed and holes filled;
-3. ``rembg`` when it is importable (``pip install mirage3d[rembg]``);
-otherwise an :class:`InputError` ("busy background").
+4. ``rembg`` when it is importable (``pip install mirage3d[rembg]``);
+5. otherwise GrabCut from an automatic prior (OpenCV, offline; measured on real photos in docs/photos.md).
 
 Framing: training renders show the object centred at a fixed camera distance, so its bounding box spans a
 roughly constant fraction of the frame. We crop a square around the mask's bounding box so that its longer
@@ -23,16 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
 
-from mirage3d.errors import DependencyError, InputError
+from mirage3d.errors import InputError
+from mirage3d.foreground import Box, ForegroundConfig, find_object
 from mirage3d.io import rgba_to_array
 
 DEFAULT_FILL = 0.85
 """Longer bbox side / frame side when the model folder has no framing.json: what a bounding sphere filling
 90 % of the field of view (the renderer's default) gives for car-like objects seen from the side."""
 DEFAULT_TOLERANCE = 0.1
-BORDER_PLAIN_FRACTION = 0.95
 
 
 @dataclass
@@ -42,58 +42,18 @@ class PreparedImage:
     image: np.ndarray  # (R, R, 3) float32 in [0, 1], object composited on white
     mask: np.ndarray  # (R, R) float32 in [0, 1], object alpha
     bbox: tuple[int, int, int, int]  # object bbox in the input image: x0, y0, x1, y1 (exclusive)
-    mask_source: str  # "alpha" | "plain-background" | "rembg"
+    mask_source: str  # mirage3d.foreground.SOURCES: "alpha" | "grabcut-box" | "plain-background" | "rembg" | "grabcut-auto"
 
     def to_tensor(self) -> torch.Tensor:
         """(1, 3, R, R) float32 in [-1, 1], the model's input range."""
         return torch.from_numpy(self.image).permute(2, 0, 1)[None].float() * 2 - 1
 
 
-def _has_alpha(alpha: np.ndarray) -> bool:
-    transparent = (alpha < 0.5).mean()
-    return 0.001 < transparent < 0.999
-
-
-def _plain_background_mask(rgb: np.ndarray, tolerance: float) -> np.ndarray | None:
-    """Soft object mask (H, W) if the border is one plain colour, else None."""
-    h, w, _ = rgb.shape
-    b = max(1, round(0.02 * min(h, w)))
-    border = np.concatenate([rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3), rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)])
-    bg = np.median(border, axis=0)
-    if (np.abs(border - bg).max(axis=1) <= tolerance).mean() < BORDER_PLAIN_FRACTION:
-        return None
-    dist = np.abs(rgb - bg).max(axis=2)  # (H, W)
-    hard = ndimage.binary_opening(dist > tolerance, iterations=1)
-    hard = ndimage.binary_fill_holes(hard)
-    # Soft edge: ramp over [tol/2, 3·tol/2], solid inside the (eroded) filled object, nothing far outside.
-    soft = np.clip((dist - 0.5 * tolerance) / tolerance, 0.0, 1.0)
-    inner = ndimage.binary_erosion(hard, iterations=1)
-    outer = ndimage.binary_dilation(hard, iterations=1)
-    return np.where(inner, 1.0, soft * outer).astype(np.float32)
-
-
-def _rembg_mask(rgb: np.ndarray) -> np.ndarray | None:
-    try:
-        import rembg  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    out = rembg.remove(Image.fromarray((rgb * 255).astype(np.uint8)))
-    return np.asarray(out.convert("RGBA"), dtype=np.float32)[..., 3] / 255.0
-
-
-def object_mask(rgba: np.ndarray, tolerance: float = DEFAULT_TOLERANCE, name: str = "image") -> tuple[np.ndarray, str]:
-    """(H, W, 4) float RGBA in [0, 1] → soft object mask (H, W) and where it came from (see module doc)."""
-    alpha = rgba[..., 3]
-    if _has_alpha(alpha):
-        return alpha.astype(np.float32), "alpha"
-    rgb = rgba[..., :3]
-    mask = _plain_background_mask(rgb, tolerance)
-    if mask is not None:
-        return mask, "plain-background"
-    mask = _rembg_mask(rgb)
-    if mask is None:
-        raise DependencyError(f"{name}: busy background: install mirage3d[rembg] or give an RGBA cut-out")
-    return mask, "rembg"
+def object_mask(rgba: np.ndarray, tolerance: float = DEFAULT_TOLERANCE, name: str = "image", box: Box | None = None) -> tuple[np.ndarray, str]:
+    """(H, W, 4) float RGBA in [0, 1] → soft object mask (H, W) and where it came from (module doc);
+    ``box`` (x0, y0, x1, y1 in the image's pixels): the object's box, for GrabCut."""
+    cut = find_object(rgba, box, ForegroundConfig(tolerance=tolerance), name)
+    return cut.mask, cut.source
 
 
 def bbox_fraction(mask: np.ndarray) -> float:
@@ -143,11 +103,11 @@ def fill_for_mask(mask: np.ndarray, fill: float, fill_range: tuple[float, float]
 
 
 def choose_fill(image: Image.Image | np.ndarray, fill: float, fill_range: tuple[float, float] | None, tolerance: float = DEFAULT_TOLERANCE,
-                name: str = "image") -> float:  # fmt: skip
+                name: str = "image", box: Box | None = None) -> float:  # fmt: skip
     """:func:`fill_for_mask` of an image (its object mask found as :func:`prepare_reference` finds it)."""
     if fill_range is None:
         return fill
-    return fill_for_mask(object_mask(_to_rgba(image, name), tolerance, name)[0], fill, fill_range)
+    return fill_for_mask(object_mask(_to_rgba(image, name), tolerance, name, box)[0], fill, fill_range)
 
 
 def _to_rgba(image: Image.Image | np.ndarray, name: str) -> np.ndarray:
@@ -168,6 +128,7 @@ def prepare_reference(
     tolerance: float = DEFAULT_TOLERANCE,
     name: str = "image",
     fill_range: tuple[float, float] | None = None,
+    box: Box | None = None,
 ) -> PreparedImage:
     """Find the object, crop a square so its bbox spans ``fill`` of it, composite on white, resize.
 
@@ -175,16 +136,18 @@ def prepare_reference(
     an orbit render): the whole image is used, only padded to a square and resized.
     ``fill_range``: an object whose bbox fraction already lies in it keeps that scale (:func:`fill_for_mask`).
     ``image``: PIL (any mode) or array (H, W, 3|4), uint8 or float in [0, 1].
+    ``box``: the object's box (x0, y0, x1, y1) in the image's pixels, for a photo with a background.
     """
     rgba = _to_rgba(image, name)
     if fill is not None and not 0 < fill <= 1:
         raise InputError(f"fill must be in (0, 1], got {fill}")
-    mask, source = object_mask(rgba, tolerance, name)
+    mask, source = object_mask(rgba, tolerance, name, box)
     if fill is not None:
         fill = fill_for_mask(mask, fill, fill_range)
     ys, xs = np.nonzero(mask > 0.5)
     if len(xs) < 4:
-        raise InputError(f"{name}: no object found (the image is all background); give a photo of one object")
+        hint = "give its box with --box x0,y0,x1,y1 or an RGBA cut-out" if source == "grabcut-auto" else "give a photo of one object"
+        raise InputError(f"{name}: no object found ({source} mask is empty); {hint}")
     x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
     h, w = mask.shape
     if fill is None:

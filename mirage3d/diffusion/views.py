@@ -21,6 +21,7 @@ from mirage3d.diffusion.pipeline import ConsistencyConfig, CrossFrameConfig, Har
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_framing, prepare_reference
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
+from mirage3d.foreground import check_box
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_save_image, load_image, write_transforms
 
 
@@ -51,6 +52,9 @@ class ViewsConfig:
     median bbox fraction, else the default 0.85 (preprocess.fill_for_mask)."""
     reframe: bool = True
     """False: the input is already framed like the training renders (only padded and resized)."""
+    box: tuple[int, int, int, int] | None = None
+    """The object's box (x0, y0, x1, y1, pixels of the input photo) for a photo with a background: GrabCut from it
+    (mirage3d.foreground); None: the mask comes from alpha, a plain background, rembg or the automatic GrabCut."""
     alpha_low: float = 0.03
     """Generated views' alpha: 0 where the distance from white is below this ..."""
     alpha_high: float = 0.12
@@ -269,6 +273,10 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     if cfg.consistency.rounds < 0 or not 0.0 < cfg.consistency.strength <= 1.0:
         raise InputError(f"--rounds must be >= 0 and --strength in (0, 1], got {cfg.consistency.rounds} and {cfg.consistency.strength}")
     photo = load_image(input_path) if input_path is not None else None  # validate before loading the model
+    if cfg.box is not None:  # (the box fits the photo: checked before loading the model)
+        if photo is None:
+            raise InputError("--box needs an input photo")
+        check_box(cfg.box, photo.width, photo.height, str(input_path))
     pipe = load_model(model_dir, cfg.device, need_pose_model=photo is not None and cfg.reference_pose is None)
     if pipe.cameras is None:
         raise ModelError(f"{model_dir / 'poses' / 'cameras.json'} is missing; the model needs the cameras of its poses (from `mirage3d poses discover`)")
@@ -279,7 +287,7 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     prepared = None
     if photo is not None:
         fill = None if not cfg.reframe else (pipe.fill if cfg.fill is None else cfg.fill)
-        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill is not None else pipe.fill_range)
+        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill is not None else pipe.fill_range, box=cfg.box)
     render_fn = None
     if cfg.consistency.rounds:
         if recon is None:
