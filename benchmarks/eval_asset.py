@@ -52,7 +52,9 @@ VARIANTS = {
     "all-views": {"cross_frame": "all"},
     "rounds": {"rounds": 2},
     "all-views+rounds": {"cross_frame": "all", "rounds": 2},
-    "rounds+hard": {"rounds": 2, "hard_guidance_scale": 0.5},
+    "cross-frame+refine": {"refine_cameras": True},
+    "all-views+refine": {"cross_frame": "all", "refine_cameras": True},
+    "all-views+rounds+refine": {"cross_frame": "all", "rounds": 2, "refine_cameras": True},
 }
 
 

@@ -74,8 +74,10 @@ class AssetConfig:
     """Fraction of the DDIM steps re-run from the renders in each round."""
     box: tuple[int, int, int, int] | None = None
     """The object's box (x0, y0, x1, y1, pixels) in a photo with a background (GrabCut from it); None: found automatically."""
-    recon_iters: int = 600
-    """Radiance-field optimisation steps."""
+    recon_iters: int = 60
+    """Steps of the surface fit (ReconConfig.iters, whose default this is; docs/recon.md)."""
+    refine_cameras: bool = False
+    """Refine the views' pose-cluster cameras with the surface (ReconConfig.refine_cameras)."""
     recon_res: int = 128
     """Final voxel-grid resolution."""
     faces: int = 20000
@@ -185,7 +187,7 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
 
     say("views")
     t = time.perf_counter()
-    rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, res=cfg.recon_res, faces=cfg.faces,
+    rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, refine_cameras=cfg.refine_cameras, res=cfg.recon_res, faces=cfg.faces,
                        texture_size=cfg.texture_size, preview=cfg.preview)
     vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                        hard_guidance_scale=cfg.hard_guidance_scale, box=cfg.box, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),

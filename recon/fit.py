@@ -249,6 +249,7 @@ class Stage:
     the distance starts from, the camera learning rate (0: cameras fixed) and the surface's widths."""
 
     iters: int
+    batch_rays: int
     levels: list[tuple[float, float, float]]
     hull_dilate_px: int
     hull_misses: int
@@ -265,9 +266,9 @@ def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
         g0 = min(1.0, max(cfg.pose_res, 32 / cfg.res))
         s0 = min(1.0, max(cfg.pose_image_scale, 32 / min(hw)))
         levels = [(g0, s0, 0.0), (min(1.0, 2 * g0), min(1.0, 2 * s0), 0.5)]
-        out.append(Stage(cfg.pose_iters, levels, cfg.hull_dilate_px + cfg.pose_dilate_px, max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
+        out.append(Stage(cfg.pose_iters, cfg.pose_batch_rays, levels, cfg.hull_dilate_px + cfg.pose_dilate_px, max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
                          cfg.lr_camera, cfg.width_start, cfg.pose_width_end))
-    out.append(Stage(cfg.iters, [(1.0, 1.0, 0.0)], cfg.hull_dilate_px, cfg.hull_misses,
+    out.append(Stage(cfg.iters, cfg.batch_rays, [(1.0, 1.0, 0.0)], cfg.hull_dilate_px, cfg.hull_misses,
                      cfg.lr_camera * cfg.camera_fine if cfg.refine_cameras else 0.0, cfg.width_start, cfg.width_end))
     return out
 
@@ -319,7 +320,7 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
             inv_s = 1.0 / ((st.width_start * level_voxel(extent, cfg.res, st.levels[0][0])) ** (1 - fr) * (st.width_end * fld.voxel) ** fr)
             if it % 10 == 0:
                 fld.update_band(cfg.reg_band * fld.voxel)
-            loss, mse = _step(fld, opt, cams, cam_opt, pool, views, cfg, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr)
+            loss, mse = _step(fld, opt, cams, cam_opt, pool, views, cfg, st.batch_rays, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr)
             done += 1
             if it % 20 == 0 or it == st.iters - 1:
                 rec = {"step": float(done), "loss": float(loss), "psnr": -10.0 * math.log10(max(float(mse), 1e-10))}
@@ -341,11 +342,11 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
 
 
 def _step(fld: SDFField, opt: torch.optim.Optimizer, cams: CameraModel, cam_opt: GroupAdam | None, pool: PixelPool,
-          views: ViewSet, cfg: ReconConfig, inv_s: float, gen: torch.Generator, view_err: torch.Tensor, cameras_learn: bool,
+          views: ViewSet, cfg: ReconConfig, batch_rays: int, inv_s: float, gen: torch.Generator, view_err: torch.Tensor, cameras_learn: bool,
           frac: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a random batch of pixels; returns (loss, colour MSE), detached."""
     device = fld.lo.device
-    idx = pool.sample(cfg.batch_rays, gen)
+    idx = pool.sample(batch_rays, gen)
     vi = pool.view[idx]
     c2w_all, K = cams()
     K_lvl = K * torch.tensor([[pool.hw[1] / views.hw[1]], [pool.hw[0] / views.hw[0]], [1.0]], device=device)

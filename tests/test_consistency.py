@@ -16,7 +16,7 @@ from mirage3d.recon import ReconConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-RECON = ReconConfig(seed=0, device="cpu", iters=60, faces=2000)
+RECON = ReconConfig(seed=0, device="cpu", iters=60, batch_rays=4096, faces=2000)
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def test_refinement_in_the_fit_reduces_a_camera_error():
     views.c2w[5] = _turned(true[5], 4.0, 2.0)
     views.reference = 0
     before = _rot_err(views.c2w, true)[5]
-    cfg = ReconConfig(iters=60, res=32, batch_rays=2048, refine_cameras=True, pose_iters=120, seed=0, shared_elevation=False,
+    cfg = ReconConfig(iters=60, res=32, batch_rays=2048, pose_batch_rays=2048, refine_cameras=True, pose_iters=120, seed=0, shared_elevation=False,
                       shared_focal=False)
     err = _rot_err(fit_field(views, cfg).c2w, true)
     assert err[5] < 0.5 * before and err.max() < 1.5 * max(1.0, err[5]), (before, err)
