@@ -1,9 +1,9 @@
 """Time of `MiragePipeline` views generation (reference inversion + joint DDIM) at the shipping model size.
 
-    python3 benchmarks/bench_views.py [--preset small] [--views 8,16] [--steps 25,50] [--hard 0,1] \
+    python3 benchmarks/bench_views.py [--preset small] [--views 8,16] [--steps 25,50] \
         [--device auto] [--dtype auto] [--repeats 2] [--out OUT]
 
-Random weights (speed only). One row per (views K, steps, hard guidance on/off): seconds for K generated
+Random weights (speed only). One row per (views K, steps): seconds for K generated
 views + the reference from one input image, including its DDIM inversion (same number of steps).
 ``--dtype auto``: bfloat16 weights on CUDA, float32 on CPU. Writes only OUT/bench_views.json (if --out).
 """
@@ -21,7 +21,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from mirage3d.diffusion.model import build_unet, count_parameters, unet_config_from_preset
-from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline
+from mirage3d.diffusion.pipeline import CrossFrameConfig, MiragePipeline
 
 
 def sync(device: torch.device) -> None:
@@ -35,7 +35,6 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=128)
     ap.add_argument("--views", default="8,16", help="comma-separated numbers of generated views K")
     ap.add_argument("--steps", default="25,50", help="comma-separated DDIM step counts")
-    ap.add_argument("--hard", default="0,1", help="hard-guidance weights to time (0 = off)")
     ap.add_argument("--guidance", type=float, default=1.0, help="CFG scale (≠ 1 doubles the batch)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -61,25 +60,24 @@ def main() -> None:
     if device.type == "cpu":
         print(f"load average before: {os.getloadavg()[0]:.1f}")
     rows = []
-    print("\n| views K | DDIM steps | hard guidance | CFG | UNet images / step | seconds | s per view |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| views K | DDIM steps | CFG | UNet images / step | seconds | s per view |")
+    print("|---|---|---|---|---|---|")
     for k in (int(v) for v in args.views.split(",")):
         for steps in (int(s) for s in args.steps.split(",")):
-            for w in (float(h) for h in args.hard.split(",")):
-                kw = dict(num_inference_steps=steps, guidance_scale=args.guidance, output_type="np", image=ref, reference_pose=0,
-                          cross_frame=CrossFrameConfig(), hard_guidance_scale=w, hard_attention=HardAttentionConfig())
-                poses = list(range(1, k + 1))
-                pipe(poses, **{**kw, "num_inference_steps": 2})  # warm-up (allocations, kernels)
-                best = float("inf")
-                for r in range(args.repeats):
-                    sync(device)
-                    t0 = time.perf_counter()
-                    pipe(poses, generator=torch.Generator().manual_seed(r), **kw)
-                    sync(device)
-                    best = min(best, time.perf_counter() - t0)
-                per_step = (k + 1) * (1 + (args.guidance != 1.0) + (w > 0))
-                rows.append({"views": k, "steps": steps, "hard": w, "cfg": args.guidance, "batch": per_step, "seconds": best})
-                print(f"| {k} | {steps} | {w:g} | {args.guidance:g} | {per_step} | {best:.2f} | {best / k:.3f} |", flush=True)
+            kw = dict(num_inference_steps=steps, guidance_scale=args.guidance, output_type="np", image=ref, reference_pose=0,
+                      cross_frame=CrossFrameConfig())
+            poses = list(range(1, k + 1))
+            pipe(poses, **{**kw, "num_inference_steps": 2})  # warm-up (allocations, kernels)
+            best = float("inf")
+            for r in range(args.repeats):
+                sync(device)
+                t0 = time.perf_counter()
+                pipe(poses, generator=torch.Generator().manual_seed(r), **kw)
+                sync(device)
+                best = min(best, time.perf_counter() - t0)
+            per_step = (k + 1) * (1 + (args.guidance != 1.0))
+            rows.append({"views": k, "steps": steps, "cfg": args.guidance, "batch": per_step, "seconds": best})
+            print(f"| {k} | {steps} | {args.guidance:g} | {per_step} | {best:.2f} | {best / k:.3f} |", flush=True)
     if device.type == "cpu":
         print(f"\nload average after: {os.getloadavg()[0]:.1f}")
     if args.out:

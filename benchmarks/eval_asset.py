@@ -11,7 +11,7 @@ photo; every variant runs `make_asset` on it and keeps its views:
 - ``cross-frame``: generated views attend to the input (MIRAGE);
 - ``all-views``: generated views attend to the input and to each other;
 - ``rounds``: cross-frame + the consistency rounds (generate → reconstruct → render → re-noise → denoise);
-- ``all-views+rounds``, ``rounds+hard`` (hard-attention guidance, w = 0.5): combinations.
+- ``all-views+rounds``: both.
 
 Scores. The discovered poses' azimuths are known only up to a rotation and a reflection: with the input's
 true azimuth φ and the reference pose's azimuth a_ref, generated pose k is placed at φ + s·(a_k − a_ref), s = ±1

@@ -1,7 +1,7 @@
-"""Fidelity and consistency of generated views against true renders (Markdown table, three rows).
+"""Fidelity and consistency of generated views against true renders (Markdown table, two rows).
 
     python3 benchmarks/eval_views.py --model MODEL --orbits-dir C/orbits [--input-frame 0] [--steps 50] \
-        [--guidance 1.0] [--hard 1.0] [--max-objects 6] [--backbone SPEC] [--device auto] [--seed 0] --out OUT
+        [--guidance 1.0] [--max-objects 6] [--backbone SPEC] [--device auto] [--seed 0] --out OUT
 
 For every orbit folder (``mirage3d data render --orbits``: a nerfstudio folder per object, or one such
 folder), frame ``--input-frame`` is the input (already in the training framing, so only padded/resized).
@@ -11,8 +11,8 @@ s fitted once by ``best_alignment`` of the pose model's assignments of all orbit
 azimuths; it is then compared with the orbit frame of nearest azimuth. Metrics over generated views (the
 reference excluded): PSNR and SSIM (RGB on white), mask IoU (generated alpha by the white threshold of
 ``mirage3d views`` vs true alpha > 0.5), feature similarity (cosine of the mean-pooled backbone features,
-the pose model's backbone unless --backbone). Rows: independent sampling, cross-frame attention,
-cross-frame + hard-attention guidance (w = --hard). Writes OUT/eval_views.json and OUT/<object>_<row>.png.
+the pose model's backbone unless --backbone). Rows: independent sampling, cross-frame attention.
+Writes OUT/eval_views.json and OUT/<object>_<row>.png.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from mirage3d.cameras import circular_difference, position_to_spherical
 from mirage3d.data.collection import load_model_image
-from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig
+from mirage3d.diffusion.pipeline import CrossFrameConfig
 from mirage3d.diffusion.preprocess import PreparedImage
 from mirage3d.diffusion.views import contact_sheet, load_model, white_alpha
 from mirage3d.io import atomic_save_image, read_transforms
@@ -62,8 +62,6 @@ def main() -> None:
     ap.add_argument("--input-frame", type=int, default=0)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=1.0)
-    ap.add_argument("--hard", type=float, default=1.0, help="hard-guidance weight of the third row")
-    ap.add_argument("--hard-layers", default="all")
     ap.add_argument("--layers", default="all", help="cross-frame attention layers")
     ap.add_argument("--max-objects", type=int, default=0, help="0 = all")
     ap.add_argument("--backbone", default=None, help="feature backbone spec (default: the pose model's)")
@@ -107,13 +105,12 @@ def main() -> None:
     print(f"pose model on {len(all_true)} orbit frames: median azimuth error {med_err:.1f}° after alignment (reflected={reflected})")
 
     rows_cfg = [
-        ("independent", CrossFrameConfig(enabled=False), 0.0),
-        ("cross-frame", CrossFrameConfig(layers=args.layers), 0.0),
-        (f"cross-frame + hard guidance (w={args.hard:g})", CrossFrameConfig(layers=args.layers), args.hard),
+        ("independent", CrossFrameConfig(enabled=False)),
+        ("cross-frame", CrossFrameConfig(layers=args.layers)),
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, list[float]]] = {name: {"psnr": [], "ssim": [], "iou": [], "feat": [], "az_gap": []} for name, _, _ in rows_cfg}
-    seconds: dict[str, float] = {name: 0.0 for name, _, _ in rows_cfg}
+    results: dict[str, dict[str, list[float]]] = {name: {"psnr": [], "ssim": [], "iou": [], "feat": [], "az_gap": []} for name, _ in rows_cfg}
+    seconds: dict[str, float] = {name: 0.0 for name, _ in rows_cfg}
     for o in objects:
         i = args.input_frame
         prepared = PreparedImage(o["rgb"][i].permute(1, 2, 0).numpy(), o["alpha"][i].astype(np.float32), (0, 0, res, res), "alpha")
@@ -122,11 +119,10 @@ def main() -> None:
         target_az = o["az"][i] + sign * (pose_az[gen_poses] - pose_az[ref_pose])
         match = [int(np.argmin(circular_difference(o["az"], a))) for a in target_az]
         gap = circular_difference(o["az"][match], target_az)
-        for name, cross, w in rows_cfg:
+        for name, cross in rows_cfg:
             t0 = time.perf_counter()
             out = pipe(gen_poses, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed),
-                       output_type="np", image=prepared, reference_pose=ref_pose, cross_frame=cross, hard_guidance_scale=w,
-                       hard_attention=HardAttentionConfig(layers=args.hard_layers))
+                       output_type="np", image=prepared, reference_pose=ref_pose, cross_frame=cross)
             seconds[name] += time.perf_counter() - t0
             views = np.asarray(out.images)[[j for j, p in enumerate(out.poses) if p != ref_pose]]  # (K, R, R, 3), order of gen_poses
             gen = torch.from_numpy(views).permute(0, 3, 1, 2).float()
@@ -143,14 +139,14 @@ def main() -> None:
             r["feat"] += F.cosine_similarity(fg, ft, dim=1).cpu().tolist()
             r["az_gap"] += gap.tolist()
             sheet = [np.dstack([v, np.ones(v.shape[:2])]) for v in views] + [np.dstack([t.permute(1, 2, 0).numpy(), np.ones((res, res))]) for t in true]
-            atomic_save_image(args.out / f"{o['name']}_{name.split(' ')[0]}{'_hard' if w else ''}.png", contact_sheet(sheet, cols=len(views)))
+            atomic_save_image(args.out / f"{o['name']}_{name}.png", contact_sheet(sheet, cols=len(views)))
 
     print(f"\n{len(objects)} objects, {len(pose_az) - 1} generated views each, {args.steps} DDIM steps, CFG {args.guidance:g}; "
           f"mean azimuth gap to the matched true frame {np.mean(results[rows_cfg[0][0]]['az_gap']):.1f}°\n")
     print("| sampling | PSNR ↑ | SSIM ↑ | mask IoU ↑ | feature cos ↑ | s / object |")
     print("|---|---|---|---|---|---|")
     summary = {}
-    for name, _, _ in rows_cfg:
+    for name, _ in rows_cfg:
         r = results[name]
         summary[name] = {k: float(np.mean(v)) for k, v in r.items()} | {"seconds_per_object": seconds[name] / len(objects)}
         s = summary[name]

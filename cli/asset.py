@@ -26,7 +26,6 @@ def make_asset(
     pose: int | None = typer.Option(_D.reference_pose, "--pose", help="The input's pose index if known (default: estimated)."),
     box: str | None = typer.Option(None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background (default: found automatically)."),
     guidance: float = typer.Option(_D.guidance_scale, "--guidance", help="Classifier-free guidance scale (1 = off)."),
-    hard_guidance: float = typer.Option(_D.hard_guidance_scale, "--hard-guidance", help="Hard-attention guidance weight (0 = off)."),
     iters: int = typer.Option(_D.recon_iters, "--iters", help="Radiance-field optimisation steps."),
     faces: int = typer.Option(_D.faces, "--faces", help="Target face count of the mesh."),
     preview: bool = typer.Option(_D.preview, "--preview", help="Also write OUT.preview.png/.gif turntables."),
@@ -46,7 +45,7 @@ def make_asset(
         from mirage3d.errors import InputError
 
         raise InputError("--box is not sent to a server; cut the photo out first (mirage3d data import) or run without --server")
-    cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance, reference_pose=pose, box=box_px,
+    cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, reference_pose=pose, box=box_px,
                       recon_iters=iters, faces=faces, preview=preview, seed=seed, device=device)  # fmt: skip
     with output_lock(output):
         if server:

@@ -19,10 +19,8 @@ def views(
     pose: int | None = typer.Option(None, "--pose", help="The input's pose index (default: estimated with MODEL/poses' pose model)."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps (also used to invert the input)."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale against 'no pose' (1 = off)."),
-    hard_guidance: float = typer.Option(0.0, "--hard-guidance", help="Hard-attention guidance weight w (0 = off)."),
     cross_frame: str = typer.Option("concat", "--cross-frame", help="concat, reference_only, or off (independent views)."),
     layers: str = typer.Option("all", "--layers", help="Attention layers with cross-frame attention: all, or down/mid/up joined by '+'."),
-    hard_layers: str = typer.Option("all", "--hard-layers", help="Attention layers used by the hard-guidance pass."),
     fill: float | None = typer.Option(None, "--fill", help="Object bbox / frame side for the input (default: MODEL/framing.json or 0.85)."),
     no_reframe: bool = typer.Option(False, "--no-reframe", help="The input is already framed like the training renders: only pad and resize."),
     box: str | None = typer.Option(None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background: cut out with GrabCut from it."),
@@ -35,8 +33,8 @@ def views(
     from mirage3d.foreground import parse_box
     from mirage3d.io import claim_output
 
-    cfg = ViewsConfig(poses=poses, reference_pose=pose, num_inference_steps=steps, guidance_scale=guidance, hard_guidance_scale=hard_guidance,
-                      cross_frame=cross_frame, cross_frame_layers=layers, hard_layers=hard_layers, fill=fill, reframe=not no_reframe,
+    cfg = ViewsConfig(poses=poses, reference_pose=pose, num_inference_steps=steps, guidance_scale=guidance,
+                      cross_frame=cross_frame, cross_frame_layers=layers, fill=fill, reframe=not no_reframe,
                       box=None if box is None else parse_box(box), seed=seed, device=device)
     with claim_output(output, overwrite, kind="dir"), console.status("generating views..."):
         res = generate_views(input, model, output, cfg, overwrite=overwrite)

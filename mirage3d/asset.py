@@ -64,8 +64,6 @@ class AssetConfig:
     """Classifier-free guidance against the "no pose" class (1 = off)."""
     cross_frame: str = "concat"
     """How generated views attend to the input: "concat" (own + input keys/values) or "off" (independent)."""
-    hard_guidance_scale: float = 0.0
-    """Hard-attention guidance weight (docs/views.md)."""
     reference_pose: int | None = None
     """The input's pose if known; None: estimated with the model's pose model."""
     rounds: int = 0
@@ -143,9 +141,8 @@ def check_asset_config(cfg: AssetConfig, num_poses: int | None = None) -> None:
                                    ("--recon-res", cfg.recon_res, 16, 1024), ("--texture-size", cfg.texture_size, 16, 8192), ("--seed", cfg.seed, 0, 2**63 - 1)):  # fmt: skip
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise InputError(f"{name} {value!r} must be an integer in {low}..{high}")
-    for name, value in (("--guidance", cfg.guidance_scale), ("--hard-guidance", cfg.hard_guidance_scale)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise InputError(f"{name} {value!r} must be a finite number >= 0")
+    if not isinstance(cfg.guidance_scale, (int, float)) or not math.isfinite(cfg.guidance_scale) or cfg.guidance_scale < 0:
+        raise InputError(f"--guidance {cfg.guidance_scale!r} must be a finite number >= 0")
     if cfg.views is not None and cfg.views < 2:
         raise InputError(f"--views {cfg.views}: need at least 2 views to reconstruct")
     if num_poses is not None and cfg.views is not None and cfg.views > num_poses:
@@ -190,7 +187,7 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
     rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, refine_cameras=cfg.refine_cameras, res=cfg.recon_res, faces=cfg.faces,
                        texture_size=cfg.texture_size, preview=cfg.preview)
     vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                       hard_guidance_scale=cfg.hard_guidance_scale, box=cfg.box, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
+                       box=cfg.box, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
                        seed=cfg.seed, device=cfg.device)
     gen = make_views(image, model_dir, vcfg, recon=replace(rcfg, preview=False))
     timings["views"] = time.perf_counter() - t

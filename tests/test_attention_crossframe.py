@@ -1,4 +1,4 @@
-"""Cross-frame / hard attention processors against AttnProcessor2_0 and a slow float64 reference."""
+"""The cross-frame attention processor against AttnProcessor2_0 and a slow float64 reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from mirage3d.diffusion.attention import CrossFrameAttnProcessor2_0, CrossFrameState, attention_layers, cross_frame_attention, hard_attention, select_layers
+from mirage3d.diffusion.attention import CrossFrameAttnProcessor2_0, CrossFrameState, attention_layers, cross_frame_attention, select_layers
 
 
 def tiny_unet(seed: int = 0) -> UNet2DModel:
@@ -29,12 +29,12 @@ def test_single_view_matches_stock_processor(views: int | None) -> None:
     x = torch.randn(3, 16, 4, 4)
     with torch.no_grad():
         ref = AttnProcessor2_0()(attn, x)
-        out = CrossFrameAttnProcessor2_0(CrossFrameState(views_per_group=views), cross_frame=True, hard=True)(attn, x)
+        out = CrossFrameAttnProcessor2_0(CrossFrameState(views_per_group=views))(attn, x)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
 
 
 def slow_reference(attn: Attention, x: torch.Tensor, views: int, modes: list[str], mode: str) -> torch.Tensor:
-    """Per-view loop with explicit softmax / arg-max in float64."""
+    """Per-view loop with explicit softmax in float64."""
     b, c, h, w = x.shape
     hs = attn.group_norm(x.view(b, c, h * w)).transpose(1, 2)  # (B, N, C)
     q, k, v = attn.to_q(hs), attn.to_k(hs), attn.to_v(hs)
@@ -47,10 +47,6 @@ def slow_reference(attn: Attention, x: torch.Tensor, views: int, modes: list[str
         r = g * views
         if j == 0 or modes[g] == "self":
             kk, vv = k[i], v[i]
-        elif modes[g] == "hard":
-            logits = q[i] @ k[r].transpose(-1, -2)
-            out[i] = v[r].gather(-2, logits.argmax(-1, keepdim=True).expand(-1, -1, d))
-            continue
         elif mode == "reference_only":
             kk, vv = k[r], v[r]
         elif mode == "all":  # every view of the group, in order
@@ -65,11 +61,11 @@ def slow_reference(attn: Attention, x: torch.Tensor, views: int, modes: list[str
 @pytest.mark.parametrize("mode", ["concat", "reference_only", "all"])
 def test_cross_frame_matches_slow_reference(mode: str) -> None:
     attn = attn_module(torch.float64)
-    views, modes = 3, ["soft", "soft", "hard"]
+    views, modes = 3, ["soft", "soft", "self"]
     x = torch.randn(views * len(modes), 16, 4, 4, dtype=torch.float64)
-    state = CrossFrameState(views_per_group=views, group_modes=modes, mode=mode, temperature=0.0)
+    state = CrossFrameState(views_per_group=views, group_modes=modes, mode=mode)
     with torch.no_grad():
-        out = CrossFrameAttnProcessor2_0(state, cross_frame=True, hard=True)(attn, x)
+        out = CrossFrameAttnProcessor2_0(state)(attn, x)
         ref = slow_reference(attn, x, views, modes, mode)
         stock = AttnProcessor2_0()(attn, x)
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
@@ -78,21 +74,13 @@ def test_cross_frame_matches_slow_reference(mode: str) -> None:
     assert (out[1:views] - stock[1:views]).abs().max() > 1e-3  # generated views did change
 
 
-def test_hard_attention_low_temperature_tends_to_argmax() -> None:
-    torch.manual_seed(0)
-    q, k, v = torch.randn(2, 6, 4, dtype=torch.float64), torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
-    hard = hard_attention(q, k, v, 0.0)
-    torch.testing.assert_close(hard_attention(q, k, v, 1e-4), hard, atol=1e-6, rtol=0)
-    assert (hard_attention(q, k, v, 1.0) - hard).abs().max() > 1e-2
-
-
 def test_install_and_restore_leave_outputs_unchanged() -> None:
     unet = tiny_unet()
     x, t, c = torch.randn(3, 3, 8, 8), torch.tensor([500] * 3), torch.tensor([1, 2, 3])
     originals = {n: m.processor for n, m in attention_layers(unet).items()}
     with torch.no_grad():
         before = unet(x, t, class_labels=c).sample
-        with cross_frame_attention(unet, "all", "all") as state:
+        with cross_frame_attention(unet, "all") as state:
             assert all(isinstance(m.processor, CrossFrameAttnProcessor2_0) for m in attention_layers(unet).values())
             state.views_per_group = 1  # every image its own group: plain self-attention
             installed = unet(x, t, class_labels=c).sample

@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from mirage3d.diffusion.inversion import ddim_invert, ddim_sample
-from mirage3d.diffusion.pipeline import CrossFrameConfig, HardAttentionConfig, MiragePipeline
+from mirage3d.diffusion.pipeline import CrossFrameConfig, MiragePipeline
 
 
 def tiny_unet(res: int = 8, channels: int = 3, seed: int = 0) -> UNet2DModel:
@@ -41,7 +41,7 @@ def test_plain_call_unchanged(pipe: MiragePipeline) -> None:
 def test_views_with_reference_image(pipe: MiragePipeline) -> None:
     ref = torch.rand(1, 3, 8, 8) * 2 - 1
     out = pipe([0, 2, 3], num_inference_steps=4, generator=gen(), output_type="np", image=ref, reference_pose=1,
-               guidance_scale=1.5, hard_guidance_scale=0.5)
+               guidance_scale=1.5)
     assert out.poses == [1, 0, 2, 3] and out.reference_index == 0 and out.reference_pose == 1
     assert out.images.shape == (4, 8, 8, 3)
     # The reference stays on its inverted trajectory, so it comes back as the input.
@@ -56,16 +56,6 @@ def test_unconditional_reference_is_unaffected_by_other_views(pipe: MiragePipeli
     joint = pipe([2, 0, 3], num_inference_steps=3, generator=gen(), output_type="np", cross_frame=CrossFrameConfig(mode="reference_only", layers="up"))
     assert joint.reference_index == 0 and joint.poses == [2, 0, 3]
     np.testing.assert_allclose(joint.images[0], alone.images[0], atol=1e-4)
-
-
-def test_hard_guidance_zero_is_soft_only(pipe: MiragePipeline) -> None:
-    ref = torch.rand(1, 3, 8, 8) * 2 - 1
-    kw = dict(num_inference_steps=3, output_type="np", image=ref, reference_pose=0)
-    soft = pipe([1, 2], generator=gen(), **kw).images
-    zero = pipe([1, 2], generator=gen(), hard_guidance_scale=0.0, hard_attention=HardAttentionConfig(layers="up"), **kw).images
-    hard = pipe([1, 2], generator=gen(), hard_guidance_scale=1.0, hard_attention=HardAttentionConfig(layers="up", temperature=0.05), **kw).images
-    np.testing.assert_array_equal(soft, zero)
-    assert np.abs(hard[1:] - soft[1:]).max() > 1e-4
 
 
 def test_reference_pose_estimated_with_pose_model(pipe: MiragePipeline) -> None:
@@ -92,7 +82,6 @@ def test_reference_pose_estimated_with_pose_model(pipe: MiragePipeline) -> None:
         (dict(poses=[0], reference_pose=9), "out of range"),
         (dict(poses=[0], cross_frame=CrossFrameConfig(mode="sideways")), "mode"),
         (dict(poses=[0], cross_frame=CrossFrameConfig(layers=["nope"])), "not in this UNet"),
-        (dict(poses=[0], hard_guidance_scale=-1.0), "hard_guidance_scale"),
         (dict(poses=None), "poses not given"),
         (dict(poses=[0], image=torch.zeros(1, 3, 4, 4), reference_pose=0), "image tensor"),
     ],

@@ -56,7 +56,7 @@ def cutout(path: Path, background: tuple[int, int, int] | None = None) -> Path:
 def test_views_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "views"
     r = runner.invoke(app, ["views", str(cutout(tmp_path / "in.png")), "--model", str(model_dir), "-o", str(out), "--pose", "1",
-                            "--poses", "0,2", "--steps", "3", "--hard-guidance", "0.5", "--seed", "1", "--device", "cpu"])
+                            "--poses", "0,2", "--steps", "3", "--guidance", "1.5", "--seed", "1", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "wrote 3 views" in r.output
     t = read_transforms(out)
@@ -71,7 +71,7 @@ def test_views_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     assert Image.open(out / "turntable.gif").n_frames == 3
     assert Image.open(out / "contact_sheet.png").size == (32, 32)
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["reference_pose"] == 1 and cfg["hard_guidance_scale"] == 0.5 and cfg["input"].endswith("in.png")
+    assert cfg["reference_pose"] == 1 and cfg["guidance_scale"] == 1.5 and cfg["input"].endswith("in.png")
 
 
 def test_views_unconditional_and_plain_background(tmp_path: Path, model_dir: Path) -> None:

@@ -7,7 +7,7 @@
 #             render seed 12345), views PSNR / SSIM / mask IoU and mesh Chamfer / F-score (about 3 minutes)
 #   examples  make-asset on the three assets/examples images, wall time of each one-shot command (about 1.5 minutes)
 #   serve     the same through `mirage3d serve` (server start-up, then each example twice) (about 1.5 minutes)
-#   views     benchmarks/eval_views.py on 6 held-out orbits (independent / cross-frame / hard-guided rows)
+#   views     benchmarks/eval_views.py on 6 held-out orbits (independent / cross-frame rows)
 #             and benchmarks/bench_views.py speed (about 3 minutes)
 #   imports   benchmarks/bench_imports.py --repeats 1 --cuda (about 2.5 minutes)
 # Keep one call under 8 minutes: at most "eval examples" or "serve views" or "views imports" together.
@@ -59,7 +59,7 @@ wall() { python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1])
         echo; echo "## views fidelity on $VIEW_OBJECTS held-out orbits (benchmarks/eval_views.py, $STEPS steps)"
         python3 benchmarks/eval_views.py --model "$MODEL" --orbits-dir "$W/heldout/orbits" --input-frame 1 --steps "$STEPS" --max-objects "$VIEW_OBJECTS" --device "$DEVICE" --out "$W/ev" | grep -E "^\|"
         echo; echo "## views speed (benchmarks/bench_views.py, random weights)"
-        python3 benchmarks/bench_views.py --views 8,16 --steps 25,50 --hard 0,1 --device "$DEVICE" --repeats 2 | grep -E "^\|" ;;
+        python3 benchmarks/bench_views.py --views 8,16 --steps 25,50 --device "$DEVICE" --repeats 2 | grep -E "^\|" ;;
       imports)
         echo; echo "## import times (fresh interpreters)"
         python3 benchmarks/bench_imports.py --repeats 1 $([ "$DEVICE" = cuda ] && echo --cuda) | grep -E "^\|" ;;

@@ -1,17 +1,14 @@
-"""Cross-frame and hard attention as diffusers attention processors.
+"""Cross-frame attention as a diffusers attention processor.
 
 Batch layout (set per UNet call on a shared :class:`CrossFrameState`): the batch is ``G`` groups of ``V``
 views, ``B = G·V``; in every group view 0 is the **reference** and views 1..V-1 are generated views. Groups
-are the classifier-free-guidance branches (conditional / "no pose") and the hard-attention-guidance pass.
+are the classifier-free-guidance branches (conditional / "no pose").
 
 - The reference attends only to itself (plain self-attention), so its trajectory does not depend on the
   other views.
 - A generated view in a ``"soft"`` group attends to ``concat(own, reference)`` keys/values (mode
   ``"concat"``), to the reference's only (mode ``"reference_only"``), or to every view of the group (mode
-  ``"all"``: reference and all generated views).
-- A generated view in a ``"hard"`` group, in the layers chosen for hard attention, takes for each query the
-  value of its best-matching reference key (``temperature == 0``: arg-max), or a softmax over the reference
-  keys at temperature ``τ`` (logits divided by ``τ``). Other layers in that group behave as in ``"soft"``.
+  ``"all"``: reference and all generated views). In a ``"self"`` group they attend only to themselves.
 
 With ``views_per_group`` unset (``None``) or 1 the processor is exactly ``AttnProcessor2_0``.
 Everything except how keys and values are gathered is copied from ``AttnProcessor2_0`` (diffusers 0.42.1).
@@ -37,46 +34,26 @@ class CrossFrameState:
     views_per_group: int | None = None
     """V: views per group, reference first. None or 1: plain self-attention."""
     group_modes: list[str] = field(default_factory=list)
-    """One of "soft" / "hard" / "self" per group (len G). Empty: every group "soft"."""
+    """One of "soft" / "self" per group (len G). Empty: every group "soft"."""
     mode: str = "concat"
     """"concat" (own + reference keys/values), "reference_only" or "all" (every view of the group)."""
-    temperature: float = 0.0
-    """Hard attention temperature τ: 0 = arg-max over reference keys, > 0 = softmax(logits / τ)."""
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
 
 
-def hard_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(…, Nq, D), (…, Nk, D), (…, Nk, D) → (…, Nq, D): each query takes the value of its best key.
-
-    ``temperature > 0`` gives the soft version softmax(q·kᵀ/√D/τ)·v, which tends to the arg-max as τ → 0.
-    """
-    logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (…, Nq, Nk)
-    if temperature > 0:
-        return torch.softmax(logits.float() / temperature, dim=-1).to(v.dtype) @ v
-    idx = logits.argmax(dim=-1)  # (…, Nq)
-    return torch.gather(v, -2, idx.unsqueeze(-1).expand(*idx.shape, v.shape[-1]))
-
-
 class CrossFrameAttnProcessor2_0:
-    """``AttnProcessor2_0`` whose generated views also attend to the reference view (see module docstring).
+    """``AttnProcessor2_0`` whose generated views also attend to the reference view (see module docstring)."""
 
-    ``cross_frame``: this layer gathers reference keys/values in "soft" groups (else plain self-attention).
-    ``hard``: this layer uses hard attention to the reference in "hard" groups.
-    """
-
-    def __init__(self, state: CrossFrameState, cross_frame: bool = True, hard: bool = False):
+    def __init__(self, state: CrossFrameState):
         self.state = state
-        self.cross_frame = cross_frame
-        self.hard = hard
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v: (B, heads, N, D) → (B, heads, N, D), gathering keys/values as the state says."""
         st = self.state
         n_views = st.views_per_group
-        if not n_views or n_views == 1 or not (self.cross_frame or self.hard):
+        if not n_views or n_views == 1:
             return _sdpa(q, k, v)
         b, h, n, d = q.shape
         if b % n_views:
@@ -92,9 +69,7 @@ class CrossFrameAttnProcessor2_0:
             qg, kg, vg = q[g, 1:], k[g, 1:], v[g, 1:]  # (V-1, heads, N, D)
             k_ref = k[g, :1].expand_as(kg)
             v_ref = v[g, :1].expand_as(vg)
-            if mode == "hard" and self.hard:
-                out[g, 1:] = hard_attention(qg, k_ref, v_ref, st.temperature)
-            elif mode == "self" or not self.cross_frame:
+            if mode == "self":
                 out[g, 1:] = _sdpa(qg, kg, vg)
             elif st.mode == "reference_only":
                 out[g, 1:] = _sdpa(qg, k_ref, v_ref)
@@ -198,7 +173,6 @@ def select_layers(unet: torch.nn.Module, layers: str | Sequence[str]) -> list[st
 def cross_frame_attention(
     unet: torch.nn.Module,
     layers: str | Sequence[str] = "all",
-    hard_layers: str | Sequence[str] = "none",
     state: CrossFrameState | None = None,
 ) -> Iterator[CrossFrameState]:
     """Install :class:`CrossFrameAttnProcessor2_0` on the chosen layers; restore the originals on exit.
@@ -207,13 +181,12 @@ def cross_frame_attention(
     """
     state = state or CrossFrameState()
     modules = attention_layers(unet)
-    soft = set(select_layers(unet, layers))
-    hard = set(select_layers(unet, hard_layers))
+    chosen = set(select_layers(unet, layers))
     originals = {name: m.processor for name, m in modules.items()}
     try:
         for name, m in modules.items():
-            if name in soft or name in hard:
-                m.set_processor(CrossFrameAttnProcessor2_0(state, cross_frame=name in soft, hard=name in hard))
+            if name in chosen:
+                m.set_processor(CrossFrameAttnProcessor2_0(state))
         yield state
     finally:
         for name, m in modules.items():

@@ -11,10 +11,6 @@ Two ways to call it (design in ``docs/views.md``):
   DDIM-inverted input, kept on its inverted trajectory at every step (so it reconstructs the input);
   without one, the first requested pose is generated normally and serves as the reference.
   Sampling is deterministic DDIM (η = 0) on the model's noise schedule.
-
-Hard-attention guidance (our definition; the paper gives none): a third batch group repeats the
-conditional pass with hard attention to the reference in the chosen layers, and
-``ε = ε_cfg + w·(ε_hard − ε_cond)``, which is ``ε_soft + w·(ε_hard − ε_soft)`` when ``guidance_scale == 1``.
 """
 
 from __future__ import annotations
@@ -46,16 +42,6 @@ class CrossFrameConfig:
     """"concat": keys/values = own + reference; "reference_only": the reference's only."""
     layers: str | list[str] = "all"
     """Attention layers that use it: "all", "down"/"mid"/"up" joined by "+", or module names."""
-
-
-@dataclass
-class HardAttentionConfig:
-    """The hard-attention pass of hard-attention guidance (used when ``hard_guidance_scale > 0``)."""
-
-    layers: str | list[str] = "all"
-    """Attention layers that attend hard to the reference in that pass (same syntax as CrossFrameConfig)."""
-    temperature: float = 0.0
-    """0: each query copies the value of its arg-max reference key; > 0: softmax(logits / temperature)."""
 
 
 @dataclass
@@ -145,9 +131,7 @@ class MiragePipeline(DiffusionPipeline):
         num_inference_steps: int,
         guidance_scale: float,
         reference_pose: int | None = None,
-        hard_guidance_scale: float = 0.0,
         cross_frame: CrossFrameConfig | None = None,
-        hard_attention: HardAttentionConfig | None = None,
         consistency: ConsistencyConfig | None = None,
         render_fn: RenderFn | None = None,
     ) -> None:
@@ -164,16 +148,10 @@ class MiragePipeline(DiffusionPipeline):
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if hard_guidance_scale < 0:
-            raise ValueError(f"hard_guidance_scale must be >= 0, got {hard_guidance_scale}")
         if cross_frame is not None:
             if cross_frame.mode not in CROSS_FRAME_MODES:
                 raise ValueError(f"cross_frame mode {cross_frame.mode!r} is not one of {CROSS_FRAME_MODES}")
             select_layers(self.unet, cross_frame.layers)
-        if hard_attention is not None:
-            if hard_attention.temperature < 0:
-                raise ValueError(f"hard attention temperature must be >= 0, got {hard_attention.temperature}")
-            select_layers(self.unet, hard_attention.layers)
         if consistency is not None and consistency.rounds:
             if consistency.rounds < 0 or not 0.0 < consistency.strength <= 1.0:
                 raise ValueError(f"consistency rounds must be >= 0 and strength in (0, 1], got {consistency.rounds} and {consistency.strength}")
@@ -205,8 +183,6 @@ class MiragePipeline(DiffusionPipeline):
         image: Image.Image | np.ndarray | torch.Tensor | PreparedImage | None = None,
         reference_pose: int | None = None,
         cross_frame: CrossFrameConfig | str | None = None,
-        hard_guidance_scale: float = 0.0,
-        hard_attention: HardAttentionConfig | None = None,
         consistency: ConsistencyConfig | None = None,
         render_fn: RenderFn | None = None,
     ) -> MiragePipelineOutput | tuple:
@@ -217,7 +193,6 @@ class MiragePipeline(DiffusionPipeline):
         reference_pose: the reference's pose; None → ``self.pose_model`` estimates it.
         cross_frame: CrossFrameConfig, or "concat" / "reference_only" / "off". Default: on ("concat", all
             layers) when an image is given, off otherwise (plain independent sampling).
-        hard_guidance_scale: w of hard-attention guidance (0 disables); hard_attention: its layers / τ.
         consistency: refinement rounds through ``render_fn`` (:class:`ConsistencyConfig`); views mode only.
         """
         if poses is None:
@@ -227,17 +202,14 @@ class MiragePipeline(DiffusionPipeline):
         poses = [int(p) for p in poses]
         if isinstance(cross_frame, str):
             cross_frame = CrossFrameConfig(enabled=False) if cross_frame == "off" else CrossFrameConfig(mode=cross_frame)
-        hard_attention = hard_attention or HardAttentionConfig()
-        self.check_inputs(poses, num_inference_steps, guidance_scale, reference_pose, hard_guidance_scale, cross_frame, hard_attention,
-                          consistency, render_fn)
+        self.check_inputs(poses, num_inference_steps, guidance_scale, reference_pose, cross_frame, consistency, render_fn)
         consistency = consistency or ConsistencyConfig()
-        if image is None and cross_frame is None and hard_guidance_scale == 0 and consistency.rounds == 0:
+        if image is None and cross_frame is None and consistency.rounds == 0:
             return self._plain(poses, num_inference_steps, guidance_scale, generator, output_type, return_dict)
 
         cross_frame = cross_frame or CrossFrameConfig()
         plan = self._plan(poses, image, reference_pose)
-        x = self._views(plan, cross_frame, hard_attention, hard_guidance_scale, num_inference_steps, guidance_scale, generator,
-                        consistency, render_fn)
+        x = self._views(plan, cross_frame, num_inference_steps, guidance_scale, generator, consistency, render_fn)
         images = self._to_output(x, output_type)
         ref_index = plan.out_poses.index(plan.reference_pose)
         cams = [self.cameras[p] for p in plan.out_poses] if self.cameras is not None else None
@@ -310,8 +282,6 @@ class MiragePipeline(DiffusionPipeline):
         self,
         plan: _Plan,
         cross_frame: CrossFrameConfig,
-        hard: HardAttentionConfig,
-        w_hard: float,
         num_inference_steps: int,
         guidance_scale: float,
         generator: torch.Generator | None,
@@ -336,7 +306,7 @@ class MiragePipeline(DiffusionPipeline):
             ref_latents = [lat[0] for lat in trajectory.latents]
         x = torch.randn((n_views, ch, res, res), generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
         timesteps = ddim_timesteps(self.scheduler, num_inference_steps, device)
-        latents = self._denoise(x, 0, timesteps, labels, ref_latents, cross_frame, hard, w_hard, guidance_scale)
+        latents = self._denoise(x, 0, timesteps, labels, ref_latents, cross_frame, guidance_scale)
         x = latents.pop()  # the clean views: (V, C, R, R)
         ref_latents = [*latents, x[0].clone()]  # the reference at every level, clean last
         consistency = consistency or ConsistencyConfig()
@@ -352,7 +322,7 @@ class MiragePipeline(DiffusionPipeline):
             a = alpha_bar(self.scheduler, int(timesteps[start]))
             noise = torch.randn(x0.shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
             x = a**0.5 * x0 + (1 - a) ** 0.5 * noise
-            x = self._denoise(x, start, timesteps, labels, ref_latents, cross_frame, hard, w_hard, guidance_scale).pop()
+            x = self._denoise(x, start, timesteps, labels, ref_latents, cross_frame, guidance_scale).pop()
         return x[order]
 
     def _denoiser(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -367,8 +337,6 @@ class MiragePipeline(DiffusionPipeline):
         labels: torch.Tensor,
         ref_latents: list[torch.Tensor] | None,
         cross_frame: CrossFrameConfig,
-        hard: HardAttentionConfig,
-        w_hard: float,
         guidance_scale: float,
     ) -> list[torch.Tensor]:
         """DDIM from step ``start`` to the clean images, all views jointly (V, C, R, R).
@@ -383,28 +351,22 @@ class MiragePipeline(DiffusionPipeline):
         levels = next_levels(timesteps)
         clip = bool(self.scheduler.config.get("clip_sample", False))
         use_cfg = guidance_scale != 1.0
-        use_hard = w_hard > 0
-        groups = ["soft", *(["soft"] if use_cfg else []), *(["hard"] if use_hard else [])]
-        group_labels = [labels, *([torch.full_like(labels, NULL_CLASS)] if use_cfg else []), *([labels] if use_hard else [])]
-        batch_labels = torch.cat(group_labels)
-        soft_layers = cross_frame.layers if cross_frame.enabled else "none"
-        hard_layers = hard.layers if use_hard else "none"
+        # Batch groups: conditional, then "no pose" with classifier-free guidance; each holds all V views.
+        batch_labels = torch.cat([labels, torch.full_like(labels, NULL_CLASS)]) if use_cfg else labels
+        n_groups = 2 if use_cfg else 1
         ref_out = list(ref_latents[:start]) if ref_latents is not None else []
         x = x.clone()
-        with cross_frame_attention(self.unet, soft_layers, hard_layers) as state:
-            state.views_per_group, state.group_modes = n_views, groups
-            state.mode, state.temperature = cross_frame.mode, hard.temperature
+        with cross_frame_attention(self.unet, cross_frame.layers if cross_frame.enabled else "none") as state:
+            state.views_per_group, state.mode = n_views, cross_frame.mode
             for i in self.progress_bar(range(start, len(timesteps))):
                 t = int(timesteps[i])
                 if ref_latents is not None:
                     x[0] = ref_latents[i]  # the reference stays on its trajectory
                 ref_out.append(x[0].clone())
                 t_batch = torch.full((len(batch_labels),), t, device=device, dtype=torch.long)
-                out = unet(torch.cat([x] * len(groups)), t_batch, batch_labels).chunk(len(groups))
+                out = unet(torch.cat([x] * n_groups), t_batch, batch_labels).chunk(n_groups)
                 cond = out[0]
                 pred = out[1] + guidance_scale * (cond - out[1]) if use_cfg else cond
-                if use_hard:
-                    pred = pred + w_hard * (out[-1] - cond)
                 eps = to_eps(self.scheduler, pred, x, t)
                 x = ddim_move(x, eps, alpha_bar(self.scheduler, t), alpha_bar(self.scheduler, levels[i]), clip=clip)
         if ref_latents is not None:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from mirage3d.config import save_config
-from mirage3d.diffusion.pipeline import ConsistencyConfig, CrossFrameConfig, HardAttentionConfig, MiragePipeline, MiragePipelineOutput
+from mirage3d.diffusion.pipeline import ConsistencyConfig, CrossFrameConfig, MiragePipeline, MiragePipelineOutput
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_framing, prepare_reference
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
@@ -37,16 +37,10 @@ class ViewsConfig:
     """DDIM steps (η = 0), also used for the inversion of the input."""
     guidance_scale: float = 1.0
     """Classifier-free guidance against the "no pose" class (1 = off)."""
-    hard_guidance_scale: float = 0.0
-    """w of hard-attention guidance (0 = off)."""
     cross_frame: str = "concat"
     """"concat" (own + input), "reference_only", "all" (every view) or "off" (independent sampling)."""
     cross_frame_layers: str = "all"
     """Attention layers with cross-frame attention: "all", or "down"/"mid"/"up" joined by "+"."""
-    hard_layers: str = "all"
-    """Attention layers that attend hard to the reference in the hard-guidance pass."""
-    hard_temperature: float = 0.0
-    """0: arg-max hard attention; > 0: softmax at this temperature."""
     fill: float | None = None
     """Object bbox / frame for the input; None: the input's own when in MODEL/framing.json's range, else its
     median bbox fraction, else the default 0.85 (preprocess.fill_for_mask)."""
@@ -266,8 +260,8 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
         raise InputError(f"--cross-frame {cfg.cross_frame!r} must be concat, reference_only, all or off")
     if cfg.num_inference_steps < 1:
         raise InputError(f"--steps must be >= 1, got {cfg.num_inference_steps}")
-    if not (0 <= cfg.guidance_scale < float("inf") and 0 <= cfg.hard_guidance_scale < float("inf")):  # (NaN fails too)
-        raise InputError(f"--guidance {cfg.guidance_scale} and --hard-guidance {cfg.hard_guidance_scale} must be finite and >= 0")
+    if not 0 <= cfg.guidance_scale < float("inf"):  # (NaN fails too)
+        raise InputError(f"--guidance {cfg.guidance_scale} must be finite and >= 0")
     if cfg.fill is not None and not 0 < cfg.fill <= 1:
         raise InputError(f"--fill {cfg.fill} must be in (0, 1]: the object's box side over the frame side")
     if cfg.consistency.rounds < 0 or not 0.0 < cfg.consistency.strength <= 1.0:
@@ -308,8 +302,6 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
             image=prepared,
             reference_pose=cfg.reference_pose,
             cross_frame=cross,
-            hard_guidance_scale=cfg.hard_guidance_scale,
-            hard_attention=HardAttentionConfig(layers=cfg.hard_layers, temperature=cfg.hard_temperature),
             consistency=cfg.consistency,
             render_fn=render_fn,
         )
