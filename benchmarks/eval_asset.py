@@ -1,15 +1,15 @@
 """End-to-end quality of `make-asset` on shapes the model never saw, beside the template baseline (Markdown).
 
     python3 benchmarks/eval_asset.py --collection C --model MODEL --out OUT [--objects 5] [--input-frame 1]
-        [--steps 50] [--device auto] [--seed 0] [--variants independent,cross-frame,rounds] [--templates DIR]
+        [--steps 50] [--device auto] [--seed 0] [--variants independent,cross-frame,all-views,all-views+rounds] [--templates DIR]
 
 C is a collection rendered with ``--orbits`` from meshes the model did not train on (for the shipped car
 model: ``../shared/meshes/cars-more``). For each orbit folder, orbit frame ``--input-frame`` is the input
 photo; every variant runs `make_asset` on it and keeps its views:
 
 - ``independent``: each view sampled on its own (no cross-frame attention), the baseline of the views;
-- ``cross-frame``: generated views attend to the input (MIRAGE);
-- ``all-views``: generated views attend to the input and to each other;
+- ``cross-frame``: generated views attend to the input only (MIRAGE);
+- ``all-views``: generated views attend to the input and to each other (make-asset's default);
 - ``rounds``: cross-frame + the consistency rounds (generate → reconstruct → render → re-noise → denoise);
 - ``all-views+rounds``: both.
 
@@ -48,13 +48,10 @@ from mirage3d.recon.metrics import geometry_scores, psnr, ssim
 
 VARIANTS = {
     "independent": {"cross_frame": "off"},
-    "cross-frame": {},
+    "cross-frame": {"cross_frame": "concat"},
     "all-views": {"cross_frame": "all"},
-    "rounds": {"rounds": 2},
+    "rounds": {"cross_frame": "concat", "rounds": 2},
     "all-views+rounds": {"cross_frame": "all", "rounds": 2},
-    "cross-frame+refine": {"refine_cameras": True},
-    "all-views+refine": {"cross_frame": "all", "refine_cameras": True},
-    "all-views+rounds+refine": {"cross_frame": "all", "rounds": 2, "refine_cameras": True},
 }
 
 
@@ -143,7 +140,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="independent,cross-frame,rounds")
+    ap.add_argument("--variants", default="independent,cross-frame,all-views,all-views+rounds")
     ap.add_argument("--templates", type=Path, default=Path("../shared/meshes/cars"), help="training meshes for the template baseline")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)

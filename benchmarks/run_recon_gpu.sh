@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reconstruction figures of docs/recon.md on the GPU machine, in one call of < 8 minutes:
+# Reconstruction figures of docs/recon.md on the GPU machine, in one call of < 8 minutes (LIMIT=3: about 6):
 #   source scripts/device_env.sh && bash benchmarks/run_recon_gpu.sh OUT
 # Renders 32-view orbits (128²) of the shared cars (.carry/meshes/cars and .carry/meshes/cars-more, LIMIT
 # of them, default 4; the perturbation rows use the first 3) on the device, then benchmarks/bench_recon.py (16 or 8 of the 32 views for training,
@@ -18,7 +18,7 @@ set -uo pipefail
 OUT=${1:?usage: bash benchmarks/run_recon_gpu.sh OUT}
 W=${W:-/tmp/recon_gpu}
 LIMIT=${LIMIT:-4}
-DEV=cuda ORBITS=32 RES=128 SET="" T1=140 T2=170 T3=50
+DEV=cuda ORBITS=32 RES=128 SET="" T1=180 T2=200 T3=50
 if [ "${SMOKE:-0}" = 1 ]; then
   DEV=cpu LIMIT=1 ORBITS=32 RES=64 T1=900 T2=900 T3=900
   SET="--set iters=8 pose_iters=8 res=32 faces=2000 texture_size=128"

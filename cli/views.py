@@ -19,7 +19,8 @@ def views(
     pose: int | None = typer.Option(None, "--pose", help="The input's pose index (default: estimated with MODEL/poses' pose model)."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps (also used to invert the input)."),
     guidance: float = typer.Option(1.0, "--guidance", help="Classifier-free guidance scale against 'no pose' (1 = off)."),
-    cross_frame: str = typer.Option("concat", "--cross-frame", help="concat, reference_only, or off (independent views)."),
+    cross_frame: str = typer.Option("all", "--cross-frame", help="all (views attend to the input and each other), concat (to the input), reference_only, or off (independent views)."),
+    rounds: int = typer.Option(0, "--rounds", help="Consistency rounds (fit, render, re-noise, denoise): views agree better, about 4x the time (docs/views.md)."),
     layers: str = typer.Option("all", "--layers", help="Attention layers with cross-frame attention: all, or down/mid/up joined by '+'."),
     fill: float | None = typer.Option(None, "--fill", help="Object bbox / frame side for the input (default: MODEL/framing.json or 0.85)."),
     no_reframe: bool = typer.Option(False, "--no-reframe", help="The input is already framed like the training renders: only pad and resize."),
@@ -29,13 +30,14 @@ def views(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate consistent views of the object in INPUT, with cameras, ready for `mirage3d recon`."""
+    from mirage3d.diffusion.pipeline import ConsistencyConfig
     from mirage3d.diffusion.views import ViewsConfig, generate_views
     from mirage3d.foreground import parse_box
     from mirage3d.io import claim_output
 
     cfg = ViewsConfig(poses=poses, reference_pose=pose, num_inference_steps=steps, guidance_scale=guidance,
                       cross_frame=cross_frame, cross_frame_layers=layers, fill=fill, reframe=not no_reframe,
-                      box=None if box is None else parse_box(box), seed=seed, device=device)
+                      box=None if box is None else parse_box(box), consistency=ConsistencyConfig(rounds=rounds), seed=seed, device=device)
     with claim_output(output, overwrite, kind="dir"), console.status("generating views..."):
         res = generate_views(input, model, output, cfg, overwrite=overwrite)
     ref = "" if res.reference_pose is None else f", reference pose {res.reference_pose}"

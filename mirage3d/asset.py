@@ -62,7 +62,7 @@ class AssetConfig:
     """DDIM steps for inversion and generation (20 keeps the 2-core CPU under its time target; 50 on a GPU)."""
     guidance_scale: float = 1.0
     """Classifier-free guidance against the "no pose" class (1 = off)."""
-    cross_frame: str = "concat"
+    cross_frame: str = "all"
     """How generated views attend to the input: "concat" (own + input keys/values) or "off" (independent)."""
     reference_pose: int | None = None
     """The input's pose if known; None: estimated with the model's pose model."""
@@ -74,8 +74,6 @@ class AssetConfig:
     """The object's box (x0, y0, x1, y1, pixels) in a photo with a background (GrabCut from it); None: found automatically."""
     recon_iters: int = 60
     """Steps of the surface fit (ReconConfig.iters, whose default this is; docs/recon.md)."""
-    refine_cameras: bool = False
-    """Refine the views' pose-cluster cameras with the surface (ReconConfig.refine_cameras)."""
     recon_res: int = 128
     """Final voxel-grid resolution."""
     faces: int = 20000
@@ -184,7 +182,7 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
 
     say("views")
     t = time.perf_counter()
-    rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, refine_cameras=cfg.refine_cameras, res=cfg.recon_res, faces=cfg.faces,
+    rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, res=cfg.recon_res, faces=cfg.faces,
                        texture_size=cfg.texture_size, preview=cfg.preview)
     vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                        box=cfg.box, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),

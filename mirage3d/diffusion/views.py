@@ -37,7 +37,7 @@ class ViewsConfig:
     """DDIM steps (η = 0), also used for the inversion of the input."""
     guidance_scale: float = 1.0
     """Classifier-free guidance against the "no pose" class (1 = off)."""
-    cross_frame: str = "concat"
+    cross_frame: str = "all"
     """"concat" (own + input), "reference_only", "all" (every view) or "off" (independent sampling)."""
     cross_frame_layers: str = "all"
     """Attention layers with cross-frame attention: "all", or "down"/"mid"/"up" joined by "+"."""
