@@ -80,7 +80,9 @@ def extract_mesh(field: SDFField, cfg: ReconConfig, c2w: np.ndarray | None = Non
     if cfg.smooth_iters > 0:
         trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=-0.53, iterations=cfg.smooth_iters)
     if len(mesh.faces) > cfg.faces:
-        mesh = decimate(mesh, cfg.faces)
+        # fast-simplification (the fallback without open3d) can leave a few faces cut loose (seen on the GPU
+        # machine: 2-6 parts, not watertight); the largest part is the closed surface again.
+        mesh = largest_component(decimate(mesh, cfg.faces))
     if mesh.volume < 0:
         mesh.invert()
     return mesh
