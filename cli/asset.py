@@ -36,6 +36,7 @@ def make_asset(
     overwrite: bool = OVERWRITE,
     server: str | None = typer.Option(None, "--server", envvar="MIRAGE3D_SERVER", help="URL of a `mirage3d serve` process to do the work (skips imports and model loading)."),
     token: str | None = typer.Option(None, "--token", envvar="MIRAGE3D_TOKEN", show_envvar=False, help=TOKEN_HELP),
+    local: bool = typer.Option(False, "--local", help="Run in this process even when a `mirage3d serve` is running on this machine."),
 ) -> None:
     """Turn one photo of an object into a textured 3D mesh (GLB)."""
     from mirage3d.foreground import parse_box
@@ -46,6 +47,12 @@ def make_asset(
         from mirage3d.errors import InputError
 
         raise InputError("--box is not sent to a server; cut the photo out first (mirage3d data import) or run without --server")
+    if server is None and not local and device == "auto" and keep_views is None and box_px is None:
+        from mirage3d.serve_client import find_local_server
+
+        server = find_local_server(model)  # a running `mirage3d serve` with this model: no imports, no model load here
+        if server:
+            console.print(f"using the mirage3d server running at {server} (--local to run here)")
     cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, reference_pose=pose, box=box_px, rounds=rounds,
                       recon_iters=iters, faces=faces, preview=preview, seed=seed, device=device)  # fmt: skip
     with output_lock(output):

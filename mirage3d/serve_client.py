@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -53,6 +54,24 @@ def _request(url: str, data: bytes | None = None, timeout: float = 3600.0, token
 
 def server_health(server: str, token: str | None = None) -> dict[str, Any]:
     return _request(server.rstrip("/") + "/health", timeout=10.0, token=token)
+
+
+LOCAL_SERVER = "http://127.0.0.1:8765"  # where `mirage3d serve` listens by default
+
+
+def find_local_server(model: str) -> str | None:
+    """The URL of a ``mirage3d serve`` already running on this machine that holds ``model``, else None: one
+    quick health request to ``MIRAGE3D_LOCAL_SERVER`` (default :data:`LOCAL_SERVER`; empty: never look).
+    Nothing is started; anything that does not answer as a mirage3d server with that model is ignored."""
+    url = os.environ.get("MIRAGE3D_LOCAL_SERVER", LOCAL_SERVER)
+    if not url:
+        return None
+    try:
+        health = _request(url.rstrip("/") + "/health", timeout=0.5)
+        check_served_model(url, health, model)
+    except InputError:
+        return None
+    return url if health.get("status") == "ok" else None
 
 
 def check_served_model(server: str, health: dict[str, Any], model: str) -> None:

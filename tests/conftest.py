@@ -10,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("PYGLET_HEADLESS", "1")
 os.environ.setdefault("MIRAGE3D_DEBUG", "0")
+os.environ["MIRAGE3D_LOCAL_SERVER"] = ""  # make-asset never hands a test's work to a server the developer runs
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

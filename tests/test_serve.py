@@ -317,3 +317,23 @@ def test_clients_that_leave_cost_no_traceback_and_no_job(tmp_path: Path, server,
         time.sleep(0.1)
     assert srv.served == served and server_health(url)["status"] == "ok"
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_make_asset_finds_a_running_server(tmp_path: Path, model_dir: Path, server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mirage3d.serve_client import find_local_server
+
+    srv, url = server
+    image = cutout(tmp_path / "in.png")
+    monkeypatch.setenv("MIRAGE3D_LOCAL_SERVER", url)
+    assert find_local_server("default") == url and find_local_server(str(model_dir)) == url
+    assert find_local_server(str(tmp_path / "another_model")) is None  # not the served model: run here
+    monkeypatch.setenv("MIRAGE3D_LOCAL_SERVER", "http://127.0.0.1:9")  # nothing listening
+    assert find_local_server("default") is None
+    monkeypatch.setenv("MIRAGE3D_LOCAL_SERVER", url)
+    before = srv.served
+    r = runner.invoke(app, ["make-asset", str(image), "-o", str(tmp_path / "a" / "car.glb"), "--model", str(model_dir), *FAST])
+    assert r.exit_code == 0, r.output
+    assert srv.served == before + 1 and "using the mirage3d server" in r.output
+    r = runner.invoke(app, ["make-asset", str(image), "-o", str(tmp_path / "b" / "car.glb"), "--model", str(model_dir), "--local", *FAST])
+    assert r.exit_code == 0, r.output
+    assert srv.served == before + 1 and (tmp_path / "b" / "car.glb").exists()  # --local: done here
