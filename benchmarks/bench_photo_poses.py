@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--res", type=int, default=128, help="import resolution")
     ap.add_argument("--every", type=int, default=1, help="use every N-th imported photo")
     ap.add_argument("--methods", default="hog,unet,unet-auto,unet-gray,unet-centred")
-    ap.add_argument("--seeds", default="0,1,2", help="discovery seeds, comma-separated")
+    ap.add_argument("--seeds", default="0,1,2", help="discovery seeds, comma-separated ('' = none: features and probe only)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True, help="also the leave-one-car-out linear probe (labels used)")
     args = ap.parse_args()
@@ -192,6 +192,8 @@ def main() -> None:
             feats = centred_cache(FeatureCache.open(feats), feats.with_name(feats.name + "-centred"))
             t_feat += time.perf_counter() - t0
         probe_ari = probe(FeatureCache.open(feats), azimuth) if args.probe else float("nan")
+        if args.probe:
+            print(f"{name}: leave-one-car-out probe ARI {probe_ari:.3f}", flush=True)
         for seed in seeds:
             poses = scratch / "runs" / f"{coll.name}-{name}-seed{seed}"
             t0 = time.perf_counter()
