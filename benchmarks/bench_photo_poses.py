@@ -1,7 +1,7 @@
 """Pose discovery on real photos (docs/photos.md, "Poses on real photos"): ARI / NMI / azimuth error per method.
 
     python benchmarks/bench_photo_poses.py --data ../shared/photos/epfl-cars-dev --scratch /tmp/photo-poses \
-        [--model assets/models/car] [--res 128] [--every 1] [--methods hog,unet,unet-auto,...] [--seeds 0,1,2]
+        [--model assets/models/car] [--res 128] [--every 1] [--methods hog,unet,...] [--seeds 0,1,2]
 
 --data: a folder with ``images/`` and ``azimuth_per_image.csv`` (``file, ..., azimuth_deg, bbox "x0,y0,x1,y1"``),
 as the EPFL multi-view cars. --scratch: a folder OUTSIDE the repository (the photos are research-licensed and
@@ -24,8 +24,7 @@ Methods (``--methods``, comma-separated):
 - ``unet-gray``: the UNet on grayscale cut-outs (a derived collection: luminance in R = G = B, alpha kept);
 - ``unet-centred``: the UNet features with each image's mean foreground feature subtracted (per image, image
   and mirror image alike) before parts: an image-wide offset (colour, identity) cancels;
-- ``unet-silhouette``: the UNet on the silhouettes only (a derived collection: grey object, alpha kept);
-- ``hog-silhouette``: HOG of the silhouettes.
+- ``hog-silhouette``: HOG of the silhouettes only (a derived collection: one grey over the object, alpha kept).
 The background is already out of every method: the cut-outs carry alpha, and discovery takes foreground
 patches from alpha. ``--probe`` (on by default) adds, per method, the ARI of a leave-one-car-out linear probe on
 the same features (``probe``; true labels used, an upper bound on the features, not a method). Prints one Markdown table with the machine, load and date; writes
@@ -63,7 +62,6 @@ METHODS = {
     "unet-auto": ("cutout", "model", None, ["--facing-component", "auto"]),
     "unet-gray": ("gray", "model", None, []),
     "unet-centred": ("cutout", "model", "centred", []),
-    "unet-silhouette": ("silhouette", "model", None, []),
     "hog-silhouette": ("silhouette", "hog", None, []),
 }
 
@@ -157,7 +155,7 @@ def main() -> None:
     ap.add_argument("--model", default="assets/models/car", help="mirage3d model folder whose UNet is the backbone")
     ap.add_argument("--res", type=int, default=128, help="import resolution")
     ap.add_argument("--every", type=int, default=1, help="use every N-th imported photo")
-    ap.add_argument("--methods", default="hog,unet,unet-auto,unet-gray,unet-centred")
+    ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2", help="discovery seeds, comma-separated ('' = none: features and probe only)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--probe", action=argparse.BooleanOptionalAction, default=True, help="also the leave-one-car-out linear probe (labels used)")
