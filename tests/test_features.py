@@ -75,6 +75,30 @@ def test_unet_backbone_shapes_and_batch_independence(unet_folder):
     torch.testing.assert_close(load_backbone(ref)(x), f)
 
 
+def test_unet_backbone_stops_early_with_the_features_of_a_full_pass(unet_folder):
+    """The forward stops once the asked blocks ran; the features equal those hooked from the whole UNet."""
+    bb = load_backbone(str(unet_folder), blocks=("up0", "down1"))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    a = bb.alpha_bar
+    x_t = a.sqrt() * x + (1 - a).sqrt() * bb.noise
+    seen, calls = {}, []
+    hooks = [bb.unet.up_blocks[0].register_forward_hook(lambda _m, _i, o: seen.__setitem__("up0", o)),
+             bb.unet.down_blocks[1].register_forward_hook(lambda _m, _i, o: seen.__setitem__("down1", o[0])),
+             bb.unet.up_blocks[1].register_forward_hook(lambda _m, _i, o: calls.append(1))]  # fmt: skip
+    t = torch.full((2,), bb.timestep, dtype=torch.long)
+    with torch.no_grad():
+        full_out = bb.unet(x_t, t, class_labels=torch.zeros_like(t)).sample
+        assert len(calls) == 1 and full_out.shape == x.shape  # the reference ran the whole UNet
+        feats = bb(x)
+    for h in hooks:
+        h.remove()
+    assert len(calls) == 1  # the backbone never reached up_blocks[1]
+    size = seen["up0"].shape[-2:]
+    down1 = torch.nn.functional.interpolate(seen["down1"], size=size, mode="bilinear", align_corners=False)
+    expected = torch.cat([torch.nn.functional.normalize(seen["up0"], dim=1), torch.nn.functional.normalize(down1, dim=1)], 1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(feats, expected)
+
+
 def test_removed_feature_averaging_is_refused_in_saved_references(unet_folder):
     """References written with --colour-perms / --noise-maps (options since removed) fail with one line."""
     ref = load_backbone(str(unet_folder), timestep=100).reference()
