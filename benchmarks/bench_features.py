@@ -61,7 +61,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     args = ap.parse_args()
     specs = ([str(args.backbone)] if args.backbone else []) + [s for s in args.baselines.split(",") if s]
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA'}, {torch.get_num_threads()} CPU threads")
+    print(
+        f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA'}, {torch.get_num_threads()} CPU threads"
+    )
     print("| backbone | device | dtype | batch | input | grid x C | forward img/s (image + flip) | extract img/s (PNG → shards) |")
     print("|---|---|---|---|---|---|---|---|")
     for spec in specs:
@@ -80,9 +82,14 @@ def main() -> None:
                     out = args.out / f"{name}_{dev.replace(':', '')}_{dtype}"
                     shutil.rmtree(out, ignore_errors=True)
                     t0 = time.perf_counter()
-                    cache = extract_features(args.collection, out, bb, ExtractConfig(batch_size=batch, device=dev, dtype=dtype, num_workers=args.workers))
+                    cache = extract_features(
+                        args.collection, out, bb, ExtractConfig(batch_size=batch, device=dev, dtype=dtype, num_workers=args.workers)
+                    )
                     ext = rate_text(cache.num_images / (time.perf_counter() - t0))
-                print(f"| {name} | {dev} | {dtype} | {batch} | {bb.image_size}² | {f.shape[1]}x{f.shape[2]} x {f.shape[3]} | {rate_text(rate)} | {ext} |", flush=True)
+                print(
+                    f"| {name} | {dev} | {dtype} | {batch} | {bb.image_size}² | {f.shape[1]}x{f.shape[2]} x {f.shape[3]} | {rate_text(rate)} | {ext} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,7 @@ GROUPS: dict[str, str] = {
     "trimesh, xatlas, mcubes": "import trimesh, xatlas, mcubes",
     "make-asset set (mirage3d.diffusion.views + mirage3d.recon)": "import mirage3d.diffusion.views, mirage3d.recon",
     "make-asset set, mesh libraries in a second thread": (
-        "import threading\n"
-        "t = threading.Thread(target=lambda: __import__('mirage3d.recon'))\n"
-        "t.start(); import mirage3d.diffusion.views; t.join()"
+        "import threading\nt = threading.Thread(target=lambda: __import__('mirage3d.recon'))\nt.start(); import mirage3d.diffusion.views; t.join()"
     ),
 }
 

@@ -195,29 +195,53 @@ def main() -> None:
         for seed in seeds:
             poses = scratch / "runs" / f"{coll.name}-{name}-seed{seed}"
             t0 = time.perf_counter()
-            code, out = cli("poses", "discover", str(coll), "-o", str(poses), "--features", str(feats), "--poses", "8", "--seed", str(seed),
-                            "--device", "cpu", "--overwrite", *extra)  # fmt: skip
+            code, out = cli(
+                "poses",
+                "discover",
+                str(coll),
+                "-o",
+                str(poses),
+                "--features",
+                str(feats),
+                "--poses",
+                "8",
+                "--seed",
+                str(seed),
+                "--device",
+                "cpu",
+                "--overwrite",
+                *extra,
+            )
             t_disc = time.perf_counter() - t0
             if code != 0 or cli("eval", "poses", str(poses), "--collection", str(coll))[0] != 0:
                 print(f"{name} seed {seed}: discovery or evaluation failed: {out.strip().splitlines()[-1:]}", flush=True)
                 continue
             m = json.loads((poses / "eval.json").read_text())
-            rows.append({"method": name, "seed": seed, "collection": str(coll), "features_s": t_feat, "discover_s": t_disc, "probe_ari": probe_ari, **m})
-            print(f"{name} seed {seed}: ARI {m['ari']:.3f}, NMI {m['nmi']:.3f}, median error {m['median_error_deg']:.1f} deg "
-                  f"(features {t_feat:.0f} s, discovery {t_disc:.0f} s)", flush=True)  # fmt: skip
+            rows.append(
+                {"method": name, "seed": seed, "collection": str(coll), "features_s": t_feat, "discover_s": t_disc, "probe_ari": probe_ari, **m}
+            )
+            print(
+                f"{name} seed {seed}: ARI {m['ari']:.3f}, NMI {m['nmi']:.3f}, median error {m['median_error_deg']:.1f} deg "
+                f"(features {t_feat:.0f} s, discovery {t_disc:.0f} s)",
+                flush=True,
+            )
 
     load = os.getloadavg()
     print()
-    print(f"{platform.node()} ({os.cpu_count()} CPUs, torch {torch.__version__}), load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
-          f"{datetime.date.today()}; {rows[0]['num_images'] if rows else 0} photos at {args.res}² (every {args.every}), K = 8, "
-          f"discovery seeds {args.seeds}; mean ± sd over seeds")  # fmt: skip
+    print(
+        f"{platform.node()} ({os.cpu_count()} CPUs, torch {torch.__version__}), load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, "
+        f"{datetime.date.today()}; {rows[0]['num_images'] if rows else 0} photos at {args.res}² (every {args.every}), K = 8, "
+        f"discovery seeds {args.seeds}; mean ± sd over seeds"
+    )
     print("| method | ARI | NMI | median azimuth error (deg) | seconds: features (once) + discovery (per seed) | probe ARI (labels) |")
     print("|---|---|---|---|---|---|")
     for name in methods:
         rs = [r for r in rows if r["method"] == name]
         if rs:
             cols = [pm([r[k] for r in rs], d) for k, d in (("ari", 3), ("nmi", 3), ("median_error_deg", 1))]
-            print(f"| {name} | {' | '.join(cols)} | {rs[0]['features_s']:.0f} + {np.mean([r['discover_s'] for r in rs]):.0f} | {rs[0]['probe_ari']:.3f} |")
+            print(
+                f"| {name} | {' | '.join(cols)} | {rs[0]['features_s']:.0f} + {np.mean([r['discover_s'] for r in rs]):.0f} | {rs[0]['probe_ari']:.3f} |"
+            )
     (scratch / "runs").mkdir(exist_ok=True)
     (scratch / "runs" / "bench_photo_poses.json").write_text(json.dumps(rows, indent=2) + "\n")
 
@@ -248,7 +272,7 @@ def probe(cache: FeatureCache, azimuth: dict[str, float]) -> float:
 
 
 def pm(values: list[float], digits: int) -> str:
-    """"mean ± sd" (sd over seeds; just the value for one seed)."""
+    """ "mean ± sd" (sd over seeds; just the value for one seed)."""
     return f"{np.mean(values):.{digits}f}" + (f" ± {np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
 
 
@@ -257,7 +281,7 @@ def extract(coll: Path, feats: Path, spec: str, batch_size: int) -> float | None
     later run that finds the cache whole reports the time the features cost when they were made; None on failure."""
     record = feats / "bench_seconds.json"
     t0 = time.perf_counter()
-    code, _ = cli("features", "extract", str(coll), "-o", str(feats), "--backbone", spec, "--device", "cpu", "--batch-size", str(batch_size))  # fmt: skip
+    code, _ = cli("features", "extract", str(coll), "-o", str(feats), "--backbone", spec, "--device", "cpu", "--batch-size", str(batch_size))
     seconds = time.perf_counter() - t0
     if code != 0:
         return None

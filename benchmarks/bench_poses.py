@@ -29,7 +29,7 @@ from mirage3d.cli.main import app
 
 
 def seeds(text: str) -> list[int]:
-    """"0-3" or "0,2,5" → list of ints."""
+    """ "0-3" or "0,2,5" → list of ints."""
     if "-" in text and "," not in text:
         a, b = text.split("-")
         return list(range(int(a), int(b) + 1))
@@ -65,8 +65,21 @@ def main() -> None:
             for seed in seeds(args.seeds):
                 out = args.out / coll.name / name.replace(" ", "_") / f"seed{seed}"
                 t0 = time.perf_counter()
-                r = cli("poses", "discover", str(coll), "-o", str(out), "--backbone", args.backbone, "--seed", str(seed), "--device", args.device, "--overwrite",
-                        *shlex.split(extra))  # fmt: skip
+                r = cli(
+                    "poses",
+                    "discover",
+                    str(coll),
+                    "-o",
+                    str(out),
+                    "--backbone",
+                    args.backbone,
+                    "--seed",
+                    str(seed),
+                    "--device",
+                    args.device,
+                    "--overwrite",
+                    *shlex.split(extra),
+                )
                 wall = time.perf_counter() - t0
                 if r.exit_code != 0:
                     print(f"| {name} | {coll.name} | {seed} | failed: {_last(r.output)} | | | | |", flush=True)
@@ -77,7 +90,10 @@ def main() -> None:
                     continue
                 m = json.loads((out / "eval.json").read_text())
                 rows.append({"setting": name, "args": extra, "collection": str(coll), "seed": seed, "discover_wall_s": wall, **m})
-                print(f"| {name} | {coll.name} | {seed} | {m['ari']:.3f} | {m['nmi']:.3f} | {m['median_error_deg']:.1f} | {100 * m['within_45_deg']:.0f}% | {wall:.0f} |", flush=True)
+                print(
+                    f"| {name} | {coll.name} | {seed} | {m['ari']:.3f} | {m['nmi']:.3f} | {m['median_error_deg']:.1f} | {100 * m['within_45_deg']:.0f}% | {wall:.0f} |",
+                    flush=True,
+                )
     print()
     print("| setting | collection | runs | ARI mean ± sd | runs with ARI >= 0.6 | NMI mean | median az err, range (deg) |")
     print("|---|---|---|---|---|---|---|")
@@ -89,8 +105,10 @@ def main() -> None:
             ari = [r["ari"] for r in rs]
             sd = statistics.stdev(ari) if len(ari) > 1 else 0.0
             err = [r["median_error_deg"] for r in rs]
-            print(f"| {name} | {coll.name} | {len(rs)} | {statistics.mean(ari):.3f} ± {sd:.3f} | {sum(a >= 0.6 for a in ari)}/{len(rs)} | "
-                  f"{statistics.mean(r['nmi'] for r in rs):.3f} | {min(err):.1f}-{max(err):.1f} |")  # fmt: skip
+            print(
+                f"| {name} | {coll.name} | {len(rs)} | {statistics.mean(ari):.3f} ± {sd:.3f} | {sum(a >= 0.6 for a in ari)}/{len(rs)} | "
+                f"{statistics.mean(r['nmi'] for r in rs):.3f} | {min(err):.1f}-{max(err):.1f} |"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_poses.json").write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -34,17 +34,17 @@ from pathlib import Path
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("PYGLET_HEADLESS", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import trimesh  # noqa: E402
-from scipy.spatial.transform import Rotation  # noqa: E402
+import numpy as np
+import torch
+import trimesh
+from scipy.spatial.transform import Rotation
 
-from mirage3d.errors import InputError  # noqa: E402
-from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array  # noqa: E402
-from mirage3d.recon import ReconConfig, load_views, reconstruct  # noqa: E402
-from mirage3d.recon.mesh import WORLD_TO_GLTF  # noqa: E402
-from mirage3d.recon.metrics import geometry_scores, psnr, ssim  # noqa: E402
-from mirage3d.recon.render import render_mesh  # noqa: E402
+from mirage3d.errors import InputError
+from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array
+from mirage3d.recon import ReconConfig, load_views, reconstruct
+from mirage3d.recon.mesh import WORLD_TO_GLTF
+from mirage3d.recon.metrics import geometry_scores, psnr, ssim
+from mirage3d.recon.render import render_mesh
 
 
 def make_collection(meshes: list[Path], out: Path, orbits: int, res: int, limit: int) -> Path:
@@ -87,7 +87,10 @@ def perturb(c2w: np.ndarray, deg: float, rng: np.random.Generator) -> np.ndarray
 def turn_about(c2w: np.ndarray, az_deg: float, axis_deg: float, centre: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A camera turned about ``centre``: ``az_deg`` about world +Z, then ``axis_deg`` about a random axis."""
     axis = rng.normal(size=3)
-    R = Rotation.from_rotvec(np.deg2rad(axis_deg) * axis / np.linalg.norm(axis)).as_matrix() @ Rotation.from_euler("z", az_deg, degrees=True).as_matrix()
+    R = (
+        Rotation.from_rotvec(np.deg2rad(axis_deg) * axis / np.linalg.norm(axis)).as_matrix()
+        @ Rotation.from_euler("z", az_deg, degrees=True).as_matrix()
+    )
     out = c2w.copy()
     out[:3, :3] = R @ c2w[:3, :3]
     out[:3, 3] = R @ (c2w[:3, 3] - centre) + centre
@@ -119,8 +122,15 @@ def evaluate(glb: Path, orbit: Path, t, held: list[int]) -> dict[str, float]:
     true = trimesh.load(orbit / "mesh.glb", force="mesh")
     g = geometry_scores(pred, true)
     pred.merge_vertices(merge_tex=True, merge_norm=True)  # the GLB splits vertices along UV seams
-    out = {"chamfer": g.chamfer_l1, "f1": g.fscore[0.01], "f2": g.fscore[0.02], "psnr": float("nan"), "ssim": float("nan"),
-           "watertight": float(pred.is_watertight), "components": float(len(pred.split(only_watertight=False)))}
+    out = {
+        "chamfer": g.chamfer_l1,
+        "f1": g.fscore[0.01],
+        "f2": g.fscore[0.02],
+        "psnr": float("nan"),
+        "ssim": float("nan"),
+        "watertight": float(pred.is_watertight),
+        "components": float(len(pred.split(only_watertight=False))),
+    }
     if held:
         scene = trimesh.load(glb)  # keep the texture
         for geom in scene.geometry.values():
@@ -182,11 +192,15 @@ def main() -> None:
         sys.exit(f"no orbit folders with transforms.json under {coll / 'orbits'}")
     dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f}, "
-          f"torch threads {torch.get_num_threads()}, device {dev}" + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else ""))
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f}, "
+        f"torch threads {torch.get_num_threads()}, device {dev}" + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "")
+    )
     print(f"date {time.strftime('%Y-%m-%d %H:%M')}; settings: {sets or 'defaults'}; perturb {perturbs}; refine {refines}")
-    head = ("| mesh | views | cameras | refine | fit s | mesh s | texture s | total s | Chamfer-L1 | F@1% | F@2% | PSNR | SSIM "
-            "| cam err ° | watertight | parts |")
+    head = (
+        "| mesh | views | cameras | refine | fit s | mesh s | texture s | total s | Chamfer-L1 | F@1% | F@2% | PSNR | SSIM "
+        "| cam err ° | watertight | parts |"
+    )
     print("\n" + head + "\n" + "|---" * (head.count("|") - 1) + "|", flush=True)
     rows = []
     warm = args.warmup
@@ -209,16 +223,29 @@ def main() -> None:
                         res = reconstruct(base, glb, cfg)
                     except InputError as e:  # e.g. an empty hull from wrong cameras: a failed row scores 0
                         print(f"| {orbit.name} | {v} | {pmode} | {ref} | failed: {e} |", flush=True)
-                        rows.append(((v, pmode, ref), float("nan"), {k: (0.0 if k in ("f1", "f2") else float("nan")) for k in
-                                     ("chamfer", "f1", "f2", "psnr", "ssim", "watertight", "components")}, err0, float("nan")))
+                        rows.append(
+                            (
+                                (v, pmode, ref),
+                                float("nan"),
+                                {
+                                    k: (0.0 if k in ("f1", "f2") else float("nan"))
+                                    for k in ("chamfer", "f1", "f2", "psnr", "ssim", "watertight", "components")
+                                },
+                                err0,
+                                float("nan"),
+                            )
+                        )
                         continue
                     m = evaluate(glb, orbit, t, held)
                     err1 = rotation_errors(res.fit.c2w, full.c2w[train]).mean()
                     tm = res.timings
                     rows.append(((v, pmode, ref), tm["total"], m, err0, err1))
-                    print(f"| {orbit.name} | {v} | {pmode} | {ref} | {tm['fit']:.2f} | {tm['mesh']:.2f} | {tm['texture']:.2f} | "
-                          f"{tm['total']:.2f} | {m['chamfer']:.4f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
-                          f"{err0:.2f} → {err1:.2f} | {m['watertight']:.0f} | {m['components']:.0f} |", flush=True)
+                    print(
+                        f"| {orbit.name} | {v} | {pmode} | {ref} | {tm['fit']:.2f} | {tm['mesh']:.2f} | {tm['texture']:.2f} | "
+                        f"{tm['total']:.2f} | {m['chamfer']:.4f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
+                        f"{err0:.2f} → {err1:.2f} | {m['watertight']:.0f} | {m['components']:.0f} |",
+                        flush=True,
+                    )
                     if sum(1 for r in rows if r[0] == (v, pmode, ref)) > args.keep:
                         for f in res.files:
                             f.unlink(missing_ok=True)
@@ -229,10 +256,13 @@ def main() -> None:
         sel = [r for r in rows if r[0] == key]
         mean = {k: float(np.nanmean([r[2][k] for r in sel])) for k in sel[0][2]}
         failed = sum(1 for r in sel if not np.isfinite(r[1]))
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {len(sel)}{f' ({failed} failed, F = 0)' if failed else ''} | "
-              f"{np.nanmean([r[1] for r in sel]):.2f} | {mean['chamfer']:.4f} | "
-              f"{mean['f1']:.3f} | {mean['f2']:.3f} | {mean['psnr']:.2f} | {mean['ssim']:.3f} | "
-              f"{np.mean([r[3] for r in sel]):.2f} → {np.nanmean([r[4] for r in sel]):.2f} | {mean['watertight']:.2f} |", flush=True)
+        print(
+            f"| {key[0]} | {key[1]} | {key[2]} | {len(sel)}{f' ({failed} failed, F = 0)' if failed else ''} | "
+            f"{np.nanmean([r[1] for r in sel]):.2f} | {mean['chamfer']:.4f} | "
+            f"{mean['f1']:.3f} | {mean['f2']:.3f} | {mean['psnr']:.2f} | {mean['ssim']:.3f} | "
+            f"{np.mean([r[3] for r in sel]):.2f} → {np.nanmean([r[4] for r in sel]):.2f} | {mean['watertight']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -75,8 +75,15 @@ def plain_loop(collection: Path, cfg: TrainConfig, steps: int, warmup: int, devi
     else:
         imgs = load_uint8_images(list_images(collection), ucfg.res)[:, :3].float() / 127.5 - 1
         ds = torch.utils.data.TensorDataset(imgs)
-    dl = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                                     pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+    dl = torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     done, t0 = 0, None
     if device.type == "cuda":
@@ -197,9 +204,18 @@ def compare_objectives(args: argparse.Namespace) -> None:
     rows = []
     for pred in ("epsilon", "v_prediction"):
         for sched in ("squaredcos_cap_v2", "linear"):
-            cfg = TrainConfig(model=model, batch_size=args.batch_size or 128, prediction_type=pred, beta_schedule=sched,
-                              max_steps=10**9, minutes=args.minutes, compile=not args.no_compile, sample_every=0,
-                              checkpoint_every=10**9, device="auto" if device.type == "cuda" else "cpu")  # fmt: skip
+            cfg = TrainConfig(
+                model=model,
+                batch_size=args.batch_size or 128,
+                prediction_type=pred,
+                beta_schedule=sched,
+                max_steps=10**9,
+                minutes=args.minutes,
+                compile=not args.no_compile,
+                sample_every=0,
+                checkpoint_every=10**9,
+                device="auto" if device.type == "cuda" else "cpu",
+            )
             out = args.out / f"{pred}_{sched}"
             r = train(split.parent, out, cfg, overwrite=True)
             m = evaluate_run(out, train_imgs, held, cfg, device, n_samples=64)

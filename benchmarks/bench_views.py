@@ -55,8 +55,14 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     ref = torch.rand(1, 3, args.res, args.res) * 2 - 1
 
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
-    print(f"model preset {args.preset} {args.res}², {count_parameters(unet) / 1e6:.1f} M parameters; device {machine}; {dtype_name}; torch {torch.__version__}")
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
+    print(
+        f"model preset {args.preset} {args.res}², {count_parameters(unet) / 1e6:.1f} M parameters; device {machine}; {dtype_name}; torch {torch.__version__}"
+    )
     if device.type == "cpu":
         print(f"load average before: {os.getloadavg()[0]:.1f}")
     rows = []
@@ -64,8 +70,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for k in (int(v) for v in args.views.split(",")):
         for steps in (int(s) for s in args.steps.split(",")):
-            kw = dict(num_inference_steps=steps, guidance_scale=args.guidance, output_type="np", image=ref, reference_pose=0,
-                      cross_frame=CrossFrameConfig())
+            kw = dict(
+                num_inference_steps=steps, guidance_scale=args.guidance, output_type="np", image=ref, reference_pose=0, cross_frame=CrossFrameConfig()
+            )
             poses = list(range(1, k + 1))
             pipe(poses, **{**kw, "num_inference_steps": 2})  # warm-up (allocations, kernels)
             best = float("inf")
@@ -82,7 +89,9 @@ def main() -> None:
         print(f"\nload average after: {os.getloadavg()[0]:.1f}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_views.json").write_text(json.dumps({"machine": machine, "dtype": dtype_name, "preset": args.preset, "rows": rows}, indent=2))
+        (args.out / "bench_views.json").write_text(
+            json.dumps({"machine": machine, "dtype": dtype_name, "preset": args.preset, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

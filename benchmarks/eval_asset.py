@@ -55,7 +55,7 @@ VARIANTS = {
 }
 
 
-def azimuths(t) -> np.ndarray:  # noqa: ANN001
+def azimuths(t) -> np.ndarray:
     return np.array([float(position_to_spherical(f.transform_matrix[:3, 3])[0]) for f in t.frames])
 
 
@@ -165,26 +165,49 @@ def main() -> None:
         for variant in variants:
             name = f"{folder.name}_{variant}"
             glb = a.out / f"{name}.glb"
-            res = make_asset(folder / truth.frames[a.input_frame].file_path, glb, replace(base, **VARIANTS[variant]),
-                             keep_views=a.out / f"{name}_views", overwrite=True)
+            res = make_asset(
+                folder / truth.frames[a.input_frame].file_path,
+                glb,
+                replace(base, **VARIANTS[variant]),
+                keep_views=a.out / f"{name}_views",
+                overwrite=True,
+            )
             s, (p, q, iou), a_ref = views_scores(a.out / f"{name}_views", folder, phi)
             geo = geometry_scores(mesh_in_true_frame(glb, s, phi, a_ref), true_mesh)
             cons = reprojection(a.out / f"{name}_views", score_recon)
-            row = {"object": folder.name, "variant": variant, "input_azimuth": phi, "reference_pose": res.reference_pose, "reflection": s,
-                   "psnr": float(p), "ssim": float(q), "mask_iou": iou, "consistency_db": cons, "chamfer_l1": geo.chamfer_l1,
-                   "f1": geo.fscore[0.01], "f2": geo.fscore[0.02], "template_f2_mean": t_mean, "template_f2_best": t_best,
-                   **{f"{k}_s": v for k, v in res.timings.items()}}  # fmt: skip
+            row = {
+                "object": folder.name,
+                "variant": variant,
+                "input_azimuth": phi,
+                "reference_pose": res.reference_pose,
+                "reflection": s,
+                "psnr": float(p),
+                "ssim": float(q),
+                "mask_iou": iou,
+                "consistency_db": cons,
+                "chamfer_l1": geo.chamfer_l1,
+                "f1": geo.fscore[0.01],
+                "f2": geo.fscore[0.02],
+                "template_f2_mean": t_mean,
+                "template_f2_best": t_best,
+                **{f"{k}_s": v for k, v in res.timings.items()},
+            }
             rows.append(row)
-            print(f"| {folder.name} | {variant} | {p:.2f} | {q:.3f} | {iou:.3f} | {cons:.2f} | {geo.chamfer_l1:.3f} | {geo.fscore[0.01]:.3f} | "
-                  f"{geo.fscore[0.02]:.3f} | {t_mean:.3f} / {t_best:.3f} | {res.timings['views']:.1f} | {res.timings['recon']:.1f} |", flush=True)  # fmt: skip
+            print(
+                f"| {folder.name} | {variant} | {p:.2f} | {q:.3f} | {iou:.3f} | {cons:.2f} | {geo.chamfer_l1:.3f} | {geo.fscore[0.01]:.3f} | "
+                f"{geo.fscore[0.02]:.3f} | {t_mean:.3f} / {t_best:.3f} | {res.timings['views']:.1f} | {res.timings['recon']:.1f} |",
+                flush=True,
+            )
     keys = ["psnr", "ssim", "mask_iou", "consistency_db", "chamfer_l1", "f1", "f2", "template_f2_mean", "template_f2_best", "views_s", "recon_s"]
     means = {}
     for variant in variants:
         vr = [r for r in rows if r["variant"] == variant]
         m = means[variant] = {k: float(np.mean([r[k] for r in vr])) for k in keys}
-        print(f"| **mean of {len(vr)}** | {variant} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mask_iou']:.3f} | {m['consistency_db']:.2f} | "
-              f"{m['chamfer_l1']:.3f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['template_f2_mean']:.3f} / {m['template_f2_best']:.3f} | "
-              f"{m['views_s']:.1f} | {m['recon_s']:.1f} |")  # fmt: skip
+        print(
+            f"| **mean of {len(vr)}** | {variant} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mask_iou']:.3f} | {m['consistency_db']:.2f} | "
+            f"{m['chamfer_l1']:.3f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['template_f2_mean']:.3f} / {m['template_f2_best']:.3f} | "
+            f"{m['views_s']:.1f} | {m['recon_s']:.1f} |"
+        )
     out = {"rows": rows, "mean": means, "args": {k: str(v) for k, v in vars(a).items()}, "time": time.time()}
     (a.out / "eval_asset.json").write_text(json.dumps(out, indent=2) + "\n")
 

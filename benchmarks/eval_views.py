@@ -121,8 +121,16 @@ def main() -> None:
         gap = circular_difference(o["az"][match], target_az)
         for name, cross in rows_cfg:
             t0 = time.perf_counter()
-            out = pipe(gen_poses, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=torch.Generator().manual_seed(args.seed),
-                       output_type="np", image=prepared, reference_pose=ref_pose, cross_frame=cross)
+            out = pipe(
+                gen_poses,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                generator=torch.Generator().manual_seed(args.seed),
+                output_type="np",
+                image=prepared,
+                reference_pose=ref_pose,
+                cross_frame=cross,
+            )
             seconds[name] += time.perf_counter() - t0
             views = np.asarray(out.images)[[j for j, p in enumerate(out.poses) if p != ref_pose]]  # (K, R, R, 3), order of gen_poses
             gen = torch.from_numpy(views).permute(0, 3, 1, 2).float()
@@ -138,11 +146,15 @@ def main() -> None:
                 ft = backbone((true * 2 - 1).to(device), None).float().mean(dim=(1, 2))
             r["feat"] += F.cosine_similarity(fg, ft, dim=1).cpu().tolist()
             r["az_gap"] += gap.tolist()
-            sheet = [np.dstack([v, np.ones(v.shape[:2])]) for v in views] + [np.dstack([t.permute(1, 2, 0).numpy(), np.ones((res, res))]) for t in true]
+            sheet = [np.dstack([v, np.ones(v.shape[:2])]) for v in views] + [
+                np.dstack([t.permute(1, 2, 0).numpy(), np.ones((res, res))]) for t in true
+            ]
             atomic_save_image(args.out / f"{o['name']}_{name}.png", contact_sheet(sheet, cols=len(views)))
 
-    print(f"\n{len(objects)} objects, {len(pose_az) - 1} generated views each, {args.steps} DDIM steps, CFG {args.guidance:g}; "
-          f"mean azimuth gap to the matched true frame {np.mean(results[rows_cfg[0][0]]['az_gap']):.1f}°\n")
+    print(
+        f"\n{len(objects)} objects, {len(pose_az) - 1} generated views each, {args.steps} DDIM steps, CFG {args.guidance:g}; "
+        f"mean azimuth gap to the matched true frame {np.mean(results[rows_cfg[0][0]]['az_gap']):.1f}°\n"
+    )
     print("| sampling | PSNR ↑ | SSIM ↑ | mask IoU ↑ | feature cos ↑ | s / object |")
     print("|---|---|---|---|---|---|")
     summary = {}
@@ -151,7 +163,16 @@ def main() -> None:
         summary[name] = {k: float(np.mean(v)) for k, v in r.items()} | {"seconds_per_object": seconds[name] / len(objects)}
         s = summary[name]
         print(f"| {name} | {s['psnr']:.2f} | {s['ssim']:.3f} | {s['iou']:.3f} | {s['feat']:.3f} | {s['seconds_per_object']:.1f} |")
-    (args.out / "eval_views.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "alignment": {"median_error_deg": med_err, "rotation_deg": rotation, "reflected": reflected}, "rows": summary}, indent=2))
+    (args.out / "eval_views.json").write_text(
+        json.dumps(
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "alignment": {"median_error_deg": med_err, "rotation_deg": rotation, "reflected": reflected},
+                "rows": summary,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001
+def _raise_terminated(signum: int, frame: Any) -> None:
     if os.getpid() != _MAIN_PID[0]:  # a forked child (a data loader worker): die as SIGTERM means
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -150,7 +150,9 @@ _MAIN_PID = [os.getpid()]
 class MirageGroup(TyperGroup):
     """The root command group: usage errors in one line (exit 1), SIGTERM as an interrupt."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any
+    ) -> Any:
         previous = None
         if threading.current_thread() is threading.main_thread():
             _MAIN_PID[0] = os.getpid()

@@ -26,14 +26,17 @@ def _check_device(value: str | None) -> str | None:
 
 
 # Each is a typer.Option (flag, default, help) shared by the commands that take it: `device: str = DEVICE`.
-DEVICE = typer.Option("auto", "--device", callback=_check_device,
-                      help="auto (the GPU when there is one; under accelerate, this process's GPU), cpu, cuda or cuda:N.")  # fmt: skip
+DEVICE = typer.Option(
+    "auto", "--device", callback=_check_device, help="auto (the GPU when there is one; under accelerate, this process's GPU), cpu, cuda or cuda:N."
+)
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output (only once the new one is complete).")
 
 # The backbone group (features extract, poses discover, poses refit).
 BACKBONE_HELP = "hog, random-vit, dinov2-small|base|large|giant (needs weights), a DINOv2 folder, or a model folder from `mirage3d train` (UNet features; phase 1 is enough)."
 BACKBONE = typer.Option(..., "--backbone", "-b", help=BACKBONE_HELP)
-BACKBONE_OR_CACHE = typer.Option(None, "--backbone", "-b", help=BACKBONE_HELP + " Not needed with --features FOLDER from `mirage3d features extract`.")
+BACKBONE_OR_CACHE = typer.Option(
+    None, "--backbone", "-b", help=BACKBONE_HELP + " Not needed with --features FOLDER from `mirage3d features extract`."
+)
 TIMESTEP = typer.Option(DEFAULT_TIMESTEP, "--timestep", help="UNet backbones: noise timestep of the input (0..999).")
 BLOCKS = typer.Option("up0", "--blocks", help="UNet backbones: comma-separated blocks whose outputs are the features (up0, up1, mid, down2, ...).")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="Input size of hog / ViT backbones (default 64 / 224).")

@@ -18,14 +18,20 @@ _D = AssetConfig()  # the defaults of the options below are the config's
 
 @handle_errors
 def make_asset(
-    image: Path = typer.Argument(..., help="Photo of one object: an RGBA cut-out, RGB on a plain background, or a photo with a background (see --box)."),
+    image: Path = typer.Argument(
+        ..., help="Photo of one object: an RGBA cut-out, RGB on a plain background, or a photo with a background (see --box)."
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Mesh to write: .glb (default choice), .obj or .ply."),
     model: str = typer.Option(_D.model, "--model", "-m", help="Model folder from `mirage3d train`, or 'default' (the shipped car model)."),
     views: int | None = typer.Option(_D.views, "--views", help="Number of views to generate, 2..K (default: every one of the model's K poses)."),
     steps: int = typer.Option(_D.steps, "--steps", help="DDIM steps, 1..1000 (20 fits the CPU time target; use 50 on a GPU)."),
     pose: int | None = typer.Option(_D.reference_pose, "--pose", help="The input's pose index if known (default: estimated)."),
-    box: str | None = typer.Option(None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background (default: found automatically)."),
-    rounds: int = typer.Option(_D.rounds, "--rounds", help="Consistency rounds: views agree better, about 4x the views time, the mesh scored lower (docs/asset.md)."),
+    box: str | None = typer.Option(
+        None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background (default: found automatically)."
+    ),
+    rounds: int = typer.Option(
+        _D.rounds, "--rounds", help="Consistency rounds: views agree better, about 4x the views time, the mesh scored lower (docs/asset.md)."
+    ),
     guidance: float = typer.Option(_D.guidance_scale, "--guidance", help="Classifier-free guidance scale (1 = off)."),
     iters: int = typer.Option(_D.recon_iters, "--iters", help="Steps of the surface fit (the reconstruction)."),
     faces: int = typer.Option(_D.faces, "--faces", help="Target face count of the mesh."),
@@ -34,7 +40,9 @@ def make_asset(
     seed: int = typer.Option(_D.seed, "--seed", help="Seed of the views and the reconstruction."),
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
-    server: str | None = typer.Option(None, "--server", envvar="MIRAGE3D_SERVER", help="URL of a `mirage3d serve` process to do the work (skips imports and model loading)."),
+    server: str | None = typer.Option(
+        None, "--server", envvar="MIRAGE3D_SERVER", help="URL of a `mirage3d serve` process to do the work (skips imports and model loading)."
+    ),
     token: str | None = typer.Option(None, "--token", envvar="MIRAGE3D_TOKEN", show_envvar=False, help=TOKEN_HELP),
     local: bool = typer.Option(False, "--local", help="Run in this process even when a `mirage3d serve` is running on this machine."),
 ) -> None:
@@ -53,8 +61,20 @@ def make_asset(
         server = find_local_server(model)  # a running `mirage3d serve` with this model: no imports, no model load here
         if server:
             console.print(f"using the mirage3d server running at {server} (--local to run here)")
-    cfg = AssetConfig(model=model, views=views, steps=steps, guidance_scale=guidance, reference_pose=pose, box=box_px, rounds=rounds,
-                      recon_iters=iters, faces=faces, preview=preview, seed=seed, device=device)  # fmt: skip
+    cfg = AssetConfig(
+        model=model,
+        views=views,
+        steps=steps,
+        guidance_scale=guidance,
+        reference_pose=pose,
+        box=box_px,
+        rounds=rounds,
+        recon_iters=iters,
+        faces=faces,
+        preview=preview,
+        seed=seed,
+        device=device,
+    )
     with output_lock(output):
         if server:
             _remote(server, token, image, output, cfg, keep_views, overwrite)
@@ -62,8 +82,14 @@ def make_asset(
         from mirage3d.asset import make_asset as run
 
         with console.status("checking inputs...") as status:
-            res = run(image, output, cfg, keep_views=keep_views, overwrite=overwrite,
-                      stage=lambda name: status.update({"views": "generating views...", "recon": "reconstructing the mesh..."}.get(name, name)))
+            res = run(
+                image,
+                output,
+                cfg,
+                keep_views=keep_views,
+                overwrite=overwrite,
+                stage=lambda name: status.update({"views": "generating views...", "recon": "reconstructing the mesh..."}.get(name, name)),
+            )
     table = Table(title=f"wrote {res.mesh_path}", show_header=True)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
@@ -100,7 +126,7 @@ def _remote(server: str, token: str | None, image: Path, output: Path, cfg: Asse
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     timings = res.get("timings")
-    for k, v in (timings.items() if isinstance(timings, dict) else []):
+    for k, v in timings.items() if isinstance(timings, dict) else []:
         if isinstance(v, (int, float)):
             table.add_row(f"server: {k}", f"{v:.1f}")
     table.add_row("this command", f"{time.perf_counter() - t0:.1f}")

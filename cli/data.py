@@ -35,14 +35,28 @@ def render(
     from mirage3d.data.render import RenderConfig, render_collection
     from mirage3d.io import claim_output
 
-    cfg = RenderConfig(n_per_mesh=n_per_mesh, res=res, elev_min=elev_min, elev_max=elev_max, scale_jitter=scale_jitter,
-                       orbits=orbits, orbit_elev=orbit_elev, supersample=supersample, workers=workers, seed=seed)  # fmt: skip
+    cfg = RenderConfig(
+        n_per_mesh=n_per_mesh,
+        res=res,
+        elev_min=elev_min,
+        elev_max=elev_max,
+        scale_jitter=scale_jitter,
+        orbits=orbits,
+        orbit_elev=orbit_elev,
+        supersample=supersample,
+        workers=workers,
+        seed=seed,
+    )
     columns = (TextColumn("rendering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with claim_output(output, overwrite, kind="dir"), Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("render", total=None)
-        result = render_collection(meshes, output, cfg, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = render_collection(
+            meshes, output, cfg, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
     console.print(f"wrote {result.n_images} images of {len(result.mesh_ids)} meshes to {result.output}/images in {result.seconds:.1f} s")
-    console.print(f"  ground truth: {result.output / 'ground_truth.jsonl'}; contact sheet: {result.output / 'contact_sheet.png'}; config: {result.output / 'config.json'}")
+    console.print(
+        f"  ground truth: {result.output / 'ground_truth.jsonl'}; contact sheet: {result.output / 'contact_sheet.png'}; config: {result.output / 'config.json'}"
+    )
     if result.orbit_dirs:
         console.print(f"  orbits ({cfg.orbits} views + mesh.glb each): {result.output / 'orbits'}/<mesh_id>/")
 
@@ -51,8 +65,14 @@ def render(
 @handle_errors
 def import_(
     photos: Path = typer.Argument(..., help="A folder of photos (PNG/JPEG/WebP/BMP; not searched recursively), one object each."),
-    output: Path = typer.Option(..., "-o", "--output", help="Collection folder to write (images/<stem>.png, import.json, contact_sheet.png, config.json)."),
-    boxes: Path = typer.Option(None, "--boxes", help="CSV with the header file,x0,y0,x1,y1: the object's box per photo (pixels). Photos without a row are found automatically."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Collection folder to write (images/<stem>.png, import.json, contact_sheet.png, config.json)."
+    ),
+    boxes: Path = typer.Option(
+        None,
+        "--boxes",
+        help="CSV with the header file,x0,y0,x1,y1: the object's box per photo (pixels). Photos without a row are found automatically.",
+    ),
     res: int = typer.Option(128, "--res", help="Image side in pixels."),
     fill: float = typer.Option(0.71, "--fill", help="Longer side of the object's box / image side (0.71: as the default car model's renders)."),
     workers: int = typer.Option(min(os.cpu_count() or 1, 16), help="Processes cutting out photos; default: one per CPU."),
@@ -68,7 +88,9 @@ def import_(
     columns = (TextColumn("cutting out"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("import", total=None)
-        result = import_photos(photos, output, cfg, boxes=boxes, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = import_photos(
+            photos, output, cfg, boxes=boxes, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
     how = ", ".join(f"{n} {src}" for src, n in sorted(result.sources.items()))
     console.print(f"imported {result.n_images} photos to {result.output}/images in {result.seconds:.1f} s (cut-outs: {how})")
     if result.skipped:

@@ -28,8 +28,10 @@ def poses(
     with claim_output(out, overwrite, kind="file"):
         m = evaluate_poses(poses_dir, collection)
         atomic_write_json(out, m.to_json())
-    console.print(f"{m.num_images} images, K = {m.num_poses}: ARI {m.ari:.3f}, NMI {m.nmi:.3f}, median azimuth error {m.median_error_deg:.1f} deg "
-                  f"(mean {m.mean_error_deg:.1f}, {100 * m.within_45_deg:.0f}% within 45 deg; rotation {m.rotation_deg:.1f}, reflected {m.reflected})")  # fmt: skip
+    console.print(
+        f"{m.num_images} images, K = {m.num_poses}: ARI {m.ari:.3f}, NMI {m.nmi:.3f}, median azimuth error {m.median_error_deg:.1f} deg "
+        f"(mean {m.mean_error_deg:.1f}, {100 * m.within_45_deg:.0f}% within 45 deg; rotation {m.rotation_deg:.1f}, reflected {m.reflected})"
+    )
     console.print(f"wrote {out}")
 
 

@@ -12,7 +12,9 @@ import typer
 from mirage3d.cli._errors import console, handle_errors
 from mirage3d.cli._options import BACKBONE, BLOCKS, DEVICE, FEATURE_SEED, IMAGE_SIZE, TIMESTEP, load_backbone_from, progress_bar
 
-features_app = typer.Typer(help="Cached patch features for pose discovery (the backbone itself is phase 1 of `mirage3d train`).", no_args_is_help=True)
+features_app = typer.Typer(
+    help="Cached patch features for pose discovery (the backbone itself is phase 1 of `mirage3d train`).", no_args_is_help=True
+)
 
 
 @features_app.command("extract")
@@ -45,7 +47,9 @@ def extract(
     if not is_main_process():
         return
     h, w = cache.grid
-    console.print(f"wrote features of {cache.num_images} images ({h}x{w} patches x {cache.channels} channels, {cache.num_shards} shards) to {cache.folder}")
+    console.print(
+        f"wrote features of {cache.num_images} images ({h}x{w} patches x {cache.channels} channels, {cache.num_shards} shards) to {cache.folder}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -9,10 +9,10 @@ import os
 os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import typer  # noqa: E402
+import typer
 
-from mirage3d import __version__  # noqa: E402
-from mirage3d.cli._errors import MirageGroup  # noqa: E402
+from mirage3d import __version__
+from mirage3d.cli._errors import MirageGroup
 
 app = typer.Typer(
     cls=MirageGroup,

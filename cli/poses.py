@@ -7,7 +7,18 @@ from pathlib import Path
 import typer
 
 from mirage3d.cli._errors import console, handle_errors
-from mirage3d.cli._options import BACKBONE, BACKBONE_OR_CACHE, BLOCKS, DEVICE, FEATURE_SEED, IMAGE_SIZE, OVERWRITE, TIMESTEP, load_backbone_from, progress_bar
+from mirage3d.cli._options import (
+    BACKBONE,
+    BACKBONE_OR_CACHE,
+    BLOCKS,
+    DEVICE,
+    FEATURE_SEED,
+    IMAGE_SIZE,
+    OVERWRITE,
+    TIMESTEP,
+    load_backbone_from,
+    progress_bar,
+)
 from mirage3d.errors import InputError
 from mirage3d.poses.config import CameraConfig, DiscoverConfig, FacingConfig, PartsConfig
 
@@ -20,7 +31,9 @@ def discover(
     collection: Path = typer.Argument(..., help="Collection folder (images/ or a folder of images)."),
     output: Path = typer.Option(..., "-o", "--output", help="Poses folder to write (poses.json, cameras.json, pose model, sheets)."),
     backbone: str = BACKBONE_OR_CACHE,
-    features: Path = typer.Option(None, "--features", help="Feature cache: reused if made by `features extract`, else made here (default COLLECTION/.cache/features/<hash>)."),
+    features: Path = typer.Option(
+        None, "--features", help="Feature cache: reused if made by `features extract`, else made here (default COLLECTION/.cache/features/<hash>)."
+    ),
     num_poses: int = typer.Option(DiscoverConfig.num_poses, "--poses", "-k", help="Number of poses K."),
     num_parts: int = typer.Option(PartsConfig.num_parts, "--parts", "-p", help="Number of parts P."),
     timestep: int = TIMESTEP,
@@ -28,9 +41,15 @@ def discover(
     image_size: int = IMAGE_SIZE,
     feature_seed: int = FEATURE_SEED,
     flip: str = typer.Option("image", help="Mirror descriptors from: image, features, none."),
-    w_facing: float = typer.Option(FacingConfig.w_facing, help="Weight of the facing score from the image and its flip (0 = off, and the front/back score too; docs/poses.md)."),
-    facing_component: str = typer.Option(str(FacingConfig.component), help="Principal component of the flip difference used as the facing axis (2: measured on cars), or auto."),
-    w_front: float = typer.Option(FacingConfig.w_front, help="Weight of the front/back score that splits the pose pair holding front and back views (0 = off; docs/poses.md)."),
+    w_facing: float = typer.Option(
+        FacingConfig.w_facing, help="Weight of the facing score from the image and its flip (0 = off, and the front/back score too; docs/poses.md)."
+    ),
+    facing_component: str = typer.Option(
+        str(FacingConfig.component), help="Principal component of the flip difference used as the facing axis (2: measured on cars), or auto."
+    ),
+    w_front: float = typer.Option(
+        FacingConfig.w_front, help="Weight of the front/back score that splits the pose pair holding front and back views (0 = off; docs/poses.md)."
+    ),
     spacing: str = typer.Option(CameraConfig.spacing, help="Azimuth spacing: uniform or sizes."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = DEVICE,
@@ -44,13 +63,29 @@ def discover(
 
     if facing_component != "auto" and not facing_component.isdigit():
         raise InputError(f"--facing-component {facing_component} must be a component number (0, 1, ...) or auto")
-    cfg = DiscoverConfig(num_poses=num_poses, parts=PartsConfig(num_parts=num_parts),
-                         facing=FacingConfig(w_facing=w_facing, component=None if facing_component == "auto" else int(facing_component), w_front=w_front),
-                         cameras=CameraConfig(spacing=spacing), device=device, seed=seed)  # fmt: skip
+    cfg = DiscoverConfig(
+        num_poses=num_poses,
+        parts=PartsConfig(num_parts=num_parts),
+        facing=FacingConfig(w_facing=w_facing, component=None if facing_component == "auto" else int(facing_component), w_front=w_front),
+        cameras=CameraConfig(spacing=spacing),
+        device=device,
+        seed=seed,
+    )
     check_discovery_input(len(list_images(collection)), cfg, flip)
     with claim_output(output, overwrite, kind="dir"):
-        result, cache = _discover(collection, output, backbone, features, cfg, flip, batch_size, device, workers, overwrite,
-                                  (backbone, timestep, blocks, image_size, feature_seed))  # fmt: skip
+        result, cache = _discover(
+            collection,
+            output,
+            backbone,
+            features,
+            cfg,
+            flip,
+            batch_size,
+            device,
+            workers,
+            overwrite,
+            (backbone, timestep, blocks, image_size, feature_seed),
+        )
     if result is None:  # multi-GPU: the other ranks only helped extract
         return
     console.print(f"found {result.num_poses} poses in {len(result.files)} images (features: {cache.folder})")
@@ -60,8 +95,19 @@ def discover(
     console.print(f"wrote {output}/poses.json, cameras.json, transforms.json, pose_model.*, poses_sheet.png, config.json")
 
 
-def _discover(collection: Path, output: Path, backbone: str | None, features: Path | None, cfg, flip: str, batch_size: int, device: str, workers: int,
-              overwrite: bool, backbone_options: tuple):  # noqa: ANN001, ANN202  # fmt: skip
+def _discover(
+    collection: Path,
+    output: Path,
+    backbone: str | None,
+    features: Path | None,
+    cfg,
+    flip: str,
+    batch_size: int,
+    device: str,
+    workers: int,
+    overwrite: bool,
+    backbone_options: tuple,
+):
     """The features (from the cache, or extracted now) and the discovery; (None, cache) on non-zero ranks."""
     from mirage3d.poses.discover import discover_poses
     from mirage3d.poses.extract import MANIFEST, ExtractConfig, FeatureCache, default_cache_dir, extract_features, is_main_process
@@ -76,7 +122,9 @@ def _discover(collection: Path, output: Path, backbone: str | None, features: Pa
         ecfg = ExtractConfig(batch_size=batch_size, flip=flip, device=device, num_workers=workers)
         with progress_bar("features") as bar:
             task = bar.add_task("features", total=None)
-            cache = extract_features(collection, features or default_cache_dir(collection, bb, flip), bb, ecfg, lambda d, t: bar.update(task, completed=d, total=t))
+            cache = extract_features(
+                collection, features or default_cache_dir(collection, bb, flip), bb, ecfg, lambda d, t: bar.update(task, completed=d, total=t)
+            )
         if not is_main_process():
             return None, cache
     with progress_bar("descriptors") as bar:
@@ -129,8 +177,8 @@ def refit(
     """Refit the pose model for another backbone (e.g. the final pose-conditioned UNet), keeping the labels."""
     from mirage3d.io import claim_output
     from mirage3d.poses.assign import refit_pose_model
-    from mirage3d.poses.poseset import PoseSet
     from mirage3d.poses.extract import ExtractConfig
+    from mirage3d.poses.poseset import PoseSet
 
     PoseSet.load(poses)  # a damaged poses folder is refused before the backbone is loaded
     with claim_output(output, overwrite, kind="dir"):

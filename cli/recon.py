@@ -27,8 +27,14 @@ def recon(
     faces: int = typer.Option(20000, "--faces", help="Target face count after decimation."),
     texture_size: int = typer.Option(512, "--texture-size", help="Side of the base-colour texture in pixels (e.g. 1024 for 256² views)."),
     fmt: str = typer.Option(None, "--format", help="glb, obj or ply (default: from the output suffix)."),
-    refine_cameras: bool = typer.Option(False, "--refine-cameras", help="Correct approximate cameras (per view, plus a shared elevation and focal length) before fitting the surface."),
-    hull_misses: int = typer.Option(None, "--hull-misses", help="Views a point may fall outside the mask of and still be kept (default: chosen from the masks, -1; nerfstudio: 0)."),
+    refine_cameras: bool = typer.Option(
+        False, "--refine-cameras", help="Correct approximate cameras (per view, plus a shared elevation and focal length) before fitting the surface."
+    ),
+    hull_misses: int = typer.Option(
+        None,
+        "--hull-misses",
+        help="Views a point may fall outside the mask of and still be kept (default: chosen from the masks, -1; nerfstudio: 0).",
+    ),
     preview: bool = typer.Option(False, "--preview", help="Also write OUT.preview.png (turntable strip) and OUT.preview.gif."),
     device: str = DEVICE,
     seed: int = typer.Option(0, "--seed", help="Random seed (ray batches, sample jitter)."),
@@ -47,9 +53,18 @@ def recon(
     if backend == "voxel":
         if method is not None:
             fail("--method applies only to --backend nerfstudio")
-        cfg = ReconConfig(seed=seed, device=device, iters=voxel.iters if iters is None else iters, res=res, faces=faces,
-                          texture_size=texture_size, format=fmt, refine_cameras=refine_cameras,
-                          hull_misses=voxel.hull_misses if hull_misses is None else hull_misses, preview=preview)
+        cfg = ReconConfig(
+            seed=seed,
+            device=device,
+            iters=voxel.iters if iters is None else iters,
+            res=res,
+            faces=faces,
+            texture_size=texture_size,
+            format=fmt,
+            refine_cameras=refine_cameras,
+            hull_misses=voxel.hull_misses if hull_misses is None else hull_misses,
+            preview=preview,
+        )
         run = reconstruct
     else:
         voxel_only = [("--res", res != voxel.res), ("--refine-cameras", refine_cameras), ("--device", device not in ("auto", "cuda"))]
@@ -57,12 +72,26 @@ def recon(
             if given:
                 fail(f"{name} applies only to --backend voxel (nerfstudio trains on CUDA with its own settings)")
         ns = NerfstudioConfig()
-        cfg = NerfstudioConfig(method=ns.method if method is None else method, iters=ns.iters if iters is None else iters, seed=seed,
-                               faces=faces, texture_size=texture_size, hull_misses=0 if hull_misses is None else hull_misses, format=fmt, preview=preview)
+        cfg = NerfstudioConfig(
+            method=ns.method if method is None else method,
+            iters=ns.iters if iters is None else iters,
+            seed=seed,
+            faces=faces,
+            texture_size=texture_size,
+            hull_misses=0 if hull_misses is None else hull_misses,
+            format=fmt,
+            preview=preview,
+        )
         run = reconstruct_nerfstudio
     cfg.validate()
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with claim_output(output, overwrite, kind="file"), Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("fit", total=cfg.iters, info="")
 

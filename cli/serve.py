@@ -30,12 +30,14 @@ def serve(
     log.addHandler(handler)
     log.setLevel(logging.INFO)
 
-    def ready(server, seconds: float) -> None:  # noqa: ANN001
+    def ready(server, seconds: float) -> None:
         h, p = server.server_address[:2]
         url = f"http://{'[' + h + ']' if ':' in h else h}:{p}"
-        console.print(f"serving {server.model_dir} on {server.device} at [bold]{url}[/bold] (loaded in {seconds:.1f} s); "
-                      f"use `mirage3d make-asset IMAGE -o OUT --server {url}`{' with MIRAGE3D_TOKEN set' if token else ''}; Ctrl-C stops",
-                      soft_wrap=True)  # fmt: skip
+        console.print(
+            f"serving {server.model_dir} on {server.device} at [bold]{url}[/bold] (loaded in {seconds:.1f} s); "
+            f"use `mirage3d make-asset IMAGE -o OUT --server {url}`{' with MIRAGE3D_TOKEN set' if token else ''}; Ctrl-C stops",
+            soft_wrap=True,
+        )
 
     try:
         run(model, host, port, device, on_ready=ready, token=token)

@@ -49,14 +49,40 @@ def train(
     from mirage3d.diffusion.train import train as run_training
     from mirage3d.io import claim_output
 
-    cfg = TrainConfig(model=model, res=res, channels=channels, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                      lr_schedule=lr_schedule, warmup_steps=warmup_steps, max_steps=max_steps, minutes=minutes,
-                      prediction_type=prediction_type, beta_schedule=beta_schedule, p_uncond=p_uncond, flip=flip,
-                      mixed_precision=mixed_precision, compile=compile, checkpoint_every=checkpoint_every,
-                      keep_checkpoints=keep_checkpoints, sample_every=sample_every, sample_steps=sample_steps,
-                      save_dtype=save_dtype, device=device, seed=seed)  # fmt: skip
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-               TextColumn("{task.fields[ips]} img/s"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"))  # fmt: skip
+    cfg = TrainConfig(
+        model=model,
+        res=res,
+        channels=channels,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        lr_schedule=lr_schedule,
+        warmup_steps=warmup_steps,
+        max_steps=max_steps,
+        minutes=minutes,
+        prediction_type=prediction_type,
+        beta_schedule=beta_schedule,
+        p_uncond=p_uncond,
+        flip=flip,
+        mixed_precision=mixed_precision,
+        compile=compile,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        sample_every=sample_every,
+        sample_steps=sample_steps,
+        save_dtype=save_dtype,
+        device=device,
+        seed=seed,
+    )
+    columns = (
+        TextColumn("training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[ips]} img/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
+    )
     rank0 = os.environ.get("RANK", "0") == "0"  # set by `accelerate launch`; other ranks show no bar
     with claim_output(output, overwrite, kind="resume"), Progress(*columns, console=console, transient=True, disable=not rank0) as bar:
         task = bar.add_task("train", total=max_steps, loss="-", ips="-", eta="-")
@@ -70,7 +96,9 @@ def train(
         return
     phase = f"phase 2, {result.num_poses} poses" if result.num_poses else "phase 1, no poses"
     resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""
-    console.print(f"trained {result.num_parameters / 1e6:.2f} M-parameter UNet on {result.num_images} images ({phase}) to step {result.step}{resumed}; last loss {result.loss:.4f}, {result.img_per_s:,.0f} img/s")
+    console.print(
+        f"trained {result.num_parameters / 1e6:.2f} M-parameter UNet on {result.num_images} images ({phase}) to step {result.step}{resumed}; last loss {result.loss:.4f}, {result.img_per_s:,.0f} img/s"
+    )
     console.print(f"  model (MiragePipeline, EMA weights): {result.output}; checkpoints: {result.output / 'checkpoints'}")
     console.print(f"  samples: {result.output / 'samples'}; loss: {result.output / 'loss.png'}; config: {result.output / 'train_config.json'}")
 

@@ -135,8 +135,14 @@ def check_asset_config(cfg: AssetConfig, num_poses: int | None = None) -> None:
     """The settings' ranges (one-line errors); with ``num_poses`` (the model's), the pose options against it too."""
     import math
 
-    for name, value, low, high in (("--steps", cfg.steps, 1, 1000), ("--iters", cfg.recon_iters, 1, 10**6), ("--faces", cfg.faces, 4, 10**7),
-                                   ("--recon-res", cfg.recon_res, 16, 1024), ("--texture-size", cfg.texture_size, 16, 8192), ("--seed", cfg.seed, 0, 2**63 - 1)):  # fmt: skip
+    for name, value, low, high in (
+        ("--steps", cfg.steps, 1, 1000),
+        ("--iters", cfg.recon_iters, 1, 10**6),
+        ("--faces", cfg.faces, 4, 10**7),
+        ("--recon-res", cfg.recon_res, 16, 1024),
+        ("--texture-size", cfg.texture_size, 16, 8192),
+        ("--seed", cfg.seed, 0, 2**63 - 1),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise InputError(f"{name} {value!r} must be an integer in {low}..{high}")
     if not isinstance(cfg.guidance_scale, (int, float)) or not math.isfinite(cfg.guidance_scale) or cfg.guidance_scale < 0:
@@ -149,8 +155,14 @@ def check_asset_config(cfg: AssetConfig, num_poses: int | None = None) -> None:
         raise InputError(f"--pose {cfg.reference_pose} is out of range: this model has poses 0..{(num_poses or 1) - 1}")
 
 
-def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = None, keep_views: str | Path | None = None,
-               overwrite: bool = False, stage: Callable[[str], None] | None = None) -> AssetResult:
+def make_asset(
+    image: str | Path,
+    output: str | Path,
+    cfg: AssetConfig | None = None,
+    keep_views: str | Path | None = None,
+    overwrite: bool = False,
+    stage: Callable[[str], None] | None = None,
+) -> AssetResult:
     """Photo → GLB (or OBJ/PLY). ``stage(name)`` is called as each stage starts (for progress display)."""
     t0 = time.perf_counter()
     # torch, diffusers and the mesh libraries are imported here, not when the CLI starts; on a GPU machine this
@@ -182,11 +194,26 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
 
     say("views")
     t = time.perf_counter()
-    rcfg = ReconConfig(seed=cfg.seed, device=cfg.device, iters=cfg.recon_iters, res=cfg.recon_res, faces=cfg.faces,
-                       texture_size=cfg.texture_size, preview=cfg.preview)
-    vcfg = ViewsConfig(poses=poses, reference_pose=cfg.reference_pose, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                       box=cfg.box, cross_frame=cfg.cross_frame, consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
-                       seed=cfg.seed, device=cfg.device)
+    rcfg = ReconConfig(
+        seed=cfg.seed,
+        device=cfg.device,
+        iters=cfg.recon_iters,
+        res=cfg.recon_res,
+        faces=cfg.faces,
+        texture_size=cfg.texture_size,
+        preview=cfg.preview,
+    )
+    vcfg = ViewsConfig(
+        poses=poses,
+        reference_pose=cfg.reference_pose,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        box=cfg.box,
+        cross_frame=cfg.cross_frame,
+        consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
+        seed=cfg.seed,
+        device=cfg.device,
+    )
     gen = make_views(image, model_dir, vcfg, recon=replace(rcfg, preview=False))
     timings["views"] = time.perf_counter() - t
 
@@ -202,7 +229,6 @@ def make_asset(image: str | Path, output: str | Path, cfg: AssetConfig | None = 
     timings["total"] = time.perf_counter() - t0
     # The reconstruction writes OUT.config.json (its own settings); the whole command's settings go beside it.
     config_path = output.with_name(output.name + ".make-asset.json")
-    save_config(cfg, config_path, model_path=str(model_dir), input=str(image), poses=gen.poses,
-                reference_pose=gen.reference_pose, timings=timings)
+    save_config(cfg, config_path, model_path=str(model_dir), input=str(image), poses=gen.poses, reference_pose=gen.reference_pose, timings=timings)
     files = [*rres.files, config_path]
     return AssetResult(output, kept, gen.reference_pose, gen.pose_confidence, gen.poses, timings, files)

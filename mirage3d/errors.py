@@ -6,11 +6,10 @@ them into one line on stderr and exit code 1 (a traceback only with ``MIRAGE3D_D
 
 from __future__ import annotations
 
-import threading
-
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 
 

@@ -61,7 +61,9 @@ class ForegroundConfig:
         if self.iterations < 1 or self.work_side < 32:
             raise InputError(f"GrabCut needs iterations >= 1 and work_side >= 32, got {self.iterations} and {self.work_side}")
         if not 0 < self.border < 0.25 or not 0 < self.centre <= 1 or not 0 <= self.box_margin < 0.5:
-            raise InputError(f"automatic prior: border {self.border} in (0, 0.25), centre {self.centre} in (0, 1], box_margin {self.box_margin} in [0, 0.5)")
+            raise InputError(
+                f"automatic prior: border {self.border} in (0, 0.25), centre {self.centre} in (0, 1], box_margin {self.box_margin} in [0, 0.5)"
+            )
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -468,7 +467,6 @@ def write_transforms(path: str | os.PathLike[str], t: Transforms) -> None:
     }
     data.update({k: v for k, v in t.extra.items() if k not in data})
     data["frames"] = [
-        {"file_path": f.file_path, "transform_matrix": np.asarray(f.transform_matrix, dtype=float).tolist(), **f.extra}
-        for f in t.frames
+        {"file_path": f.file_path, "transform_matrix": np.asarray(f.transform_matrix, dtype=float).tolist(), **f.extra} for f in t.frames
     ]
     atomic_write_json(path, data)

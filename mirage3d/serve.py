@@ -145,8 +145,10 @@ def resolve_listen_address(host: str, port: int, token: str | None) -> tuple[int
         raise InputError(f"--host {host!r} is not a name or address of this machine ({getattr(e, 'strerror', None) or e}); use 127.0.0.1") from None
     loopback = all(ipaddress.ip_address(ai[4][0].split("%")[0]).is_loopback for ai in infos)
     if not loopback and not token:
-        raise InputError(f"--host {host} lets other machines reach the server: also give an access token (MIRAGE3D_TOKEN=... or --token) "
-                         "that their requests must carry, or keep the default --host 127.0.0.1")  # fmt: skip
+        raise InputError(
+            f"--host {host} lets other machines reach the server: also give an access token (MIRAGE3D_TOKEN=... or --token) "
+            "that their requests must carry, or keep the default --host 127.0.0.1"
+        )
     return infos[0][0], loopback
 
 
@@ -171,15 +173,24 @@ class AssetServer(ThreadingHTTPServer):
         try:
             super().__init__(address, AssetHandler)
         except OSError as e:
-            hint = {errno.EADDRINUSE: "the port is in use; choose another --port", errno.EADDRNOTAVAIL: f"{address[0]} is not an address of this machine; use 127.0.0.1",
-                    errno.EACCES: "ports below 1024 need root; choose another --port"}.get(e.errno or 0, "choose another --host or --port")  # fmt: skip
+            hint = {
+                errno.EADDRINUSE: "the port is in use; choose another --port",
+                errno.EADDRNOTAVAIL: f"{address[0]} is not an address of this machine; use 127.0.0.1",
+                errno.EACCES: "ports below 1024 need root; choose another --port",
+            }.get(e.errno or 0, "choose another --host or --port")
             raise InputError(f"cannot listen on {address[0]}:{address[1]} ({e.strerror or e}); {hint}") from None
 
     @property
     def info(self) -> dict[str, Any]:
         """What ``GET /health`` answers (no paths)."""
-        return {"status": "ok", "model": self.model_dir.name, "model_id": _model_id(self.model_dir), "device": self.device, "poses": self.num_poses,
-                "served": self.served}  # fmt: skip
+        return {
+            "status": "ok",
+            "model": self.model_dir.name,
+            "model_id": _model_id(self.model_dir),
+            "device": self.device,
+            "poses": self.num_poses,
+            "served": self.served,
+        }
 
     def load(self) -> float:
         """Import everything and load the model now, not at the first request; returns the seconds taken."""
@@ -211,8 +222,13 @@ class AssetServer(ThreadingHTTPServer):
 
         cfg = replace(self.base, **opts)
         out = image.parent / "out" / name
-        known = {str(image): "the uploaded image", str(out): name, str(out.parent): "", str(self.model_dir.resolve()): self.model_dir.name,
-                 str(self.model_dir): self.model_dir.name}  # fmt: skip
+        known = {
+            str(image): "the uploaded image",
+            str(out): name,
+            str(out.parent): "",
+            str(self.model_dir.resolve()): self.model_dir.name,
+            str(self.model_dir): self.model_dir.name,
+        }
         try:
             check_asset_config(cfg, self.num_poses)
             check_asset_inputs(image, out, cfg.views, cfg.steps)
@@ -284,7 +300,7 @@ class AssetHandler(BaseHTTPRequestHandler):
                 return True
         return False
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         if self._refused():
             return
         if urllib.parse.urlsplit(self.path).path != "/health":
@@ -292,7 +308,7 @@ class AssetHandler(BaseHTTPRequestHandler):
             return
         self._send(200, self.server.info)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if self._refused():
             return
         url = urllib.parse.urlsplit(self.path)
@@ -304,8 +320,10 @@ class AssetHandler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY_BYTES:
-            self._send(413 if length > MAX_BODY_BYTES else 400,
-                       {"error": f"the request body must be the image file (1 byte to {MAX_BODY_BYTES // 2**20} MiB), got Content-Length {length}"})  # fmt: skip
+            self._send(
+                413 if length > MAX_BODY_BYTES else 400,
+                {"error": f"the request body must be the image file (1 byte to {MAX_BODY_BYTES // 2**20} MiB), got Content-Length {length}"},
+            )
             return
         try:  # checked before the body is read: a bad request costs nothing
             name, opts = options_from_query(urllib.parse.parse_qs(url.query, keep_blank_values=True))
@@ -343,7 +361,7 @@ class AssetHandler(BaseHTTPRequestHandler):
             self.server.slots.release()
             shutil.rmtree(work, ignore_errors=True)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
 
 

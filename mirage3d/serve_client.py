@@ -80,7 +80,9 @@ def check_served_model(server: str, health: dict[str, Any], model: str) -> None:
         return
     if Path(model).is_dir() and _model_id(Path(model)) == health.get("model_id"):
         return
-    raise InputError(f"the server at {server} serves the model {health.get('model')!r}, not {model}; start one with `mirage3d serve --model {model}` or drop --server")
+    raise InputError(
+        f"the server at {server} serves the model {health.get('model')!r}, not {model}; start one with `mirage3d serve --model {model}` or drop --server"
+    )
 
 
 def expected_files(output: Path, mtl: bytes | None = None) -> set[str]:
@@ -92,13 +94,19 @@ def expected_files(output: Path, mtl: bytes | None = None) -> set[str]:
         names.add(f"{stem}.mtl")
         for line in (mtl or b"").decode("utf-8", "replace").splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[0].startswith("map_") and _NAME.match(parts[1]) and Path(parts[1]).suffix.lower() in (".png", ".jpg", ".jpeg"):
+            if (
+                len(parts) == 2
+                and parts[0].startswith("map_")
+                and _NAME.match(parts[1])
+                and Path(parts[1]).suffix.lower() in (".png", ".jpg", ".jpeg")
+            ):
                 names.add(parts[1])
     return names
 
 
-def make_asset_remote(server: str, image: str | Path, output: str | Path, options: dict[str, Any], overwrite: bool = False,
-                      token: str | None = None) -> dict[str, Any]:  # fmt: skip
+def make_asset_remote(
+    server: str, image: str | Path, output: str | Path, options: dict[str, Any], overwrite: bool = False, token: str | None = None
+) -> dict[str, Any]:
     """Send ``image`` to the server and write the mesh and its sidecar files beside ``output``.
 
     ``options``: AssetConfig fields from :data:`CLIENT_OPTIONS` (None values are left to the server's defaults).

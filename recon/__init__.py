@@ -7,11 +7,20 @@ Public API: :func:`reconstruct` (the whole stage) and its pieces :func:`fit_fiel
 from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.fit import FitResult, fit_field
 from mirage3d.recon.mesh import TexturedMesh, export, extract_mesh
-from mirage3d.recon.texture import bake_texture
 from mirage3d.recon.pipeline import ReconResult, reconstruct
+from mirage3d.recon.texture import bake_texture
 from mirage3d.recon.views import ViewSet, load_views
 
 __all__ = [
-    "FitResult", "ReconConfig", "ReconResult", "TexturedMesh", "ViewSet",
-    "bake_texture", "export", "extract_mesh", "fit_field", "load_views", "reconstruct",
+    "FitResult",
+    "ReconConfig",
+    "ReconResult",
+    "TexturedMesh",
+    "ViewSet",
+    "bake_texture",
+    "export",
+    "extract_mesh",
+    "fit_field",
+    "load_views",
+    "reconstruct",
 ]

@@ -15,8 +15,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 # (u axis, v axis) of the projection plane for each of +X, -X, +Y, -Y, +Z, -Z, right-handed seen from outside
-_PLANES = [((1, 1.0), (2, 1.0)), ((1, -1.0), (2, 1.0)), ((0, -1.0), (2, 1.0)), ((0, 1.0), (2, 1.0)),
-           ((0, 1.0), (1, 1.0)), ((0, 1.0), (1, -1.0))]
+_PLANES = [((1, 1.0), (2, 1.0)), ((1, -1.0), (2, 1.0)), ((0, -1.0), (2, 1.0)), ((0, 1.0), (2, 1.0)), ((0, 1.0), (1, 1.0)), ((0, 1.0), (1, -1.0))]
 _AXES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
 
 

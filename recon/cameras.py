@@ -43,8 +43,15 @@ def so3_exp(w: torch.Tensor) -> torch.Tensor:
 class CameraModel(nn.Module):
     """Refined cameras c2w (N, 4, 4) and intrinsics K (3, 3) from the initial ones and learned corrections."""
 
-    def __init__(self, c2w: np.ndarray, K: np.ndarray, centre: np.ndarray, reference: int | None = None,
-                 shared_elevation: bool = False, shared_focal: bool = False):
+    def __init__(
+        self,
+        c2w: np.ndarray,
+        K: np.ndarray,
+        centre: np.ndarray,
+        reference: int | None = None,
+        shared_elevation: bool = False,
+        shared_focal: bool = False,
+    ):
         super().__init__()
         c2w_t = torch.as_tensor(np.asarray(c2w), dtype=torch.float32)
         n = c2w_t.shape[0]
@@ -102,8 +109,10 @@ class CameraModel(nn.Module):
 
     def parameters_to_learn(self) -> list[dict]:
         """Adam parameter groups (per-view corrections, and the shared unknowns when they are learned)."""
-        groups: list[dict] = [{"params": [self.omega], "name": "rotation", "scale": 1.0},
-                              {"params": [self.rho], "name": "shift", "scale": self.shift_lr_scale}]
+        groups: list[dict] = [
+            {"params": [self.omega], "name": "rotation", "scale": 1.0},
+            {"params": [self.rho], "name": "shift", "scale": self.shift_lr_scale},
+        ]
         shared = [p for p in (self.d_elev, self.log_f) if p.requires_grad]
         if shared:
             groups.append({"params": shared, "name": "shared", "scale": 1.0})
@@ -123,7 +132,7 @@ class GroupAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 - torch.optim.Optimizer.step
+    def step(self, closure=None):
         for g in self.param_groups:
             b1, b2 = g["betas"]
             ps = [p for p in g["params"] if p.grad is not None]

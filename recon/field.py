@@ -15,7 +15,6 @@ is a few large kernels on a GPU. The surface is always a closed level set, so th
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,8 +80,7 @@ class SDFField(nn.Module):
 
     # ---------------------------------------------------------------- rendering
     @torch.no_grad()
-    def first_crossing(self, o: torch.Tensor, d: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
-                       n_steps: int = 40) -> torch.Tensor:
+    def first_crossing(self, o: torch.Tensor, d: torch.Tensor, near: torch.Tensor, far: torch.Tensor, n_steps: int = 40) -> torch.Tensor:
         """Distance t (B,) along each ray to its first zero crossing, else to where it passed closest to
         the surface. Sphere tracing from the box entry (steps of the distance, at least half a voxel), the
         crossing then placed linearly between the last two samples."""
@@ -107,8 +105,18 @@ class SDFField(nn.Module):
             t = torch.where(move, t + f.clamp_min(min_step), t)
         return best_t
 
-    def render(self, o: torch.Tensor, d: torch.Tensor, inv_s: float | torch.Tensor, step: float, n_samples: int,
-               before: float, bg: float = 1.0, jitter: bool = False, frozen: bool = False) -> dict[str, torch.Tensor]:
+    def render(
+        self,
+        o: torch.Tensor,
+        d: torch.Tensor,
+        inv_s: float | torch.Tensor,
+        step: float,
+        n_samples: int,
+        before: float,
+        bg: float = 1.0,
+        jitter: bool = False,
+        frozen: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """Render rays (B, 3) against a background of grey level ``bg``.
 
         ``n_samples`` intervals of length ``step`` starting ``before`` world units ahead of the first zero
@@ -121,7 +129,9 @@ class SDFField(nn.Module):
         near, far = ray_aabb(o, d, self.lo, self.hi)
         t_c = self.first_crossing(o, d, near, far)
         start = torch.maximum(t_c - before, near)
-        off = torch.rand(o.shape[0], 1, device=o.device, dtype=o.dtype) if jitter else torch.full((o.shape[0], 1), 0.5, device=o.device, dtype=o.dtype)
+        off = (
+            torch.rand(o.shape[0], 1, device=o.device, dtype=o.dtype) if jitter else torch.full((o.shape[0], 1), 0.5, device=o.device, dtype=o.dtype)
+        )
         t = start[:, None] + (torch.arange(n_samples + 1, device=o.device, dtype=o.dtype)[None] + off) * step  # (B, S+1)
         pts = o[:, None] + d[:, None] * t[..., None]
         grid = torch.cat([self.sdf, self.rgb], 1)

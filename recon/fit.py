@@ -68,8 +68,16 @@ class FitResult:
             idx = pool.sample(batch_rays, gen)
             c2w, K = cams()
             o, d = generate_rays(c2w[pool.view[idx]], pool.uv[idx], K)
-            out = fld.render(o, d, inv_s, self.config.step_ratio * fld.voxel, self.config.n_samples,
-                             self.config.window_before * fld.voxel, jitter=True, frozen=True)
+            out = fld.render(
+                o,
+                d,
+                inv_s,
+                self.config.step_ratio * fld.voxel,
+                self.config.n_samples,
+                self.config.window_before * fld.voxel,
+                jitter=True,
+                frozen=True,
+            )
             loss = (out["rgb"] - pool.rgb[idx]).pow(2).mean() + self.config.w_mask * (out["acc"] - pool.alpha[idx]).pow(2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -83,8 +91,15 @@ class FitResult:
 # --------------------------------------------------------------------------------------------------
 # Visual hull and box
 # --------------------------------------------------------------------------------------------------
-def carve(views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, misses: int = 0, c2w: np.ndarray | None = None,
-          K: np.ndarray | None = None, chunk: int = 1 << 20) -> torch.Tensor:
+def carve(
+    views: ViewSet,
+    pts: torch.Tensor,
+    dilate_px: int = 2,
+    misses: int = 0,
+    c2w: np.ndarray | None = None,
+    K: np.ndarray | None = None,
+    chunk: int = 1 << 20,
+) -> torch.Tensor:
     """(P,) bool: points whose projection falls inside the (dilated) mask of all but ``misses`` views
     (``misses`` < 0: chosen by :func:`auto_misses`).
 
@@ -108,8 +123,9 @@ def auto_misses(outside: torch.Tensor, n_views: int, ratio: float = 0.85) -> int
     return max(1, n_views // 3)
 
 
-def outside_counts(views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, c2w: np.ndarray | None = None,
-                   K: np.ndarray | None = None, chunk: int = 1 << 20) -> torch.Tensor:
+def outside_counts(
+    views: ViewSet, pts: torch.Tensor, dilate_px: int = 2, c2w: np.ndarray | None = None, K: np.ndarray | None = None, chunk: int = 1 << 20
+) -> torch.Tensor:
     """(P,) int: for each point, the number of views whose (dilated) mask it falls outside of."""
     c2w = views.c2w if c2w is None else c2w
     K = views.K if K is None else K
@@ -157,8 +173,10 @@ def scene_box(views: ViewSet, cfg: ReconConfig, probe_res: int = 48, margin: flo
     pts = torch.stack([gx, gy, gz], -1).reshape(-1, 3) + torch.from_numpy(centre)
     keep = carve(views, pts, cfg.hull_dilate_px, cfg.hull_misses) if cfg.hull else torch.ones(pts.shape[0], dtype=torch.bool)
     if not keep.any():
-        raise InputError("the visual hull of the views is empty: the cameras in transforms.json do not agree with the masks "
-                         "(try --refine-cameras with a larger --hull-misses, or check the camera convention)")
+        raise InputError(
+            "the visual hull of the views is empty: the cameras in transforms.json do not agree with the masks "
+            "(try --refine-cameras with a larger --hull-misses, or check the camera convention)"
+        )
     kept = pts[keep.cpu()].numpy()
     cell = 2 * r0 / (probe_res - 1)
     lo, hi = kept.min(0) - 2 * cell, kept.max(0) + 2 * cell
@@ -266,10 +284,30 @@ def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
         g0 = min(1.0, max(cfg.pose_res, 32 / cfg.res))
         s0 = min(1.0, max(cfg.pose_image_scale, 32 / min(hw)))
         levels = [(g0, s0, 0.0), (min(1.0, 2 * g0), min(1.0, 2 * s0), 0.5)]
-        out.append(Stage(cfg.pose_iters, cfg.pose_batch_rays, levels, cfg.hull_dilate_px + cfg.pose_dilate_px, max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
-                         cfg.lr_camera, cfg.width_start, cfg.pose_width_end))
-    out.append(Stage(cfg.iters, cfg.batch_rays, [(1.0, 1.0, 0.0)], cfg.hull_dilate_px, cfg.hull_misses,
-                     cfg.lr_camera * cfg.camera_fine if cfg.refine_cameras else 0.0, cfg.width_start, cfg.width_end))
+        out.append(
+            Stage(
+                cfg.pose_iters,
+                cfg.pose_batch_rays,
+                levels,
+                cfg.hull_dilate_px + cfg.pose_dilate_px,
+                max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
+                cfg.lr_camera,
+                cfg.width_start,
+                cfg.pose_width_end,
+            )
+        )
+    out.append(
+        Stage(
+            cfg.iters,
+            cfg.batch_rays,
+            [(1.0, 1.0, 0.0)],
+            cfg.hull_dilate_px,
+            cfg.hull_misses,
+            cfg.lr_camera * cfg.camera_fine if cfg.refine_cameras else 0.0,
+            cfg.width_start,
+            cfg.width_end,
+        )
+    )
     return out
 
 
@@ -281,8 +319,14 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
     plan = stages(cfg, views.n, views.hw)
     lo, hi = scene_box(views, replace(cfg, hull_dilate_px=plan[0].hull_dilate_px, hull_misses=plan[0].hull_misses), margin=cfg.box_margin)
     extent = hi - lo
-    cams = CameraModel(views.c2w, views.K, 0.5 * (lo + hi), views.reference if cfg.refine_cameras else None,
-                       cfg.refine_cameras and cfg.shared_elevation, cfg.refine_cameras and cfg.shared_focal).to(device)
+    cams = CameraModel(
+        views.c2w,
+        views.K,
+        0.5 * (lo + hi),
+        views.reference if cfg.refine_cameras else None,
+        cfg.refine_cameras and cfg.shared_elevation,
+        cfg.refine_cameras and cfg.shared_focal,
+    ).to(device)
     pools: dict[float, PixelPool] = {}
     view_err = torch.ones(views.n, device=device)  # running mean squared error per view (robust weights)
     history: list[dict[str, float]] = []
@@ -305,8 +349,11 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
                     shape = tuple(int(round(e / voxel)) + 1 for e in extent)
                     with torch.no_grad():
                         c2w_now, K_now = (x.detach().double().cpu().numpy() for x in cams())
-                        hull = hull_sdf(SDFField(lo, voxel, shape).to(device), ViewSet(views.rgba, c2w_now, K_now),
-                                        replace(cfg, hull_dilate_px=st.hull_dilate_px, hull_misses=st.hull_misses))
+                        hull = hull_sdf(
+                            SDFField(lo, voxel, shape).to(device),
+                            ViewSet(views.rgba, c2w_now, K_now),
+                            replace(cfg, hull_dilate_px=st.hull_dilate_px, hull_misses=st.hull_misses),
+                        )
                     fld = SDFField(lo, voxel, shape, hull).to(device)
                 else:
                     fld = fld.resample(voxel)
@@ -325,9 +372,12 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
             if it % 20 == 0 or it == st.iters - 1:
                 rec = {"step": float(done), "loss": float(loss), "psnr": -10.0 * math.log10(max(float(mse), 1e-10))}
                 if cam_opt is not None:
-                    rec.update(rot_deg=float(cams.omega.detach().norm(dim=-1).mean()) * 180 / math.pi,
-                               shift=float(cams.rho.detach().norm(dim=-1).mean()), elev_deg=float(cams.d_elev.detach()) * 180 / math.pi,
-                               focal=float(cams.log_f.detach().exp()))
+                    rec.update(
+                        rot_deg=float(cams.omega.detach().norm(dim=-1).mean()) * 180 / math.pi,
+                        shift=float(cams.rho.detach().norm(dim=-1).mean()),
+                        elev_deg=float(cams.d_elev.detach()) * 180 / math.pi,
+                        focal=float(cams.log_f.detach().exp()),
+                    )
                 history.append(rec)
             if progress is not None:
                 progress(done, total, history[-1] if history else {})
@@ -335,15 +385,28 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
     assert fld is not None
     with torch.no_grad():
         c2w_final, K_final = cams()
-    result = FitResult(field=fld, c2w=c2w_final.cpu().double().numpy(), K=K_final.cpu().double().numpy(), psnr=float("nan"),
-                       config=cfg, history=history)
+    result = FitResult(
+        field=fld, c2w=c2w_final.cpu().double().numpy(), K=K_final.cpu().double().numpy(), psnr=float("nan"), config=cfg, history=history
+    )
     result.psnr = training_psnr(result, views)
     return result
 
 
-def _step(fld: SDFField, opt: torch.optim.Optimizer, cams: CameraModel, cam_opt: GroupAdam | None, pool: PixelPool,
-          views: ViewSet, cfg: ReconConfig, batch_rays: int, inv_s: float, gen: torch.Generator, view_err: torch.Tensor, cameras_learn: bool,
-          frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(
+    fld: SDFField,
+    opt: torch.optim.Optimizer,
+    cams: CameraModel,
+    cam_opt: GroupAdam | None,
+    pool: PixelPool,
+    views: ViewSet,
+    cfg: ReconConfig,
+    batch_rays: int,
+    inv_s: float,
+    gen: torch.Generator,
+    view_err: torch.Tensor,
+    cameras_learn: bool,
+    frac: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on a random batch of pixels; returns (loss, colour MSE), detached."""
     device = fld.lo.device
     idx = pool.sample(batch_rays, gen)
@@ -359,7 +422,7 @@ def _step(fld: SDFField, opt: torch.optim.Optimizer, cams: CameraModel, cam_opt:
     wv = None
     if cam_opt is not None and cfg.robust:
         with torch.no_grad():
-            wv = (1.0 / (1.0 + (view_err / (1.5 * view_err.median().clamp_min(1e-8))) ** 2))
+            wv = 1.0 / (1.0 + (view_err / (1.5 * view_err.median().clamp_min(1e-8))) ** 2)
             wv = wv / wv.mean()
     o, d = generate_rays(c2w_all[vi], pool.uv[idx], K_lvl)
     err_rgb, per_px = errors(fld.render(o, d, inv_s, step, cfg.n_samples, before, jitter=True))
@@ -389,8 +452,9 @@ def _step(fld: SDFField, opt: torch.optim.Optimizer, cams: CameraModel, cam_opt:
 
 
 @torch.no_grad()
-def render_views(fld: SDFField, c2w: torch.Tensor, K: torch.Tensor, h: int, w: int, cfg: ReconConfig,
-                 chunk: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor]:
+def render_views(
+    fld: SDFField, c2w: torch.Tensor, K: torch.Tensor, h: int, w: int, cfg: ReconConfig, chunk: int = 1 << 15
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Render full images: colour on white (V, H, W, 3) and opacity (V, H, W), on the CPU."""
     device = fld.lo.device
     uv = pixel_centres(h, w).to(device)

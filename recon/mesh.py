@@ -51,8 +51,9 @@ class TexturedMesh:
 # --------------------------------------------------------------------------------------------------
 # Geometry
 # --------------------------------------------------------------------------------------------------
-def extract_mesh(field: SDFField, cfg: ReconConfig, c2w: np.ndarray | None = None, K: np.ndarray | None = None,
-                 hw: tuple[int, int] | None = None) -> trimesh.Trimesh:
+def extract_mesh(
+    field: SDFField, cfg: ReconConfig, c2w: np.ndarray | None = None, K: np.ndarray | None = None, hw: tuple[int, int] | None = None
+) -> trimesh.Trimesh:
     """Marching cubes on the zero level of the distance grid, largest connected component, the membrane
     over what the cameras ``c2w``/``K`` (images ``hw``) do not see (``fair_unseen``; skipped without
     cameras or with ``cfg.fair_unseen`` off), optional Taubin smoothing, quadric decimation to ``cfg.faces``.
@@ -106,11 +107,12 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
         return mesh
     try:
         import open3d as o3d
-    except Exception:  # noqa: BLE001 - optional extra; a missing libusb also lands here
+    except Exception:
         import fast_simplification
 
-        v, f = fast_simplification.simplify(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32),
-                                            target_reduction=1.0 - target_faces / len(mesh.faces))
+        v, f = fast_simplification.simplify(
+            np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32), target_reduction=1.0 - target_faces / len(mesh.faces)
+        )
         return trimesh.Trimesh(np.asarray(v, np.float64), np.asarray(f, np.int64), process=True)
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(mesh.vertices), o3d.utility.Vector3iVector(mesh.faces.astype(np.int32)))
     m = m.simplify_quadric_decimation(target_number_of_triangles=int(target_faces))
@@ -122,8 +124,16 @@ def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
 # --------------------------------------------------------------------------------------------------
 # Unseen surface
 # --------------------------------------------------------------------------------------------------
-def seen_vertices(mesh: trimesh.Trimesh, c2w: np.ndarray, K: np.ndarray, hw: tuple[int, int], cos_min: float = 0.5,
-                  min_views: int = 1, tol: float = 0.01, device: str | torch.device = "cpu") -> np.ndarray:
+def seen_vertices(
+    mesh: trimesh.Trimesh,
+    c2w: np.ndarray,
+    K: np.ndarray,
+    hw: tuple[int, int],
+    cos_min: float = 0.5,
+    min_views: int = 1,
+    tol: float = 0.01,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
     """(V,) bool: vertices that at least ``min_views`` views see squarely: in the image, not occluded (depth
     within ``tol`` of the view's depth buffer), normal within acos(``cos_min``) of the direction to the camera."""
     from mirage3d.recon.raster import depth_buffer, project

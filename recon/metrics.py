@@ -37,8 +37,13 @@ def point_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return cKDTree(b).query(a)[0], cKDTree(a).query(b)[0]
 
 
-def geometry_scores(pred: trimesh.Trimesh | trimesh.Scene, true: trimesh.Trimesh | trimesh.Scene, n: int = 30000,
-                    taus: tuple[float, ...] = (0.01, 0.02), seed: int = 0) -> GeometryScores:
+def geometry_scores(
+    pred: trimesh.Trimesh | trimesh.Scene,
+    true: trimesh.Trimesh | trimesh.Scene,
+    n: int = 30000,
+    taus: tuple[float, ...] = (0.01, 0.02),
+    seed: int = 0,
+) -> GeometryScores:
     """Chamfer-L1 and F-score@τ of ``pred`` against ``true`` from ``n`` surface samples each.
 
     F-score@τ = 2PR/(P+R), precision P = share of predicted points within τ·diag of the true surface

@@ -43,8 +43,7 @@ from mirage3d.recon.pipeline import ReconResult, Stages, check_output, write_rec
 from mirage3d.recon.views import ViewSet, load_views
 
 METHODS = ("instant-ngp-bounded", "nerfacto")
-MISSING = ("--backend nerfstudio needs nerfstudio (ns-train, ns-export on PATH): pip install nerfstudio on a CUDA machine, "
-           "or use --backend voxel")
+MISSING = "--backend nerfstudio needs nerfstudio (ns-train, ns-export on PATH): pip install nerfstudio on a CUDA machine, or use --backend voxel"
 SCENE_MARGIN = 1.1  # nerfstudio's box half-side = this × the largest |coordinate| of the visual hull's box
 LOG_TAIL = 20  # lines of a failed command's output kept in the exception (shown with MIRAGE3D_DEBUG=1)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -79,9 +78,13 @@ class NerfstudioConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` (one line) for absurd settings."""
-        raise_failed([(self.method in METHODS, f"--method {self.method!r} must be one of {', '.join(METHODS)}"),
-                      *output_checks(self.iters, self.faces, self.texture_size, self.format),
-                      (self.hull_misses >= 0, f"--hull-misses {self.hull_misses} must be >= 0")])  # fmt: skip
+        raise_failed(
+            [
+                (self.method in METHODS, f"--method {self.method!r} must be one of {', '.join(METHODS)}"),
+                *output_checks(self.iters, self.faces, self.texture_size, self.format),
+                (self.hull_misses >= 0, f"--hull-misses {self.hull_misses} must be >= 0"),
+            ]
+        )
 
 
 def find_nerfstudio() -> tuple[str, str]:
@@ -105,8 +108,10 @@ def scene_bounds(views: ViewSet, cfg: NerfstudioConfig) -> tuple[float, float, f
     try:
         lo, hi = scene_box(views, ReconConfig(hull_misses=cfg.hull_misses, hull_dilate_px=2))
     except InputError:
-        raise InputError("the visual hull of the views is empty: the cameras in transforms.json do not agree with the masks "
-                         "(raise --hull-misses, or check the camera convention)") from None
+        raise InputError(
+            "the visual hull of the views is empty: the cameras in transforms.json do not agree with the masks "
+            "(raise --hull-misses, or check the camera convention)"
+        ) from None
     s = SCENE_MARGIN * float(np.abs(np.stack([lo, hi])).max())
     dist = np.linalg.norm(views.c2w[:, :3, 3], axis=1)
     half_diag = s * 3**0.5
@@ -117,23 +122,35 @@ def train_command(data: Path, out_dir: Path, cfg: NerfstudioConfig, scene: tuple
     """``ns-train METHOD [trainer and model options] nerfstudio-data [dataparser options]``."""
     s, near, far = scene
     cmd = [
-        "ns-train", cfg.method,
-        "--data", str(data),
-        "--output-dir", str(out_dir),
-        "--experiment-name", "mirage3d",
-        "--max-num-iterations", str(cfg.iters),
-        "--machine.seed", str(cfg.seed),
+        "ns-train",
+        cfg.method,
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out_dir),
+        "--experiment-name",
+        "mirage3d",
+        "--max-num-iterations",
+        str(cfg.iters),
+        "--machine.seed",
+        str(cfg.seed),
         # No viewer (it would serve a websocket and, by default, keep running after training); tensorboard is a
         # nerfstudio dependency and writes only files.
-        "--vis", "tensorboard",
-        "--viewer.quit-on-train-completion", "True",
+        "--vis",
+        "tensorboard",
+        "--viewer.quit-on-train-completion",
+        "True",
         # Our views are RGBA: nerfstudio blends the ground truth onto the model's background colour
         # (renderers.py, blend_background_for_loss_computation), and mirage3d views are white-backed.
-        "--pipeline.model.background-color", "white",
+        "--pipeline.model.background-color",
+        "white",
         # A bounded object inside the scene box: no contraction of far space (instant-ngp-bounded's default).
-        "--pipeline.model.disable-scene-contraction", "True",
-        "--pipeline.model.near-plane", f"{near:.6g}",
-        "--pipeline.model.far-plane", f"{far:.6g}",
+        "--pipeline.model.disable-scene-contraction",
+        "True",
+        "--pipeline.model.near-plane",
+        f"{near:.6g}",
+        "--pipeline.model.far-plane",
+        f"{far:.6g}",
     ]
     if cfg.method == "nerfacto":
         # Cameras of a synthetic orbit are exact; piecewise sampling is for unbounded real scenes.
@@ -141,14 +158,21 @@ def train_command(data: Path, out_dir: Path, cfg: NerfstudioConfig, scene: tuple
     cmd += [
         "nerfstudio-data",
         # Identity dataparser transform: the trained field, and so the exported mesh, stays in our world frame.
-        "--orientation-method", "none",
-        "--center-method", "none",
-        "--auto-scale-poses", "False",
-        "--scale-factor", "1.0",
-        "--scene-scale", f"{s:.6g}",
-        "--downscale-factor", "1",
+        "--orientation-method",
+        "none",
+        "--center-method",
+        "none",
+        "--auto-scale-poses",
+        "False",
+        "--scale-factor",
+        "1.0",
+        "--scene-scale",
+        f"{s:.6g}",
+        "--downscale-factor",
+        "1",
         # Few views: train on all of them (nerfstudio would otherwise hold out 10 %).
-        "--eval-mode", "all",
+        "--eval-mode",
+        "all",
     ]
     return cmd
 
@@ -159,18 +183,36 @@ def export_command(config_yml: Path, out_dir: Path, cfg: NerfstudioConfig, scene
     neither method predicts normals, and the default ``model_output`` would exit with an error."""
     side = f"{2 * scene_scale:.6g}"
     return [
-        "ns-export", "poisson",
-        "--load-config", str(config_yml),
-        "--output-dir", str(out_dir),
-        "--normal-method", "open3d",
-        "--texture-method", "nerf",
-        "--unwrap-method", "xatlas",
-        "--target-num-faces", str(cfg.faces),
-        "--num-pixels-per-side", str(cfg.texture_size),
-        "--save-point-cloud", "False",
-        "--obb-center", "0", "0", "0",
-        "--obb-rotation", "0", "0", "0",
-        "--obb-scale", side, side, side,
+        "ns-export",
+        "poisson",
+        "--load-config",
+        str(config_yml),
+        "--output-dir",
+        str(out_dir),
+        "--normal-method",
+        "open3d",
+        "--texture-method",
+        "nerf",
+        "--unwrap-method",
+        "xatlas",
+        "--target-num-faces",
+        str(cfg.faces),
+        "--num-pixels-per-side",
+        str(cfg.texture_size),
+        "--save-point-cloud",
+        "False",
+        "--obb-center",
+        "0",
+        "0",
+        "0",
+        "--obb-rotation",
+        "0",
+        "0",
+        "0",
+        "--obb-scale",
+        side,
+        side,
+        side,
     ]
 
 
@@ -204,8 +246,7 @@ def run_tool(cmd: list[str], exe: str, work: Path, name: str, on_output: Callabl
     out_log, err_log = work / f"{name}.stdout.log", work / f"{name}.stderr.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # progress lines reach the log as they are printed
     with open(out_log, "wb") as out, open(err_log, "wb") as err, open(out_log, "rb") as follow:
-        proc = subprocess.Popen([exe, *cmd[1:]], stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen([exe, *cmd[1:]], stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=work, env=env, start_new_session=True)
         try:
             while True:
                 try:
@@ -254,8 +295,13 @@ def load_export(folder: Path) -> TexturedMesh:
 # --------------------------------------------------------------------------------------------------
 # Stage
 # --------------------------------------------------------------------------------------------------
-def reconstruct_nerfstudio(views_dir: str | Path, output: str | Path, config: NerfstudioConfig | None = None,
-                           progress: Progress | None = None, phase: Callable[[str], None] | None = None) -> ReconResult:
+def reconstruct_nerfstudio(
+    views_dir: str | Path,
+    output: str | Path,
+    config: NerfstudioConfig | None = None,
+    progress: Progress | None = None,
+    phase: Callable[[str], None] | None = None,
+) -> ReconResult:
     """Train nerfstudio on ``views_dir`` and write its textured mesh to ``output`` (our axes, atomically).
 
     Everything nerfstudio writes stays in a temporary folder that is deleted afterwards, whether it worked or
@@ -297,9 +343,15 @@ def reconstruct_nerfstudio(views_dir: str | Path, output: str | Path, config: Ne
         stages.say("convert")
         textured = load_export(work / "export")
         files = export(textured, output, fmt)
-    write_records(textured, output, files, cfg, stages, "convert", backend="nerfstudio", views=str(views_dir),
-                  commands=[shlex.join(train), shlex.join(exp)])
+    write_records(
+        textured, output, files, cfg, stages, "convert", backend="nerfstudio", views=str(views_dir), commands=[shlex.join(train), shlex.join(exp)]
+    )
     return ReconResult(
-        mesh_path=output, files=files, timings=stages.total(), psnr=float("nan"), faces=len(textured.faces),
-        vertices=len(textured.vertices), device=f"nerfstudio {cfg.method}",
+        mesh_path=output,
+        files=files,
+        timings=stages.total(),
+        psnr=float("nan"),
+        faces=len(textured.faces),
+        vertices=len(textured.vertices),
+        device=f"nerfstudio {cfg.method}",
     )

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from mirage3d.config import save_config
 from mirage3d.errors import InputError
 from mirage3d.recon.config import ReconConfig
@@ -79,8 +78,13 @@ def write_records(textured: TexturedMesh, output: Path, files: list[Path], cfg, 
         stages.done("preview")
 
 
-def reconstruct(views: str | Path | ViewSet, output: str | Path, config: ReconConfig | None = None,
-                progress: Progress | None = None, phase: Callable[[str], None] | None = None) -> ReconResult:
+def reconstruct(
+    views: str | Path | ViewSet,
+    output: str | Path,
+    config: ReconConfig | None = None,
+    progress: Progress | None = None,
+    phase: Callable[[str], None] | None = None,
+) -> ReconResult:
     """Fit a signed-distance field to ``views`` (a views folder, or a :class:`ViewSet` in memory) and write
     a textured mesh to ``output``.
 
@@ -109,9 +113,17 @@ def reconstruct(views: str | Path | ViewSet, output: str | Path, config: ReconCo
     stages.done("texture")
     stages.say("export")
     files = export(textured, output, fmt)
-    write_records(textured, output, files, cfg, stages, "export", views=source, psnr=fit.psnr,
-                  cameras_refined=fit.c2w.tolist() if cfg.refine_cameras else None)
+    write_records(
+        textured, output, files, cfg, stages, "export", views=source, psnr=fit.psnr, cameras_refined=fit.c2w.tolist() if cfg.refine_cameras else None
+    )
     return ReconResult(
-        mesh_path=output, files=files, timings=stages.total(), psnr=fit.psnr, faces=int(len(textured.faces)),
-        vertices=int(len(textured.vertices)), device=str(fit.field.lo.device), history=fit.history, fit=fit,
+        mesh_path=output,
+        files=files,
+        timings=stages.total(),
+        psnr=fit.psnr,
+        faces=int(len(textured.faces)),
+        vertices=int(len(textured.vertices)),
+        device=str(fit.field.lo.device),
+        history=fit.history,
+        fit=fit,
     )

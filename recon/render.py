@@ -26,7 +26,7 @@ def _renderer(w: int, h: int):
     os.environ.setdefault("PYGLET_HEADLESS", "1")
     try:
         import pyrender
-    except Exception as e:  # noqa: BLE001 - any import failure means no headless renderer here
+    except Exception as e:
         raise DependencyError(f"pyrender with EGL is needed for mesh renders ({type(e).__name__}: {e})") from None
     if _RENDERER is not None and _RENDERER_SIZE != (w, h):
         _RENDERER.delete()
@@ -43,8 +43,9 @@ def _as_trimesh_list(mesh: trimesh.Trimesh | trimesh.Scene) -> list[trimesh.Trim
     return [mesh]
 
 
-def render_mesh(mesh: trimesh.Trimesh | trimesh.Scene, c2w: np.ndarray, K: np.ndarray, w: int, h: int,
-                flat: bool = True, light_dir: np.ndarray | None = None) -> np.ndarray:
+def render_mesh(
+    mesh: trimesh.Trimesh | trimesh.Scene, c2w: np.ndarray, K: np.ndarray, w: int, h: int, flat: bool = True, light_dir: np.ndarray | None = None
+) -> np.ndarray:
     """Render (V, H, W, 4) float32 RGBA in [0, 1] of a world-space mesh (our +Z-up world) at cameras (V, 4, 4).
 
     ``flat``: unlit base colour (for baked textures). Otherwise one directional light from the camera
@@ -76,8 +77,9 @@ def render_mesh(mesh: trimesh.Trimesh | trimesh.Scene, c2w: np.ndarray, K: np.nd
     return np.stack(out)
 
 
-def turntable_cameras(mesh: trimesh.Trimesh, n: int = 8, elevation: float = 20.0, fov_deg: float = 40.0, size: int = 256
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def turntable_cameras(
+    mesh: trimesh.Trimesh, n: int = 8, elevation: float = 20.0, fov_deg: float = 40.0, size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Cameras (n, 4, 4) around the mesh's bounding-box centre and intrinsics (3, 3) framing it."""
     from mirage3d.cameras import fit_radius_for_sphere, focal_from_fov
 

@@ -41,9 +41,15 @@ def render_sphere(c2w: np.ndarray, K: np.ndarray, res: int, radius: float, centr
     return rgba.astype(np.float32)
 
 
-def write_sphere_views(folder: str | Path, n_views: int = 8, res: int = 48, radius: float = 0.5,
-                       centre: tuple[float, float, float] = (0.0, 0.0, 0.0), fov_deg: float = 40.0,
-                       elevations: tuple[float, ...] = (15.0, 40.0)) -> Path:
+def write_sphere_views(
+    folder: str | Path,
+    n_views: int = 8,
+    res: int = 48,
+    radius: float = 0.5,
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    fov_deg: float = 40.0,
+    elevations: tuple[float, ...] = (15.0, 40.0),
+) -> Path:
     """Write an orbit of ``n_views`` views of the sphere into ``folder`` (views folder layout)."""
     folder = Path(folder)
     c = np.asarray(centre, dtype=np.float64)
@@ -62,8 +68,12 @@ def write_sphere_views(folder: str | Path, n_views: int = 8, res: int = 48, radi
 # Two boxes (lo, hi) in world units, +Z up, front +X: a body and a cabin set back from its front.
 TOY_CAR = (((-0.8, -0.35, 0.0), (0.8, 0.35, 0.35)), ((-0.45, -0.3, 0.35), (0.35, 0.3, 0.6)))
 # One colour per face, in the order -X, +X, -Y, +Y, -Z, +Z; the cabin's differ from the body's.
-TOY_COLOURS = np.array([[[0.9, 0.2, 0.2], [0.95, 0.8, 0.2], [0.2, 0.6, 0.9], [0.3, 0.8, 0.3], [0.3, 0.3, 0.3], [0.85, 0.85, 0.85]],
-                        [[0.5, 0.2, 0.7], [0.1, 0.4, 0.5], [0.9, 0.5, 0.6], [0.6, 0.4, 0.2], [0.3, 0.3, 0.3], [0.2, 0.2, 0.6]]])
+TOY_COLOURS = np.array(
+    [
+        [[0.9, 0.2, 0.2], [0.95, 0.8, 0.2], [0.2, 0.6, 0.9], [0.3, 0.8, 0.3], [0.3, 0.3, 0.3], [0.85, 0.85, 0.85]],
+        [[0.5, 0.2, 0.7], [0.1, 0.4, 0.5], [0.9, 0.5, 0.6], [0.6, 0.4, 0.2], [0.3, 0.3, 0.3], [0.2, 0.2, 0.6]],
+    ]
+)
 
 
 def render_boxes(c2w: np.ndarray, K: np.ndarray, res: int, boxes=TOY_CAR, colours=TOY_COLOURS, ss: int = 2) -> np.ndarray:

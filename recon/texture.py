@@ -30,9 +30,20 @@ def sample_image(img: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(img[None], g, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].t()
 
 
-def project_colors(points: torch.Tensor, normals: torch.Tensor, rgba: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor,
-                   verts: torch.Tensor, faces: torch.Tensor, reference: int | None, power: float = 6.0,
-                   tol: float = 0.01, erode_px: int = 1, sigma: float = 0.15) -> tuple[torch.Tensor, torch.Tensor]:
+def project_colors(
+    points: torch.Tensor,
+    normals: torch.Tensor,
+    rgba: torch.Tensor,
+    c2w: torch.Tensor,
+    K: torch.Tensor,
+    verts: torch.Tensor,
+    faces: torch.Tensor,
+    reference: int | None,
+    power: float = 6.0,
+    tol: float = 0.01,
+    erode_px: int = 1,
+    sigma: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Colours (P, 3) at surface points (P, 3) with unit normals from views ``rgba`` (N, H, W, 4), and the
     total weight (P,) (0 where no view sees the point). ``tol``: depth tolerance, a fraction of the depth.
 
@@ -82,8 +93,16 @@ def fill_gutters(tex: np.ndarray, filled: np.ndarray) -> np.ndarray:
     return tex[r, c]
 
 
-def bake_texture(mesh: trimesh.Trimesh, field: SDFField, rgba: np.ndarray, c2w: np.ndarray, K: np.ndarray,
-                 reference: int | None = None, size: int = 1024, power: float = 6.0):
+def bake_texture(
+    mesh: trimesh.Trimesh,
+    field: SDFField,
+    rgba: np.ndarray,
+    c2w: np.ndarray,
+    K: np.ndarray,
+    reference: int | None = None,
+    size: int = 1024,
+    power: float = 6.0,
+):
     """UV atlas (``atlas.build_atlas``) and a (size, size) base-colour texture projected from the views
     (``rgba`` (N, H, W, 4) at cameras ``c2w`` (N, 4, 4), ``K``), the field's colour where no view sees."""
     from mirage3d.recon.mesh import TexturedMesh
@@ -102,8 +121,17 @@ def bake_texture(mesh: trimesh.Trimesh, field: SDFField, rgba: np.ndarray, c2w: 
     mesh_v = torch.from_numpy(np.asarray(mesh.vertices)).to(dev, torch.float32)
     mesh_f = torch.from_numpy(np.asarray(mesh.faces)).to(dev)
     with torch.no_grad():
-        col, wsum = project_colors(pts, nrm, torch.from_numpy(rgba).to(dev), torch.from_numpy(c2w).to(dev, torch.float32),
-                                   torch.from_numpy(K).to(dev, torch.float32), mesh_v, mesh_f, reference, power)
+        col, wsum = project_colors(
+            pts,
+            nrm,
+            torch.from_numpy(rgba).to(dev),
+            torch.from_numpy(c2w).to(dev, torch.float32),
+            torch.from_numpy(K).to(dev, torch.float32),
+            mesh_v,
+            mesh_f,
+            reference,
+            power,
+        )
         unseen = wsum < 1e-6
         if unseen.any():
             col[unseen] = field.color(pts[unseen])

@@ -69,10 +69,7 @@ def load_views(folder: str | Path, white_threshold: float = 0.97) -> ViewSet:
     if len(sizes) > 1:
         (w0, h0), i = images[0].size, next(i for i, im in enumerate(images) if im.size != images[0].size)
         w1, h1 = images[i].size
-        raise InputError(
-            f"images have different sizes ({w0}x{h0} for {files[0].name}, {w1}x{h1} for {files[i].name}); "
-            "all views must share one size"
-        )
+        raise InputError(f"images have different sizes ({w0}x{h0} for {files[0].name}, {w1}x{h1} for {files[i].name}); all views must share one size")
     w, h = images[0].size
     if (w, h) != (t.w, t.h) and abs(w / h - t.w / t.h) > 1e-3:
         raise InputError(f"images are {w}x{h} but transforms.json says {t.w}x{t.h} (another aspect ratio); fix w/h in transforms.json")

@@ -12,8 +12,8 @@ os.environ.setdefault("PYGLET_HEADLESS", "1")
 os.environ.setdefault("MIRAGE3D_DEBUG", "0")
 os.environ["MIRAGE3D_LOCAL_SERVER"] = ""  # make-asset never hands a test's work to a server the developer runs
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

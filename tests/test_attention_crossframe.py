@@ -12,15 +12,30 @@ from mirage3d.diffusion.attention import CrossFrameAttnProcessor2_0, CrossFrameS
 
 def tiny_unet(seed: int = 0) -> UNet2DModel:
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       num_class_embeds=5, norm_num_groups=4, attention_head_dim=4).eval()
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=5,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    ).eval()
 
 
 def attn_module(dtype: torch.dtype = torch.float32) -> Attention:
     torch.manual_seed(1)
     # The block UNet2DModel's AttnDownBlock2D builds: group norm, residual connection, 4-D input.
-    return Attention(16, heads=4, dim_head=4, norm_num_groups=4, residual_connection=True, bias=True, upcast_softmax=True, _from_deprecated_attn_block=True).to(dtype).eval()
+    return (
+        Attention(
+            16, heads=4, dim_head=4, norm_num_groups=4, residual_connection=True, bias=True, upcast_softmax=True, _from_deprecated_attn_block=True
+        )
+        .to(dtype)
+        .eval()
+    )
 
 
 @pytest.mark.parametrize("views", [None, 1])
@@ -39,7 +54,7 @@ def slow_reference(attn: Attention, x: torch.Tensor, views: int, modes: list[str
     hs = attn.group_norm(x.view(b, c, h * w)).transpose(1, 2)  # (B, N, C)
     q, k, v = attn.to_q(hs), attn.to_k(hs), attn.to_v(hs)
     heads, d = attn.heads, c // attn.heads
-    split = lambda t: t.view(b, -1, heads, d).transpose(1, 2)  # noqa: E731  (B, heads, N, D)
+    split = lambda t: t.view(b, -1, heads, d).transpose(1, 2)
     q, k, v = split(q), split(k), split(v)
     out = torch.zeros_like(q)
     for i in range(b):

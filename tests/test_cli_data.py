@@ -26,7 +26,9 @@ def test_data_render_writes_collection(tmp_path: Path) -> None:
     shutil.copytree(SHARED / "cars" / "kenney" / "Textures", src / "kenney" / "Textures")
     (src / "notes.txt").write_text("ignored: not a mesh")
     out = tmp_path / "coll"
-    r = runner.invoke(app, ["data", "render", str(src), "-o", str(out), "--n-per-mesh", "3", "--res", "32", "--orbits", "4", "--seed", "3", "--workers", "1"])
+    r = runner.invoke(
+        app, ["data", "render", str(src), "-o", str(out), "--n-per-mesh", "3", "--res", "32", "--orbits", "4", "--seed", "3", "--workers", "1"]
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 6 images of 2 meshes" in r.output
     images = sorted((out / "images").iterdir())
@@ -55,7 +57,7 @@ def test_data_render_writes_collection(tmp_path: Path) -> None:
         (lambda d: (d / "src").mkdir() or (d / "src" / "car.glb").write_bytes(b"x"), ["--res", "4"], "--res must be"),
     ],
 )
-def test_data_render_bad_input(tmp_path: Path, make, args: list[str], message: str) -> None:  # noqa: ANN001
+def test_data_render_bad_input(tmp_path: Path, make, args: list[str], message: str) -> None:
     make(tmp_path)
     out = tmp_path / "coll"
     r = runner.invoke(app, ["data", "render", str(tmp_path / "src"), "-o", str(out), "--n-per-mesh", "1", "--res", "32", *args])

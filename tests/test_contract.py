@@ -92,8 +92,28 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     n.unet_trunc = truncated(n.unet, root / "unet_trunc")
     n.unet_huge = huge_header(n.unet, root / "unet_huge")
     n.unet_types = edited_json(n.unet, root / "unet_types", "unet/config.json", _wrong_unet_types)
-    r = runner.invoke(app, ["poses", "discover", str(n.coll), "-o", str(root / "poses"), "-b", "hog", "--image-size", "32", "-k", "2", "-p", "2",
-                            "--workers", "0", "--features", str(root / "hogfeats")])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "poses",
+            "discover",
+            str(n.coll),
+            "-o",
+            str(root / "poses"),
+            "-b",
+            "hog",
+            "--image-size",
+            "32",
+            "-k",
+            "2",
+            "-p",
+            "2",
+            "--workers",
+            "0",
+            "--features",
+            str(root / "hogfeats"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     n.poses = root / "poses"
     n.poses_trunc = truncated(n.poses, root / "poses_trunc", "pose_model.safetensors")
@@ -147,68 +167,211 @@ ASSET_FAST = ["--steps", "2", "--iters", "10", "--faces", "200", "--device", "cp
 
 CASES = [
     # data render
-    Case("data render: output below a file", lambda d, o: ["data", "render", str(d.meshes), "-o", _below(d), "--workers", "1"], "is a file, not a folder"),
-    Case("data render: output in /proc", lambda d, o: ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", "/proc/mirage3d-out", "--workers", "1", "--n-per-mesh", "1",
-                                                  "--res", "16"], "/proc/mirage3d-out"),  # fmt: skip
-    Case("data render: unknown mesh beside a broken one", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--workers", "1"], "zz_broken.glb"),
+    Case(
+        "data render: output below a file",
+        lambda d, o: ["data", "render", str(d.meshes), "-o", _below(d), "--workers", "1"],
+        "is a file, not a folder",
+    ),
+    Case(
+        "data render: output in /proc",
+        lambda d, o: [
+            "data",
+            "render",
+            str(d.meshes / "unknown_box.glb"),
+            "-o",
+            "/proc/mirage3d-out",
+            "--workers",
+            "1",
+            "--n-per-mesh",
+            "1",
+            "--res",
+            "16",
+        ],
+        "/proc/mirage3d-out",
+    ),
+    Case(
+        "data render: unknown mesh beside a broken one",
+        lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--workers", "1"],
+        "zz_broken.glb",
+    ),
     Case("data render: meshes missing", lambda d, o: ["data", "render", str(d.root / "nothing"), "-o", str(o)], "does not exist"),
     Case("data render: --res out of range", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--res", "5"], "--res"),
     Case("data render: --elev-max nan", lambda d, o: ["data", "render", str(d.meshes), "-o", str(o), "--elev-max", "nan"], "finite"),
-    Case("data render: existing output", lambda d, o: ["data", "render", str(d.meshes), "-o", str(d.exists)], "--overwrite", lambda d, o: [d.exists / "keep.txt"]),
+    Case(
+        "data render: existing output",
+        lambda d, o: ["data", "render", str(d.meshes), "-o", str(d.exists)],
+        "--overwrite",
+        lambda d, o: [d.exists / "keep.txt"],
+    ),
     # features extract
-    Case("features extract: truncated weights", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_trunc), *UNET_FAST], "cannot load the UNet"),
-    Case("features extract: header of 10^12 bytes", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_huge), *UNET_FAST], "cannot load the UNet"),
-    Case("features extract: wrong types in config.json", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_types), *UNET_FAST], "cannot load the UNet"),
+    Case(
+        "features extract: truncated weights",
+        lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_trunc), *UNET_FAST],
+        "cannot load the UNet",
+    ),
+    Case(
+        "features extract: header of 10^12 bytes",
+        lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_huge), *UNET_FAST],
+        "cannot load the UNet",
+    ),
+    Case(
+        "features extract: wrong types in config.json",
+        lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", str(d.unet_types), *UNET_FAST],
+        "cannot load the UNet",
+    ),
     Case("features extract: bad image in the collection", lambda d, o: ["features", "extract", str(d.badcoll), "-o", str(o), *HOG], "zzz_broken.png"),
     Case("features extract: output below a file", lambda d, o: ["features", "extract", str(d.coll), "-o", _below(d), *HOG], "is a file"),
-    Case("features extract: --device gpu", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), *HOG, "--device", "gpu"], "auto, cpu, cuda or cuda:N"),
-    Case("features extract: dinov2 weights offline", lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", "dinov2-small"], "not available here"),
+    Case(
+        "features extract: --device gpu",
+        lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), *HOG, "--device", "gpu"],
+        "auto, cpu, cuda or cuda:N",
+    ),
+    Case(
+        "features extract: dinov2 weights offline",
+        lambda d, o: ["features", "extract", str(d.coll), "-o", str(o), "-b", "dinov2-small"],
+        "not available here",
+    ),
     # poses
-    Case("poses discover: output below a file", lambda d, o: ["poses", "discover", str(d.coll), "-o", _below(d), *HOG, "-k", "2", "-p", "2"], "is a file"),
-    Case("poses discover: truncated weights", lambda d, o: ["poses", "discover", str(d.coll), "-o", str(o), "-b", str(d.unet_trunc), "--features", str(o.parent / "f"),
-                                                            "-k", "2", "-p", "2", *UNET_FAST], "cannot load the UNet"),  # fmt: skip
+    Case(
+        "poses discover: output below a file",
+        lambda d, o: ["poses", "discover", str(d.coll), "-o", _below(d), *HOG, "-k", "2", "-p", "2"],
+        "is a file",
+    ),
+    Case(
+        "poses discover: truncated weights",
+        lambda d, o: [
+            "poses",
+            "discover",
+            str(d.coll),
+            "-o",
+            str(o),
+            "-b",
+            str(d.unet_trunc),
+            "--features",
+            str(o.parent / "f"),
+            "-k",
+            "2",
+            "-p",
+            "2",
+            *UNET_FAST,
+        ],
+        "cannot load the UNet",
+    ),
     Case("poses discover: --w-facing nan", lambda d, o: ["poses", "discover", str(d.coll), "-o", str(o), *HOG, "--w-facing", "nan"], "finite"),
     Case("poses discover: --poses 1", lambda d, o: ["poses", "discover", str(d.coll), "-o", str(o), *HOG, "--poses", "1"], "at least 2 poses"),
-    Case("poses assign: -o below a file", lambda d, o: ["poses", "assign", str(d.image), "--poses", str(d.poses), "-o", _below(d, "a.json")], "is a file"),
-    Case("poses assign: truncated pose_model.safetensors", lambda d, o: ["poses", "assign", str(d.image), "--poses", str(d.poses_trunc), "-o", str(o)], "cannot load the pose model"),
-    Case("poses assign: wrong types in pose_model.json", lambda d, o: ["poses", "assign", str(d.image), "--poses", str(d.poses_types), "-o", str(o)], "cannot load the pose model"),
-    Case("poses refit: output below a file", lambda d, o: ["poses", "refit", str(d.poses), *HOG[:4], "--collection", str(d.coll), "-o", _below(d)], "is a file"),
-    Case("poses refit: truncated weights", lambda d, o: ["poses", "refit", str(d.poses), "-b", str(d.unet_trunc), "--collection", str(d.coll), "-o", str(o)], "cannot load the UNet"),
-    Case("poses refit: poses.json without keys", lambda d, o: ["poses", "refit", str(d.poses_nokeys), *HOG[:4], "--collection", str(d.coll), "-o", str(o)], "must be an object with"),
-    Case("eval poses: -o below a file", lambda d, o: ["eval", "poses", str(d.poses), "--collection", str(d.coll), "-o", _below(d, "e.json")], "is a file"),
-    Case("eval poses: poses.json without keys", lambda d, o: ["eval", "poses", str(d.poses_nokeys), "--collection", str(d.coll), "-o", str(o)], "must be an object with"),
+    Case(
+        "poses assign: -o below a file",
+        lambda d, o: ["poses", "assign", str(d.image), "--poses", str(d.poses), "-o", _below(d, "a.json")],
+        "is a file",
+    ),
+    Case(
+        "poses assign: truncated pose_model.safetensors",
+        lambda d, o: ["poses", "assign", str(d.image), "--poses", str(d.poses_trunc), "-o", str(o)],
+        "cannot load the pose model",
+    ),
+    Case(
+        "poses assign: wrong types in pose_model.json",
+        lambda d, o: ["poses", "assign", str(d.image), "--poses", str(d.poses_types), "-o", str(o)],
+        "cannot load the pose model",
+    ),
+    Case(
+        "poses refit: output below a file",
+        lambda d, o: ["poses", "refit", str(d.poses), *HOG[:4], "--collection", str(d.coll), "-o", _below(d)],
+        "is a file",
+    ),
+    Case(
+        "poses refit: truncated weights",
+        lambda d, o: ["poses", "refit", str(d.poses), "-b", str(d.unet_trunc), "--collection", str(d.coll), "-o", str(o)],
+        "cannot load the UNet",
+    ),
+    Case(
+        "poses refit: poses.json without keys",
+        lambda d, o: ["poses", "refit", str(d.poses_nokeys), *HOG[:4], "--collection", str(d.coll), "-o", str(o)],
+        "must be an object with",
+    ),
+    Case(
+        "eval poses: -o below a file",
+        lambda d, o: ["eval", "poses", str(d.poses), "--collection", str(d.coll), "-o", _below(d, "e.json")],
+        "is a file",
+    ),
+    Case(
+        "eval poses: poses.json without keys",
+        lambda d, o: ["eval", "poses", str(d.poses_nokeys), "--collection", str(d.coll), "-o", str(o)],
+        "must be an object with",
+    ),
     Case("eval poses: NaN in poses.json", lambda d, o: ["eval", "poses", str(d.poses_nan), "--collection", str(d.coll), "-o", str(o)], "finite"),
     # train
     Case("train: bad image in the collection", lambda d, o: ["train", str(d.badcoll), "-o", str(o), *TRAIN_FAST], "zzz_broken.png"),
-    Case("train: truncated --init", lambda d, o: ["train", str(d.coll), "-o", str(o), "--init", str(d.unet_trunc), *TRAIN_FAST], "cannot load the --init UNet"),
+    Case(
+        "train: truncated --init",
+        lambda d, o: ["train", str(d.coll), "-o", str(o), "--init", str(d.unet_trunc), *TRAIN_FAST],
+        "cannot load the --init UNet",
+    ),
     Case("train: output below a file", lambda d, o: ["train", str(d.coll), "-o", _below(d), *TRAIN_FAST], "is a file"),
     Case("train: --device gpu", lambda d, o: ["train", str(d.coll), "-o", str(o), *TRAIN_FAST[:-2], "--device", "gpu"], "auto, cpu, cuda or cuda:N"),
     # views
     Case("views: output below a file", lambda d, o: ["views", str(d.image), "-m", str(d.model), "-o", _below(d), *VIEWS_FAST], "is a file"),
     Case("views: --guidance nan", lambda d, o: ["views", str(d.image), "-m", str(d.model), "-o", str(o), *VIEWS_FAST, "--guidance", "nan"], "finite"),
     Case("views: --fill 0", lambda d, o: ["views", str(d.image), "-m", str(d.model), "-o", str(o), *VIEWS_FAST, "--fill", "0"], "--fill 0"),
-    Case("views: wrong types in unet/config.json", lambda d, o: ["views", str(d.image), "-m", str(d.model_types), "-o", str(o), *VIEWS_FAST], "cannot load the model"),
-    Case("views: --pose 999", lambda d, o: ["views", str(d.image), "-m", str(d.model), "-o", str(o), "--steps", "2", "--device", "cpu", "--pose", "999"], "--pose 999"),
+    Case(
+        "views: wrong types in unet/config.json",
+        lambda d, o: ["views", str(d.image), "-m", str(d.model_types), "-o", str(o), *VIEWS_FAST],
+        "cannot load the model",
+    ),
+    Case(
+        "views: --pose 999",
+        lambda d, o: ["views", str(d.image), "-m", str(d.model), "-o", str(o), "--steps", "2", "--device", "cpu", "--pose", "999"],
+        "--pose 999",
+    ),
     Case("views: --steps abc", lambda d, o: ["views", str(d.image), "-m", str(d.model), "-o", str(o), "--steps", "abc"], "--steps"),
     # recon
     Case("recon: output below a file", lambda d, o: ["recon", str(d.views), "-o", _below(d, "x.glb"), "--iters", "5"], "is a file"),
-    Case("recon: existing GLB", lambda d, o: ["recon", str(d.views), "-o", str(d.file.with_name("keep.glb")), "--iters", "5"], "--overwrite",
-         lambda d, o: [d.file.with_name("keep.glb")]),  # fmt: skip
+    Case(
+        "recon: existing GLB",
+        lambda d, o: ["recon", str(d.views), "-o", str(d.file.with_name("keep.glb")), "--iters", "5"],
+        "--overwrite",
+        lambda d, o: [d.file.with_name("keep.glb")],
+    ),
     Case("recon: absolute file_path", lambda d, o: ["recon", str(d.views_abs), "-o", str(o) + ".glb", "--iters", "5"], "outside"),
     Case("recon: ../ file_path", lambda d, o: ["recon", str(d.views_up), "-o", str(o) + ".glb", "--iters", "5"], "outside"),
     Case("recon: image symlinked outside", lambda d, o: ["recon", str(d.views_link), "-o", str(o) + ".glb", "--iters", "5"], "outside"),
     # make-asset
-    Case("make-asset: output below a file", lambda d, o: ["make-asset", str(d.image), "-o", _below(d, "x.glb"), "-m", str(d.model), *ASSET_FAST], "is a file"),
-    Case("make-asset: --keep-views below a file", lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--keep-views", _below(d),
-                                                                *ASSET_FAST], "--keep-views"),  # fmt: skip
-    Case("make-asset: --pose 999 --views 2", lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--pose", "999", "--views", "2",
-                                                           *ASSET_FAST], "--pose 999"),  # fmt: skip
-    Case("make-asset: --views 1000", lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--views", "1000", *ASSET_FAST], "has 4 poses"),
-    Case("make-asset: --server, output below a file", lambda d, o: ["make-asset", str(d.image), "-o", _below(d, "x.glb"), "--server", "http://127.0.0.1:9"], "is a file"),
-    Case("make-asset: truncated model weights", lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model_trunc), "--pose", "1", *ASSET_FAST],
-         "cannot load the model"),  # fmt: skip
+    Case(
+        "make-asset: output below a file",
+        lambda d, o: ["make-asset", str(d.image), "-o", _below(d, "x.glb"), "-m", str(d.model), *ASSET_FAST],
+        "is a file",
+    ),
+    Case(
+        "make-asset: --keep-views below a file",
+        lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--keep-views", _below(d), *ASSET_FAST],
+        "--keep-views",
+    ),
+    Case(
+        "make-asset: --pose 999 --views 2",
+        lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--pose", "999", "--views", "2", *ASSET_FAST],
+        "--pose 999",
+    ),
+    Case(
+        "make-asset: --views 1000",
+        lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--views", "1000", *ASSET_FAST],
+        "has 4 poses",
+    ),
+    Case(
+        "make-asset: --server, output below a file",
+        lambda d, o: ["make-asset", str(d.image), "-o", _below(d, "x.glb"), "--server", "http://127.0.0.1:9"],
+        "is a file",
+    ),
+    Case(
+        "make-asset: truncated model weights",
+        lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model_trunc), "--pose", "1", *ASSET_FAST],
+        "cannot load the model",
+    ),
     # serve
-    Case("serve: --host that does not resolve", lambda d, o: ["serve", "-m", str(d.model), "--host", "bogus.invalid", "--port", "0"], "not a name or address"),
+    Case(
+        "serve: --host that does not resolve",
+        lambda d, o: ["serve", "-m", str(d.model), "--host", "bogus.invalid", "--port", "0"],
+        "not a name or address",
+    ),
     Case("serve: --host 0.0.0.0 without a token", lambda d, o: ["serve", "-m", str(d.model), "--host", "0.0.0.0", "--port", "0"], "access token"),
     Case("serve: --port 70000", lambda d, o: ["serve", "-m", str(d.model), "--port", "70000"], "--port"),
     Case("serve: model folder missing", lambda d, o: ["serve", "-m", str(d.root / "nothing"), "--port", "0"], "does not exist"),
@@ -255,11 +418,31 @@ def test_every_case_is_in_the_docs() -> None:
 # --------------------------------------------------------------------------------------------------
 def _slow_render(d: SimpleNamespace, out: Path) -> subprocess.Popen:
     """A `data render` that runs for a while (many images, one worker) in its own process."""
-    cmd = [sys.executable, "-m", "mirage3d.cli", "data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(out), "--n-per-mesh", "2000",
-           "--res", "64", "--workers", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mirage3d.cli",
+        "data",
+        "render",
+        str(d.meshes / "unknown_box.glb"),
+        "-o",
+        str(out),
+        "--n-per-mesh",
+        "2000",
+        "--res",
+        "64",
+        "--workers",
+        "1",
+    ]
     # (SIGINT back to its default: a shell's background job ignores it, and Python then would too)
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "MIRAGE3D_DEBUG": "0"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MIRAGE3D_DEBUG": "0"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_for_tmp(parent: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Path:
@@ -293,8 +476,10 @@ def test_a_second_writer_of_one_output_is_refused(d: SimpleNamespace, tmp_path: 
     proc = _slow_render(d, out)
     try:
         _wait_for_tmp(tmp_path, proc)
-        for argv in (["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(out), "--workers", "1"],
-                     ["train", str(d.coll), "-o", str(out), *TRAIN_FAST]):  # fmt: skip
+        for argv in (
+            ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(out), "--workers", "1"],
+            ["train", str(d.coll), "-o", str(out), *TRAIN_FAST],
+        ):
             r = runner.invoke(app, argv)
             assert r.exit_code == 1 and "another run" in r.stderr and f"process {proc.pid}" in r.stderr, r.output
     finally:
@@ -302,17 +487,23 @@ def test_a_second_writer_of_one_output_is_refused(d: SimpleNamespace, tmp_path: 
         proc.communicate(timeout=120)
     assert list(tmp_path.iterdir()) == []
     # Once the first run has gone, the output is free again (its lock died with it).
-    r = runner.invoke(app, ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(out), "--workers", "1", "--n-per-mesh", "1", "--res", "16"])
+    r = runner.invoke(
+        app, ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(out), "--workers", "1", "--n-per-mesh", "1", "--res", "16"]
+    )
     assert r.exit_code == 0, r.output
 
 
 def test_outputs_get_the_usual_permissions(d: SimpleNamespace, tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        r = runner.invoke(app, ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(tmp_path / "coll"), "--workers", "1", "--n-per-mesh", "1",
-                                "--res", "16"])  # fmt: skip
+        r = runner.invoke(
+            app,
+            ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(tmp_path / "coll"), "--workers", "1", "--n-per-mesh", "1", "--res", "16"],
+        )
         assert r.exit_code == 0, r.output
-        r = runner.invoke(app, ["recon", str(d.views), "-o", str(tmp_path / "m.glb"), "--iters", "5", "--res", "16", "--faces", "100", "--texture-size", "16"])
+        r = runner.invoke(
+            app, ["recon", str(d.views), "-o", str(tmp_path / "m.glb"), "--iters", "5", "--res", "16", "--faces", "100", "--texture-size", "16"]
+        )
         assert r.exit_code == 0, r.output
     finally:
         os.umask(old)
@@ -322,7 +513,9 @@ def test_outputs_get_the_usual_permissions(d: SimpleNamespace, tmp_path: Path) -
 
 
 def test_warnings_are_printed_after_success_only(d: SimpleNamespace, tmp_path: Path) -> None:
-    r = runner.invoke(app, ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(tmp_path / "c"), "--workers", "1", "--n-per-mesh", "1", "--res", "16"])
+    r = runner.invoke(
+        app, ["data", "render", str(d.meshes / "unknown_box.glb"), "-o", str(tmp_path / "c"), "--workers", "1", "--n-per-mesh", "1", "--res", "16"]
+    )
     assert r.exit_code == 0 and "warning: mesh unknown_box is not in" in r.stderr, r.output
 
 
@@ -342,26 +535,50 @@ def test_training_killed_with_sigkill_resumes_to_the_same_weights(d: SimpleNames
     resumes from its newest complete checkpoint and ends with the weights of a run that was never killed."""
     from safetensors.torch import load_file
 
-    args = ["train", str(d.coll), "--model", "tiny", "--max-steps", "8", "--batch-size", "2", "--sample-steps", "1", "--sample-every", "0",
-            "--checkpoint-every", "1", "--device", "cpu", "--seed", "3"]  # fmt: skip
+    args = [
+        "train",
+        str(d.coll),
+        "--model",
+        "tiny",
+        "--max-steps",
+        "24",
+        "--batch-size",
+        "2",
+        "--sample-steps",
+        "1",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    ]
     env = {**os.environ, "MIRAGE3D_DEBUG": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the same threads in every run
 
     def run(out: Path) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "mirage3d.cli", *args, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "mirage3d.cli", *args, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
 
     whole, killed = run(tmp_path / "whole"), run(tmp_path / "killed")
     t = time.monotonic()
-    while not (tmp_path / "killed" / "checkpoints" / "checkpoint-3").exists():
+    ckpts = tmp_path / "killed" / "checkpoints"
+
+    def mid_run() -> bool:  # a checkpoint of step 3..23 exists (each lives ~2 steps: keep_checkpoints prunes them)
+        return ckpts.is_dir() and any(p.name.startswith("checkpoint-") and 3 <= int(p.name.split("-")[1]) < 24 for p in ckpts.iterdir())
+
+    while not mid_run():
         assert killed.poll() is None and time.monotonic() - t < 300, killed.communicate()
-        time.sleep(0.05)
+        time.sleep(0.01)
     killed.kill()
     killed.communicate()
     assert killed.returncode == -signal.SIGKILL and whole.wait(timeout=300) == 0, whole.communicate()
     again = run(tmp_path / "killed")
     _, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
-    a, b = (load_file(str(tmp_path / r / "checkpoints" / "checkpoint-8" / "ema.safetensors")) for r in ("whole", "killed"))
+    a, b = (load_file(str(tmp_path / r / "checkpoints" / "checkpoint-24" / "ema.safetensors")) for r in ("whole", "killed"))
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "loss.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 8  # the log lists each step once
+    assert steps == sorted(set(steps)) and steps[-1] == 24  # the log lists each step once

@@ -45,9 +45,18 @@ def make_unet_folder(folder: Path, in_channels: int = 3) -> Path:
     from diffusers import DDIMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=32, in_channels=in_channels, out_channels=in_channels, block_out_channels=(16, 32), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8, attention_head_dim=8, num_class_embeds=9)  # fmt: skip
+    unet = UNet2DModel(
+        sample_size=32,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+        num_class_embeds=9,
+    )
     unet.save_pretrained(folder / "unet")
     DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2").save_pretrained(folder / "scheduler")
     return folder
@@ -82,9 +91,11 @@ def test_unet_backbone_stops_early_with_the_features_of_a_full_pass(unet_folder)
     a = bb.alpha_bar
     x_t = a.sqrt() * x + (1 - a).sqrt() * bb.noise
     seen, calls = {}, []
-    hooks = [bb.unet.up_blocks[0].register_forward_hook(lambda _m, _i, o: seen.__setitem__("up0", o)),
-             bb.unet.down_blocks[1].register_forward_hook(lambda _m, _i, o: seen.__setitem__("down1", o[0])),
-             bb.unet.up_blocks[1].register_forward_hook(lambda _m, _i, o: calls.append(1))]  # fmt: skip
+    hooks = [
+        bb.unet.up_blocks[0].register_forward_hook(lambda _m, _i, o: seen.__setitem__("up0", o)),
+        bb.unet.down_blocks[1].register_forward_hook(lambda _m, _i, o: seen.__setitem__("down1", o[0])),
+        bb.unet.up_blocks[1].register_forward_hook(lambda _m, _i, o: calls.append(1)),
+    ]
     t = torch.full((2,), bb.timestep, dtype=torch.long)
     with torch.no_grad():
         full_out = bb.unet(x_t, t, class_labels=torch.zeros_like(t)).sample

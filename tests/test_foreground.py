@@ -45,7 +45,9 @@ def textured_background(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(bg + rng.normal(0.0, 0.04, size=(h, w, 3)), 0.0, 1.0)
 
 
-def composite(tmp_path: Path, az: float, seed: int, size: tuple[int, int] = (120, 160), offset: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def composite(
+    tmp_path: Path, az: float, seed: int, size: tuple[int, int] = (120, 160), offset: tuple[int, int] = (0, 0)
+) -> tuple[np.ndarray, np.ndarray]:
     """A render of the toy car (az, 15° elevation) pasted on a textured background → (RGB (h, w, 3), true alpha (h, w))."""
     h, w = size
     intr = R.Intrinsics(110.0, 110.0, w / 2 + offset[0], h / 2 + offset[1], w, h)
@@ -112,8 +114,13 @@ def test_rembg_is_used_only_without_a_box(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_boxes_are_checked() -> None:
     assert check_box((1.4, 2.6, 30, 40), 50, 50) == (1, 3, 30, 40)
-    for box, message in [((10, 10, 5, 30), "is empty"), ((-5, 0, 20, 20), "outside the 50x40 image"), ((0, 0, 60, 20), "outside"),
-                         ((0, 0, 3, 20), "smaller than 4 pixels"), (("a", 0, 3, 20), "must be four numbers")]:  # fmt: skip
+    for box, message in [
+        ((10, 10, 5, 30), "is empty"),
+        ((-5, 0, 20, 20), "outside the 50x40 image"),
+        ((0, 0, 60, 20), "outside"),
+        ((0, 0, 3, 20), "smaller than 4 pixels"),
+        (("a", 0, 3, 20), "must be four numbers"),
+    ]:
         with pytest.raises(InputError, match=message):
             check_box(box, 50, 40, "photo.jpg")
 

@@ -40,7 +40,10 @@ FAST = ["--steps", "2", "--iters", "60", "--faces", "2000", "--device", "cpu", "
 
 def test_make_asset_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "out" / "car.glb"
-    r = runner.invoke(app, ["make-asset", str(cutout(tmp_path / "in.png")), "-o", str(out), "--model", str(model_dir), "--keep-views", str(tmp_path / "views"), *FAST])
+    r = runner.invoke(
+        app,
+        ["make-asset", str(cutout(tmp_path / "in.png")), "-o", str(out), "--model", str(model_dir), "--keep-views", str(tmp_path / "views"), *FAST],
+    )
     assert r.exit_code == 0, r.output
     mesh = trimesh.load(out, force="mesh")
     assert len(mesh.faces) > 0
@@ -71,7 +74,7 @@ def test_spread_poses_wraps_around() -> None:
     assert spread_poses([0.0, 100.0, 200.0, 300.0, 330.0], 3, must_include=4) == [1, 2, 4]
 
 
-def _error(result) -> str:  # noqa: ANN001
+def _error(result) -> str:
     assert result.exit_code == 1, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -92,7 +95,9 @@ def test_bad_inputs_give_one_line_and_no_glb(tmp_path: Path, model_dir: Path) ->
     good = cutout(tmp_path / "in.png")
     assert "does not exist" in _error(runner.invoke(app, ["make-asset", str(good), "-o", str(out), "--model", str(tmp_path / "nope"), *FAST]))
     (tmp_path / "empty_model").mkdir()
-    assert "not a mirage3d model" in _error(runner.invoke(app, ["make-asset", str(good), "-o", str(out), "--model", str(tmp_path / "empty_model"), *FAST]))
+    assert "not a mirage3d model" in _error(
+        runner.invoke(app, ["make-asset", str(good), "-o", str(out), "--model", str(tmp_path / "empty_model"), *FAST])
+    )
     assert ".glb" in _error(runner.invoke(app, ["make-asset", str(good), "-o", str(tmp_path / "car.txt"), "--model", str(model_dir), *FAST]))
     assert "--views" in _error(runner.invoke(app, ["make-asset", str(good), *args, "--views", "1"]))
     assert not out.exists() and (not out.parent.exists() or not any(out.parent.iterdir()))

@@ -13,7 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_maps_cli_and_recon_into_mirage3d(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     wheels = list(tmp_path.glob("mirage3d-*.whl"))
@@ -34,6 +36,8 @@ def test_wheel_maps_cli_and_recon_into_mirage3d(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheels[0]).extractall(site)
     code = "import mirage3d.cli._errors, mirage3d.io, mirage3d.recon, mirage3d; print(mirage3d.__file__)"
-    r = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert str(site) in r.stdout

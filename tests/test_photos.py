@@ -54,7 +54,9 @@ def test_import_keeps_stems_cuts_out_and_skips_bad_photos(tmp_path: Path) -> Non
         assert im.shape == (64, 64, 4)
         assert rec["mask_source"] == "grabcut-auto"
         # The imported alpha is the true alpha put through the same crop: the cut-out recovered it.
-        true = crop_rgba(np.zeros((*truth[rec["source"]].shape, 3), np.float32), truth[rec["source"]].astype(np.float32), tuple(rec["crop"]), 64)[..., 3]
+        true = crop_rgba(np.zeros((*truth[rec["source"]].shape, 3), np.float32), truth[rec["source"]].astype(np.float32), tuple(rec["crop"]), 64)[
+            ..., 3
+        ]
         assert mask_iou(im[..., 3] / 255.0, true / 255.0) >= 0.9
         # framed as the renders are: the box's longer side is `fill` of the frame, centred
         x0, y0, x1, y1 = mask_box(im[..., 3] / 255.0)
@@ -78,7 +80,11 @@ def test_import_with_boxes_and_the_same_seed_repeats(tmp_path: Path) -> None:
     for out in (a, b):
         import_photos(photos, out, ImportConfig(res=48, seed=3), boxes=boxes)
     report = json.loads((a / "import.json").read_text())
-    assert {r["source"]: r["mask_source"] for r in report["images"]} == {"car_a.jpg": "grabcut-box", "IMG 0003.jpeg": "grabcut-box", "car_b.png": "grabcut-auto"}
+    assert {r["source"]: r["mask_source"] for r in report["images"]} == {
+        "car_a.jpg": "grabcut-box",
+        "IMG 0003.jpeg": "grabcut-box",
+        "car_b.png": "grabcut-auto",
+    }
     for p in (a / "images").iterdir():
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(b / "images" / p.name)))
 

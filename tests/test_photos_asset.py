@@ -22,7 +22,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("photo_asset") / "model", NUM_POSES, num_class_embeds=NUM_POSES + 1, radius=3.38, focal=22.0, size=16)
+    return make_tiny_model(
+        tmp_path_factory.mktemp("photo_asset") / "model", NUM_POSES, num_class_embeds=NUM_POSES + 1, radius=3.38, focal=22.0, size=16
+    )
 
 
 def photo(path: Path) -> Path:
@@ -46,8 +48,10 @@ def reference_alpha(views: Path) -> np.ndarray:
 
 def test_make_asset_from_a_photo_with_a_background(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "car.glb"
-    r = runner.invoke(app, ["make-asset", str(photo(tmp_path / "photo.jpg")), "-o", str(out), "--model", str(model_dir),
-                            "--keep-views", str(tmp_path / "views"), *FAST])  # fmt: skip
+    r = runner.invoke(
+        app,
+        ["make-asset", str(photo(tmp_path / "photo.jpg")), "-o", str(out), "--model", str(model_dir), "--keep-views", str(tmp_path / "views"), *FAST],
+    )
     assert r.exit_code == 0, r.output
     gltf = pygltflib.GLTF2().load(str(out))
     assert gltf.materials and gltf.materials[0].pbrMetallicRoughness.baseColorTexture is not None
@@ -58,8 +62,25 @@ def test_make_asset_from_a_photo_with_a_background(tmp_path: Path, model_dir: Pa
 
 def test_views_from_a_photo_with_a_box(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "views"
-    r = runner.invoke(app, ["views", str(photo(tmp_path / "photo.jpg")), "--model", str(model_dir), "-o", str(out), "--box", "10,12,70,52",
-                            "--steps", "2", "--device", "cpu", "--pose", "1"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "views",
+            str(photo(tmp_path / "photo.jpg")),
+            "--model",
+            str(model_dir),
+            "-o",
+            str(out),
+            "--box",
+            "10,12,70,52",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--pose",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((out / "config.json").read_text())["box"] == [10, 12, 70, 52]
     alpha = reference_alpha(out)

@@ -13,9 +13,18 @@ from mirage3d.diffusion.pipeline import CrossFrameConfig, MiragePipeline
 
 def tiny_unet(res: int = 8, channels: int = 3, seed: int = 0) -> UNet2DModel:
     torch.manual_seed(seed)
-    return UNet2DModel(sample_size=res, in_channels=channels, out_channels=channels, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       num_class_embeds=5, norm_num_groups=4, attention_head_dim=4).eval()
+    return UNet2DModel(
+        sample_size=res,
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=5,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +49,22 @@ def test_plain_call_unchanged(pipe: MiragePipeline) -> None:
 
 def test_views_with_reference_image(pipe: MiragePipeline) -> None:
     ref = torch.rand(1, 3, 8, 8) * 2 - 1
-    out = pipe([0, 2, 3], num_inference_steps=4, generator=gen(), output_type="np", image=ref, reference_pose=1,
-               guidance_scale=1.5)
+    out = pipe([0, 2, 3], num_inference_steps=4, generator=gen(), output_type="np", image=ref, reference_pose=1, guidance_scale=1.5)
     assert out.poses == [1, 0, 2, 3] and out.reference_index == 0 and out.reference_pose == 1
     assert out.images.shape == (4, 8, 8, 3)
     # The reference stays on its inverted trajectory, so it comes back as the input.
     np.testing.assert_allclose(out.views[0], (ref[0].permute(1, 2, 0).numpy() + 1) / 2, atol=1e-5)
-    plain = pipe([0, 2, 3], num_inference_steps=4, generator=gen(), output_type="np", image=ref, reference_pose=1,
-                 guidance_scale=1.5, cross_frame="off")
+    plain = pipe(
+        [0, 2, 3], num_inference_steps=4, generator=gen(), output_type="np", image=ref, reference_pose=1, guidance_scale=1.5, cross_frame="off"
+    )
     assert np.abs(out.images[1:] - plain.images[1:]).max() > 1e-3  # attending to the reference changes the views
 
 
 def test_unconditional_reference_is_unaffected_by_other_views(pipe: MiragePipeline) -> None:
     alone = pipe([2], num_inference_steps=3, generator=gen(), output_type="np", cross_frame="concat")
-    joint = pipe([2, 0, 3], num_inference_steps=3, generator=gen(), output_type="np", cross_frame=CrossFrameConfig(mode="reference_only", layers="up"))
+    joint = pipe(
+        [2, 0, 3], num_inference_steps=3, generator=gen(), output_type="np", cross_frame=CrossFrameConfig(mode="reference_only", layers="up")
+    )
     assert joint.reference_index == 0 and joint.poses == [2, 0, 3]
     np.testing.assert_allclose(joint.images[0], alone.images[0], atol=1e-4)
 
@@ -95,7 +106,7 @@ def test_ddim_inversion_round_trip() -> None:
     # A mild noise schedule (ᾱ_T ≈ 0.35) keeps a random tiny UNet's ε well-conditioned, so the usual
     # inversion approximation ε(x_{t+1}, t) ≈ ε(x_t, t) holds and improves with more steps.
     unet = tiny_unet()
-    model = lambda x, t, c: unet(x, t, class_labels=c).sample  # noqa: E731
+    model = lambda x, t, c: unet(x, t, class_labels=c).sample
     sched = DDIMScheduler(num_train_timesteps=1000, beta_end=0.002)
     x0 = torch.rand(1, 3, 8, 8, generator=gen(1)) * 1.6 - 0.8
     c = torch.tensor([2])

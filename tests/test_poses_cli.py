@@ -33,10 +33,41 @@ def _ok(result) -> None:
 def test_discover_assign_eval_end_to_end(setup):
     root, coll = setup["root"], setup["coll"]
     out = root / "poses"
-    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(out), "--backbone", str(setup["unet"]), "--poses", "4", "--parts", "4",
-                            "--features", str(root / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "poses",
+            "discover",
+            str(coll),
+            "-o",
+            str(out),
+            "--backbone",
+            str(setup["unet"]),
+            "--poses",
+            "4",
+            "--parts",
+            "4",
+            "--features",
+            str(root / "feats"),
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    )
     _ok(r)
-    for name in ("poses.json", "cameras.json", "transforms.json", "pose_model.json", "pose_model.safetensors", "config.json", "poses_sheet.png", "parts.png"):
+    for name in (
+        "poses.json",
+        "cameras.json",
+        "transforms.json",
+        "pose_model.json",
+        "pose_model.safetensors",
+        "config.json",
+        "poses_sheet.png",
+        "parts.png",
+    ):
         assert (out / name).exists(), name
     poses = json.loads((out / "poses.json").read_text())
     assert poses["num_poses"] == 4 and len(poses["files"]) == 16 and poses["files"][0] == "images/000000.png"
@@ -70,7 +101,21 @@ def test_discover_assign_eval_end_to_end(setup):
     assert conf.shape == (16,)
 
     # poses assign on files, JSON output
-    r = runner.invoke(app, ["poses", "assign", str(coll / "images/000001.png"), str(coll / "images/000002.png"), "--poses", str(out), "-o", str(root / "a.json"), "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "poses",
+            "assign",
+            str(coll / "images/000001.png"),
+            str(coll / "images/000002.png"),
+            "--poses",
+            str(out),
+            "-o",
+            str(root / "a.json"),
+            "--device",
+            "cpu",
+        ],
+    )
     _ok(r)
     rows = json.loads((root / "a.json").read_text())["assignments"]
     assert [Path(r["file"]).name for r in rows] == ["000001.png", "000002.png"]
@@ -84,18 +129,44 @@ def test_discover_assign_eval_end_to_end(setup):
     assert "ARI" in r.output
 
     # discovery again from the cache alone, the hog baseline, and refit for another backbone
-    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "p2"), "--features", str(root / "feats"), "--poses", "4", "--parts", "4"])
+    r = runner.invoke(
+        app, ["poses", "discover", str(coll), "-o", str(root / "p2"), "--features", str(root / "feats"), "--poses", "4", "--parts", "4"]
+    )
     _ok(r)
     assert json.loads((root / "p2" / "poses.json").read_text())["labels"] == poses["labels"]  # deterministic
     # Without the scores every label is the saved model's nearest centre.
-    _ok(runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "plain"), "--features", str(root / "feats"), "--poses", "4", "--parts", "4", "--w-facing", "0"]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "poses",
+                "discover",
+                str(coll),
+                "-o",
+                str(root / "plain"),
+                "--features",
+                str(root / "feats"),
+                "--poses",
+                "4",
+                "--parts",
+                "4",
+                "--w-facing",
+                "0",
+            ],
+        )
+    )
     plain = json.loads((root / "plain" / "poses.json").read_text())
     assert plain["assign_agreement"] == 1.0 and "facing_eta2" not in plain
     assert (PoseModel.load(root / "plain").assign(x, m)[0] == np.array(plain["labels"])).all()
-    r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(root / "p3"), "--backbone", "hog", "--poses", "3", "--workers", "0", "--image-size", "32"])
+    r = runner.invoke(
+        app, ["poses", "discover", str(coll), "-o", str(root / "p3"), "--backbone", "hog", "--poses", "3", "--workers", "0", "--image-size", "32"]
+    )
     _ok(r)
     assert (coll / ".cache" / "features").is_dir()
-    r = runner.invoke(app, ["poses", "refit", str(out), "--backbone", "hog", "--collection", str(coll), "-o", str(root / "refit"), "--features", str(root / "hogfeats")])
+    r = runner.invoke(
+        app,
+        ["poses", "refit", str(out), "--backbone", "hog", "--collection", str(coll), "-o", str(root / "refit"), "--features", str(root / "hogfeats")],
+    )
     _ok(r)
     assert json.loads((root / "refit" / "poses.json").read_text())["labels"] == poses["labels"]
     refit = PoseModel.load(root / "refit")
@@ -105,29 +176,85 @@ def test_discover_assign_eval_end_to_end(setup):
 def test_discovery_seeds_share_the_feature_cache(setup, tmp_path):
     """--seed moves sampling and clustering only: a second seed reuses the cache (it was refused: the seed reached
     the UNet's noise map, so the cache's backbone differed); --feature-seed changes the features and is refused."""
-    args = ["--backbone", str(setup["unet"]), "--poses", "4", "--parts", "4", "--features", str(tmp_path / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"]
+    args = [
+        "--backbone",
+        str(setup["unet"]),
+        "--poses",
+        "4",
+        "--parts",
+        "4",
+        "--features",
+        str(tmp_path / "feats"),
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     for seed in ("0", "3"):
         _ok(runner.invoke(app, ["poses", "discover", str(setup["coll"]), "-o", str(tmp_path / f"p{seed}"), *args, "--seed", seed]))
     assert json.loads((tmp_path / "p3" / "config.json").read_text())["seed"] == 3
-    assert json.loads((tmp_path / "p0" / "config.json").read_text())["backbone"] == json.loads((tmp_path / "p3" / "config.json").read_text())["backbone"]
+    assert (
+        json.loads((tmp_path / "p0" / "config.json").read_text())["backbone"] == json.loads((tmp_path / "p3" / "config.json").read_text())["backbone"]
+    )
     r = runner.invoke(app, ["poses", "discover", str(setup["coll"]), "-o", str(tmp_path / "pf"), *args, "--feature-seed", "1"])
     assert r.exit_code == 1 and "other settings" in r.output and not (tmp_path / "pf").exists()
 
 
 def test_features_extract_cli(setup):
     out = setup["root"] / "hog_cache"
-    r = runner.invoke(app, ["features", "extract", str(setup["coll"]), "-o", str(out), "--backbone", "hog", "--image-size", "32", "--shard-size", "5", "--workers", "0"])
+    r = runner.invoke(
+        app,
+        ["features", "extract", str(setup["coll"]), "-o", str(out), "--backbone", "hog", "--image-size", "32", "--shard-size", "5", "--workers", "0"],
+    )
     _ok(r)
     assert len(list(out.glob("shard_*.safetensors"))) == 4 and "16 images" in r.output
     # Running again resumes (nothing to do) and succeeds.
-    _ok(runner.invoke(app, ["features", "extract", str(setup["coll"]), "-o", str(out), "--backbone", "hog", "--image-size", "32", "--shard-size", "5", "--workers", "0"]))
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "features",
+                "extract",
+                str(setup["coll"]),
+                "-o",
+                str(out),
+                "--backbone",
+                "hog",
+                "--image-size",
+                "32",
+                "--shard-size",
+                "5",
+                "--workers",
+                "0",
+            ],
+        )
+    )
 
 
 def test_phase1_train_makes_a_backbone(setup, tmp_path):
     """The offline backbone is `mirage3d train` without --poses (phase 1); its folder is a UNet backbone."""
     coll = make_collection(tmp_path / "c", n=8)
-    r = runner.invoke(app, ["train", str(coll), "-o", str(tmp_path / "bb"), "--model", "tiny", "--max-steps", "2", "--batch-size", "4", "--device", "cpu",
-                            "--sample-steps", "2"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(coll),
+            "-o",
+            str(tmp_path / "bb"),
+            "--model",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--sample-steps",
+            "2",
+        ],
+    )
     _ok(r)
     assert (tmp_path / "bb" / "unet" / "config.json").exists()
     from mirage3d.poses.features import UNetBackbone, load_backbone
@@ -180,12 +307,52 @@ def test_refit_into_the_model_folder_is_relocatable(setup, tmp_path):
 
     root, coll = setup["root"], setup["coll"]
     poses = root / "poses_for_refit"
-    _ok(runner.invoke(app, ["poses", "discover", str(coll), "-o", str(poses), "--backbone", str(setup["unet"]), "--poses", "4", "--parts", "4",
-                            "--batch-size", "8", "--workers", "0", "--device", "cpu"]))  # fmt: skip
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "poses",
+                "discover",
+                str(coll),
+                "-o",
+                str(poses),
+                "--backbone",
+                str(setup["unet"]),
+                "--poses",
+                "4",
+                "--parts",
+                "4",
+                "--batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ],
+        )
+    )
     model = tmp_path / "model"
     shutil.copytree(setup["unet"], model)
-    _ok(runner.invoke(app, ["poses", "refit", str(poses), "--backbone", str(model), "--collection", str(coll), "-o", str(model / "poses"),
-                            "--features", str(tmp_path / "f"), "--device", "cpu"]))  # fmt: skip
+    _ok(
+        runner.invoke(
+            app,
+            [
+                "poses",
+                "refit",
+                str(poses),
+                "--backbone",
+                str(model),
+                "--collection",
+                str(coll),
+                "-o",
+                str(model / "poses"),
+                "--features",
+                str(tmp_path / "f"),
+                "--device",
+                "cpu",
+            ],
+        )
+    )
     meta = json.loads((model / "poses" / "pose_model.json").read_text())
     assert meta["backbone"]["path"] == ".."
     moved = tmp_path / "elsewhere" / "model"

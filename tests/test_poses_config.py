@@ -26,8 +26,21 @@ def test_defaults_are_the_measured_recipe_and_round_trip():
 def test_old_flat_config_files_still_load():
     """A poses folder written before the grouping (e.g. the shipped model's) keeps its settings; options since
     removed are ignored; absent scores were off then."""
-    old = {"num_poses": 8, "num_parts": 8, "mode": "parts", "w_visibility": 0.0, "w_box": 0.0, "w_facing": 0.5, "facing_component": None, "w_front": 0.5,
-           "front_refine": True, "restarts": 1, "part_inits": 16, "spacing": "sizes", "seed": 3}  # fmt: skip
+    old = {
+        "num_poses": 8,
+        "num_parts": 8,
+        "mode": "parts",
+        "w_visibility": 0.0,
+        "w_box": 0.0,
+        "w_facing": 0.5,
+        "facing_component": None,
+        "w_front": 0.5,
+        "front_refine": True,
+        "restarts": 1,
+        "part_inits": 16,
+        "spacing": "sizes",
+        "seed": 3,
+    }
     cfg = DiscoverConfig.from_dict(old)
     assert cfg.parts.num_parts == 8 and cfg.parts.inits == 16 and cfg.descriptor.w_visibility == 0.0 and cfg.facing.component is None
     assert cfg.cameras.spacing == "sizes" and cfg.seed == 3
@@ -52,7 +65,9 @@ def test_bad_settings_are_refused_when_made(make, message):
 
 def test_poseset_round_trip_and_alignment(tmp_path):
     files = [f"images/{i:06d}.png" for i in range(5)]
-    ps = PoseSet(files, np.array([0, 1, 2, 3, 0]), np.array([0, 3, 2, 1]), np.full(5, 0.5), np.array([0.0, 90.0, 180.0, 270.0]), {"flip_agreement": 0.9})
+    ps = PoseSet(
+        files, np.array([0, 1, 2, 3, 0]), np.array([0, 3, 2, 1]), np.full(5, 0.5), np.array([0.0, 90.0, 180.0, 270.0]), {"flip_agreement": 0.9}
+    )
     ps.save(tmp_path)
     back = PoseSet.load(tmp_path)
     assert back.files == files and back.num_poses == 4 and back.flip_agreement == 0.9 and back.folder == tmp_path and len(back.sha256) == 64

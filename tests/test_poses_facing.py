@@ -26,7 +26,7 @@ from mirage3d.poses.facing import (
     flip_sum,
     foreground_boxes,
     mirror_orbits,
-    refine_axis,  # fmt: skip
+    refine_axis,
 )
 from mirage3d.poses.model import DescriptorModel
 
@@ -130,8 +130,29 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     image its discovered pose."""
     coll, unet = make_mirror_collection(tmp_path / "coll"), make_unet_folder(tmp_path / "bb")
     out = tmp_path / "poses"
-    args = ["poses", "discover", str(coll), "-o", str(out), "--backbone", str(unet), "--poses", "4", "--parts", "4", "--w-facing", "1",
-            "--features", str(tmp_path / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    args = [
+        "poses",
+        "discover",
+        str(coll),
+        "-o",
+        str(out),
+        "--backbone",
+        str(unet),
+        "--poses",
+        "4",
+        "--parts",
+        "4",
+        "--w-facing",
+        "1",
+        "--features",
+        str(tmp_path / "feats"),
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     poses = json.loads((out / "poses.json").read_text())
@@ -161,8 +182,24 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     assert (np.array(fposes["labels"]).reshape(4, 4) == np.array(fposes["labels"]).reshape(4, 4)[:, :1]).all()
     # Refit with the front score: the fixed poses vote by their azimuth (+1 at 0 deg, -1 at 180 deg), so a front
     # model is always rebuilt, and the labels are kept.
-    r = runner.invoke(app, ["poses", "refit", str(front), "--backbone", str(unet), "--collection", str(coll), "-o", str(tmp_path / "refit"),
-                            "--features", str(tmp_path / "feats"), "--device", "cpu"])  # fmt: skip
+    r = runner.invoke(
+        app,
+        [
+            "poses",
+            "refit",
+            str(front),
+            "--backbone",
+            str(unet),
+            "--collection",
+            str(coll),
+            "-o",
+            str(tmp_path / "refit"),
+            "--features",
+            str(tmp_path / "feats"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     refit = PoseModel.load(tmp_path / "refit")
     assert refit.descriptor.front is not None and refit.centres.shape[1] == 3 * 4 + 1 + 2
@@ -188,8 +225,29 @@ def test_front_split_through_the_cli_keeps_its_invariants(tmp_path):
     what holds either way is checked): poses.json says whether it was used, the saved model carries the front
     score exactly then."""
     coll, unet = make_collection(tmp_path / "coll", n=16), make_unet_folder(tmp_path / "bb")
-    base = ["poses", "discover", str(coll), "--backbone", str(unet), "--poses", "6", "--parts", "4", "--w-facing", "1", "--w-front", "1",
-            "--features", str(tmp_path / "feats"), "--batch-size", "8", "--workers", "0", "--device", "cpu"]  # fmt: skip
+    base = [
+        "poses",
+        "discover",
+        str(coll),
+        "--backbone",
+        str(unet),
+        "--poses",
+        "6",
+        "--parts",
+        "4",
+        "--w-facing",
+        "1",
+        "--w-front",
+        "1",
+        "--features",
+        str(tmp_path / "feats"),
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     for name in ("front",):
         r = runner.invoke(app, [*base, "-o", str(tmp_path / name)])
         assert r.exit_code == 0, r.output
@@ -260,7 +318,9 @@ def test_front_split_separates_front_from_back_in_the_merged_pair():
     direction = rng.normal(size=16)
     b = torch.as_tensor(end[:, None] * direction + 0.3 * rng.normal(size=(n, 16)) + 2.0 * base[:, :1], dtype=torch.float32)
     dm = DescriptorModel(parts=None)  # (add_front reads no part model)
-    out = add_front(b / 2, b / 2, dm, labels, mirror, d_raw, f_raw, DiscoverConfig(facing=FacingConfig(w_facing=1.0, w_front=1.0, front_dim=2, front_k=10)))
+    out = add_front(
+        b / 2, b / 2, dm, labels, mirror, d_raw, f_raw, DiscoverConfig(facing=FacingConfig(w_facing=1.0, w_front=1.0, front_dim=2, front_k=10))
+    )
     assert out is not None and dm.front is not None
     d2, f2, split, split_mirror = out
     assert split_mirror[0] == 0 and split_mirror[1] == 1 and list(split_mirror[2:]) == [3, 2, 5, 4, 7, 6]
@@ -270,4 +330,16 @@ def test_front_split_separates_front_from_back_in_the_merged_pair():
     assert agree.mean() > 0.95
     # No front/back pair (the lowest orbit a single pose): nothing to split.
     no_pair = np.where(labels == 1, 0, labels)
-    assert add_front(b, b, DescriptorModel(parts=None), no_pair, np.array([0, 1, 3, 2, 5, 4, 7, 6]), d_raw, f_raw, DiscoverConfig(facing=FacingConfig(w_facing=1.0, w_front=1.0))) is None
+    assert (
+        add_front(
+            b,
+            b,
+            DescriptorModel(parts=None),
+            no_pair,
+            np.array([0, 1, 3, 2, 5, 4, 7, 6]),
+            d_raw,
+            f_raw,
+            DiscoverConfig(facing=FacingConfig(w_facing=1.0, w_front=1.0)),
+        )
+        is None
+    )

@@ -59,7 +59,10 @@ def toy_fit():
     return views, fit_field(views, ReconConfig(iters=150, res=32, batch_rays=2048, seed=0))
 
 
-def _turned(c2w: np.ndarray, deg_z: float, deg_tilt: float, centre=np.array([0.0, 0.0, 0.3])) -> np.ndarray:
+TURN_CENTRE = np.array([0.0, 0.0, 0.3])
+
+
+def _turned(c2w: np.ndarray, deg_z: float, deg_tilt: float, centre: np.ndarray = TURN_CENTRE) -> np.ndarray:
     R = Rotation.from_euler("z", deg_z, degrees=True) * Rotation.from_rotvec(np.deg2rad(deg_tilt) * np.array([0.6, 0.0, 0.8]))
     out = c2w.copy()
     out[:3, :3] = R.as_matrix() @ c2w[:3, :3]
@@ -95,8 +98,17 @@ def test_refinement_in_the_fit_reduces_a_camera_error():
     views.c2w[5] = _turned(true[5], 4.0, 2.0)
     views.reference = 0
     before = _rot_err(views.c2w, true)[5]
-    cfg = ReconConfig(iters=60, res=32, batch_rays=2048, pose_batch_rays=2048, refine_cameras=True, pose_iters=120, seed=0, shared_elevation=False,
-                      shared_focal=False)
+    cfg = ReconConfig(
+        iters=60,
+        res=32,
+        batch_rays=2048,
+        pose_batch_rays=2048,
+        refine_cameras=True,
+        pose_iters=120,
+        seed=0,
+        shared_elevation=False,
+        shared_focal=False,
+    )
     err = _rot_err(fit_field(views, cfg).c2w, true)
     assert err[5] < 0.5 * before and err.max() < 1.5 * max(1.0, err[5]), (before, err)
     assert err[0] < 1e-4  # the reference does not move

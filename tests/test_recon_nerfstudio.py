@@ -51,7 +51,8 @@ run.mkdir(parents=True)
 (run / "config.yml").write_text("method_name: " + argv[0] + "\\n")
 """
 
-FAKE_EXPORT = """
+FAKE_EXPORT = (
+    """
 import json, os, sys
 from pathlib import Path
 
@@ -81,7 +82,10 @@ lines += [f"vn {x} {y} {z}" for x, y, z in box.vertex_normals]
 for i, (a, b, c) in enumerate(box.faces + 1):
     lines.append(f"f {a}/{3 * i + 1}/{a} {b}/{3 * i + 2}/{b} {c}/{3 * i + 3}/{c}")
 (out / "mesh.obj").write_text("\\n".join(lines) + "\\n")
-""".replace("EXTENTS", repr(BOX_EXTENTS)).replace("OFFSET", repr(BOX_OFFSET)).replace("RGB", repr(TEXTURE_RGB))
+""".replace("EXTENTS", repr(BOX_EXTENTS))
+    .replace("OFFSET", repr(BOX_OFFSET))
+    .replace("RGB", repr(TEXTURE_RGB))
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +131,7 @@ def _leftovers(folder):
 
 def test_glb_from_fake_nerfstudio(views, tmp_path, fake_ns):
     out = tmp_path / "out" / "asset.glb"
-    r = runner.invoke(app, ["recon", str(views), "-o", str(out), "--backend", "nerfstudio", "--seed", "3",
-                            "--faces", "5000", "--texture-size", "64"])
+    r = runner.invoke(app, ["recon", str(views), "-o", str(out), "--backend", "nerfstudio", "--seed", "3", "--faces", "5000", "--texture-size", "64"])
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and "nerfstudio instant-ngp-bounded" in r.output and "PSNR" not in r.output
     for phase in ("train", "export", "convert"):
@@ -190,7 +193,11 @@ def test_nerfacto_obj_and_progress(views, tmp_path, fake_ns):
     assert _opt(train, "--pipeline.model.proposal-initial-sampler") == "uniform"
     assert steps and steps[-1] == (40, 40)
     assert set(result.timings) == {"load", "train", "export", "convert", "total"}
-    assert result.files[0].name == "asset.obj" and sorted(p.name for p in result.files[1:]) == ["asset.mtl", "asset.obj.config.json", "material_0.png"]
+    assert result.files[0].name == "asset.obj" and sorted(p.name for p in result.files[1:]) == [
+        "asset.mtl",
+        "asset.obj.config.json",
+        "material_0.png",
+    ]
     m = trimesh.load(tmp_path / "asset.obj", force="mesh")
     np.testing.assert_allclose(np.ptp(m.vertices, axis=0), [2.0, 3.0, 1.0], atol=1e-6)  # glTF axes, +Y up
 

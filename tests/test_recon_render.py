@@ -63,7 +63,7 @@ def test_so3_exp_matches_scipy_and_is_smooth_at_zero():
 
 def _ref_neus(sdf: np.ndarray, inv_s: float, col: np.ndarray, bg: float) -> tuple[np.ndarray, np.ndarray]:
     # The obvious sequential loop of NeuS's discrete opacity and front-to-back compositing.
-    sig = lambda x: 1.0 / (1.0 + math.exp(-x))  # noqa: E731
+    sig = lambda x: 1.0 / (1.0 + math.exp(-x))
     R, S1 = sdf.shape
     out, acc = np.zeros((R, 3)), np.zeros(R)
     for r in range(R):

@@ -24,9 +24,10 @@ def _flat(colour, n=64) -> np.ndarray:
 
 
 def _project(mesh, points, normals, cams, images, reference=None):
-    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    return project_colors(t(points), t(normals), t(np.stack(images)), t(np.stack(cams)), t(K), t(mesh.vertices),
-                          torch.as_tensor(mesh.faces), reference)
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
+    return project_colors(
+        t(points), t(normals), t(np.stack(images)), t(np.stack(cams)), t(K), t(mesh.vertices), torch.as_tensor(mesh.faces), reference
+    )
 
 
 def test_projection_puts_each_views_colour_where_it_sees_the_surface():

@@ -123,8 +123,8 @@ def test_ground_truth_is_consistent_and_deterministic_across_workers(tmp_path: P
     shutil.copytree(SEDAN.parent / "Textures", src / "kenney" / "Textures")
     cfg = R.RenderConfig(n_per_mesh=3, res=32, seed=7)
     r1 = R.render_collection(src, tmp_path / "a", cfg)
-    r2 = R.render_collection(src, tmp_path / "b", R.RenderConfig(n_per_mesh=3, res=32, seed=7, workers=2))
-    r3 = R.render_collection(src, tmp_path / "c", R.RenderConfig(n_per_mesh=3, res=32, seed=8))
+    R.render_collection(src, tmp_path / "b", R.RenderConfig(n_per_mesh=3, res=32, seed=7, workers=2))
+    R.render_collection(src, tmp_path / "c", R.RenderConfig(n_per_mesh=3, res=32, seed=8))
     assert r1.n_images == 6 and r1.mesh_ids == ["sedan", "quaternius-realistic-Cop"]  # sorted by path, subfolders included
     sedan_world = R._world_vertices(M.load_normalised(src / "kenney" / "sedan.glb"))
     for k in range(6):

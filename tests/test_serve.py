@@ -53,11 +53,18 @@ def test_client_options_are_asset_config_fields() -> None:
 def test_query_parsing() -> None:
     name, opts = options_from_query({"name": ["car.glb"], "steps": ["50"], "preview": ["1"], "guidance_scale": ["2.5"]})
     assert name == "car.glb" and opts == {"steps": 50, "preview": True, "guidance_scale": 2.5}
-    for bad, match in [({"name": ["../x.glb"]}, "bad output name"), ({"name": [".hidden.glb"]}, "bad output name"), ({}, "bad output name"),
-                       ({"name": ["a.glb"], "model": ["/etc"]}, "unknown option"), ({"name": ["a.glb"], "steps": ["ten"]}, "not a valid int"),
-                       ({"name": ["a.glb"], "preview": ["maybe"]}, "not a valid bool"), ({"name": ["a\x00.glb"]}, "bad output name"),
-                       ({"name": ["a" * 300 + ".glb"]}, "bad output name"), ({"name": ["a.txt"]}, "bad output name"),
-                       ({"name": ["a.glb"], "guidance_scale": ["nan"]}, "not a finite number")]:  # fmt: skip
+    for bad, match in [
+        ({"name": ["../x.glb"]}, "bad output name"),
+        ({"name": [".hidden.glb"]}, "bad output name"),
+        ({}, "bad output name"),
+        ({"name": ["a.glb"], "model": ["/etc"]}, "unknown option"),
+        ({"name": ["a.glb"], "steps": ["ten"]}, "not a valid int"),
+        ({"name": ["a.glb"], "preview": ["maybe"]}, "not a valid bool"),
+        ({"name": ["a\x00.glb"]}, "bad output name"),
+        ({"name": ["a" * 300 + ".glb"]}, "bad output name"),
+        ({"name": ["a.txt"]}, "bad output name"),
+        ({"name": ["a.glb"], "guidance_scale": ["nan"]}, "not a finite number"),
+    ]:
         with pytest.raises(InputError, match=match):
             options_from_query(bad)
 
@@ -81,7 +88,7 @@ def test_served_asset_matches_a_local_run(tmp_path: Path, model_dir: Path, serve
     assert r.exit_code == 1 and "already exists" in r.stderr
 
 
-def _error(result) -> str:  # noqa: ANN001
+def _error(result) -> str:
     assert result.exit_code == 1, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -93,7 +100,9 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path: Path, model_dir: Path, 
     image = cutout(tmp_path / "in.png")
     out = tmp_path / "o" / "car.glb"
     # Nothing listening.
-    assert "no mirage3d server answers" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", "http://127.0.0.1:9", *FAST]))
+    assert "no mirage3d server answers" in _error(
+        runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", "http://127.0.0.1:9", *FAST])
+    )
     assert "not a server URL" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", "localhost:8765", *FAST]))
     # Checked before sending: not an image.
     junk = tmp_path / "junk.png"
@@ -103,7 +112,9 @@ def test_errors_are_one_line_and_leave_nothing(tmp_path: Path, model_dir: Path, 
     msg = _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--pose", "9", "--steps", "2"]))
     assert "refused" in msg and "pose" in msg
     # Options that cannot travel.
-    assert "--keep-views" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--keep-views", str(tmp_path / "v")]))
+    assert "--keep-views" in _error(
+        runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--keep-views", str(tmp_path / "v")])
+    )
     assert "--device" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--device", "cpu"]))
     assert "serves" in _error(runner.invoke(app, ["make-asset", str(image), "-o", str(out), "--server", url, "--model", str(tmp_path)]))
     assert not out.parent.exists() or not any(out.parent.iterdir())
@@ -152,8 +163,11 @@ def test_foreign_host_and_origin_are_refused_and_the_server_stays_healthy(server
     """DNS rebinding: a web page whose name resolves to 127.0.0.1 sends its own Host and Origin."""
     srv, url = server
     port = srv.server_address[1]
-    for headers in ({"Host": f"evil.example:{port}"}, {"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"},
-                    {"Host": f"127.0.0.1:{port}", "Origin": "null"}):  # fmt: skip
+    for headers in (
+        {"Host": f"evil.example:{port}"},
+        {"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"},
+        {"Host": f"127.0.0.1:{port}", "Origin": "null"},
+    ):
         for method, path in (("GET", "/health"), ("POST", "/make-asset?name=car.glb")):
             status, payload = _raw(url, method, path, headers, b"x" if method == "POST" else None)
             assert status == 403 and "\n" not in payload["error"], (headers, payload)
@@ -167,9 +181,14 @@ def test_requests_are_checked_before_a_job_runs(tmp_path: Path, server) -> None:
     srv, url = server
     image = cutout(tmp_path / "in.png").read_bytes()
     served = srv.served
-    for query, match in (("name=a%00.glb", "bad output name"), ("name=" + "a" * 300 + ".glb", "bad output name"),
-                         ("name=a.glb&reference_pose=99&steps=2", "--pose 99"), ("name=a.glb&views=50", "--views 50"),
-                         ("name=a.glb&steps=0", "--steps"), ("name=a.glb&model=x", "unknown option")):  # fmt: skip
+    for query, match in (
+        ("name=a%00.glb", "bad output name"),
+        ("name=" + "a" * 300 + ".glb", "bad output name"),
+        ("name=a.glb&reference_pose=99&steps=2", "--pose 99"),
+        ("name=a.glb&views=50", "--views 50"),
+        ("name=a.glb&steps=0", "--steps"),
+        ("name=a.glb&model=x", "unknown option"),
+    ):
         status, payload = _raw(url, "POST", "/make-asset?" + query, body=image)
         assert status == 400 and match in payload["error"], (query, payload)
     status, payload = _raw(url, "POST", "/make-asset?name=a.glb", body=b"not an image at all")
@@ -238,14 +257,14 @@ def fake_server():
             self.end_headers()
             self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._answer(reply.get("health", json.dumps({"status": "ok", "model": "car", "device": "cpu"}).encode()))
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             self._answer(reply["body"])
 
-        def log_message(self, *args) -> None:  # noqa: ANN002
+        def log_message(self, *args) -> None:
             pass
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -313,7 +332,7 @@ def test_clients_that_leave_cost_no_traceback_and_no_job(tmp_path: Path, server,
         s.sendall(head.encode() + sent)
         s.close()
     deadline = time.monotonic() + 60
-    while srv.slots._value < 4 and time.monotonic() < deadline:  # (the handlers finish)  # noqa: SLF001
+    while srv.slots._value < 4 and time.monotonic() < deadline:  # (the handlers finish)
         time.sleep(0.1)
     assert srv.served == served and server_health(url)["status"] == "ok"
     assert "Traceback" not in capfd.readouterr().err

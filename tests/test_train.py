@@ -26,8 +26,19 @@ N_IMAGES, K = 8, 3
 
 
 def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(model="tiny", batch_size=4, max_steps=4, checkpoint_every=2, sample_every=0, sample_steps=2,
-                sample_per_pose=2, log_every=1, warmup_steps=2, device="cpu", workers=2)  # fmt: skip
+    base = dict(
+        model="tiny",
+        batch_size=4,
+        max_steps=4,
+        checkpoint_every=2,
+        sample_every=0,
+        sample_steps=2,
+        sample_per_pose=2,
+        log_every=1,
+        warmup_steps=2,
+        device="cpu",
+        workers=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -157,8 +168,14 @@ def test_resume_equals_uninterrupted_run(collection: Path, phase1: Path, tmp_pat
 def test_exported_pipeline_reloads_and_samples_deterministically(phase1: Path) -> None:
     from mirage3d.diffusion.pipeline import MiragePipeline
 
-    for f in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json",
-              "loss.png", "train_config.json", "samples/step-000004.png"):  # fmt: skip
+    for f in (
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+        "loss.png",
+        "train_config.json",
+        "samples/step-000004.png",
+    ):
         assert (phase1 / f).exists(), f
     pipe = MiragePipeline.from_pretrained(phase1)
     pipe.set_progress_bar_config(disable=True)
@@ -224,8 +241,26 @@ def test_bad_options_and_outputs(collection: Path, tmp_path: Path) -> None:
 
 def test_cli_end_to_end_and_bad_input(collection: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
-    args = ["train", str(collection), "-o", str(out), "--model", "tiny", "--batch-size", "4", "--max-steps", "2",
-            "--checkpoint-every", "1", "--sample-steps", "2", "--device", "cpu", "--seed", "1"]  # fmt: skip
+    args = [
+        "train",
+        str(collection),
+        "-o",
+        str(out),
+        "--model",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--sample-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "to step 2" in r.output and (out / "model_index.json").exists() and (out / "checkpoints" / "checkpoint-2").is_dir()
@@ -244,9 +279,32 @@ def test_two_process_cpu_training(collection: Path, tmp_path: Path) -> None:
     """torchrun (what `accelerate launch` uses) with 2 gloo CPU processes: shards differ, one checkpoint per step."""
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "mirage3d.cli", "train",
-           str(collection), "-o", str(out), "--model", "tiny", "--batch-size", "2", "--max-steps", "2", "--checkpoint-every", "2",
-           "--sample-steps", "1", "--device", "cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "mirage3d.cli",
+        "train",
+        str(collection),
+        "-o",
+        str(out),
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--sample-steps",
+        "1",
+        "--device",
+        "cpu",
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2

@@ -21,18 +21,42 @@ runner = CliRunner()
 NUM_POSES = 4
 
 
-def make_tiny_model(folder: Path, num_poses: int = NUM_POSES, num_class_embeds: int = 9, radius: float = 3.0, focal: float = 88.0, size: int = 64) -> Path:
+def make_tiny_model(
+    folder: Path, num_poses: int = NUM_POSES, num_class_embeds: int = 9, radius: float = 3.0, focal: float = 88.0, size: int = 64
+) -> Path:
     """A tiny random MiragePipeline folder (16² UNet) with ``poses/cameras.json`` for ``num_poses`` poses on a ring."""
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       num_class_embeds=num_class_embeds, norm_num_groups=4, attention_head_dim=4)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=num_class_embeds,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
     MiragePipeline(unet, DDIMScheduler(num_train_timesteps=1000)).save_pretrained(folder)
     cams = []
     for k in range(num_poses):
         az = 360.0 * k / num_poses
-        cams.append({"pose": k, "azimuth_deg": az, "elevation_deg": 17.5, "radius": radius, "fl_x": focal, "fl_y": focal, "cx": size / 2, "cy": size / 2,
-                     "w": size, "h": size, "transform_matrix": orbit_c2w(az, 17.5, radius).tolist()})
+        cams.append(
+            {
+                "pose": k,
+                "azimuth_deg": az,
+                "elevation_deg": 17.5,
+                "radius": radius,
+                "fl_x": focal,
+                "fl_y": focal,
+                "cx": size / 2,
+                "cy": size / 2,
+                "w": size,
+                "h": size,
+                "transform_matrix": orbit_c2w(az, 17.5, radius).tolist(),
+            }
+        )
     (folder / "poses").mkdir()
     (folder / "poses" / "cameras.json").write_text(json.dumps({"num_poses": num_poses, "cameras": cams}))
     return folder
@@ -55,8 +79,29 @@ def cutout(path: Path, background: tuple[int, int, int] | None = None) -> Path:
 
 def test_views_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "views"
-    r = runner.invoke(app, ["views", str(cutout(tmp_path / "in.png")), "--model", str(model_dir), "-o", str(out), "--pose", "1",
-                            "--poses", "0,2", "--steps", "3", "--guidance", "1.5", "--seed", "1", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        [
+            "views",
+            str(cutout(tmp_path / "in.png")),
+            "--model",
+            str(model_dir),
+            "-o",
+            str(out),
+            "--pose",
+            "1",
+            "--poses",
+            "0,2",
+            "--steps",
+            "3",
+            "--guidance",
+            "1.5",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "wrote 3 views" in r.output
     t = read_transforms(out)
@@ -79,14 +124,16 @@ def test_views_unconditional_and_plain_background(tmp_path: Path, model_dir: Pat
     assert r.exit_code == 0, r.output
     assert len(read_transforms(tmp_path / "u").frames) == NUM_POSES
     grey = cutout(tmp_path / "grey.png", background=(128, 128, 128))
-    r = runner.invoke(app, ["views", str(grey), "--model", str(model_dir), "-o", str(tmp_path / "g"), "--pose", "0", "--poses", "0",
-                            "--steps", "2", "--device", "cpu"])
+    r = runner.invoke(
+        app,
+        ["views", str(grey), "--model", str(model_dir), "-o", str(tmp_path / "g"), "--pose", "0", "--poses", "0", "--steps", "2", "--device", "cpu"],
+    )
     assert r.exit_code == 0, r.output
     ref = np.asarray(Image.open(tmp_path / "g" / "images" / "pose_00.png"))
     assert ref[0, 0, 3] == 0 and ref[8, 8, 3] == 255 and ref[0, 0, :3].min() >= 250  # grey background removed
 
 
-def one_line_error(result) -> str:  # noqa: ANN001
+def one_line_error(result) -> str:
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in result.output

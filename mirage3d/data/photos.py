@@ -116,8 +116,14 @@ def read_boxes(path: str | Path, photos: list[Path]) -> dict[str, Box]:
             where = f"{path} line {reader.line_num}"
             name = (row["file"] or "").strip()
             if name not in by_name:
-                hint = " (the photo exists but is not a PNG/JPEG/WebP/BMP)" if (by_name and (next(iter(by_name.values())).parent / name).exists()) else ""
-                raise InputError(f"{where}: photo {name!r} is not in {next(iter(by_name.values())).parent}{hint}; fix the file name or remove the row")
+                hint = (
+                    " (the photo exists but is not a PNG/JPEG/WebP/BMP)"
+                    if (by_name and (next(iter(by_name.values())).parent / name).exists())
+                    else ""
+                )
+                raise InputError(
+                    f"{where}: photo {name!r} is not in {next(iter(by_name.values())).parent}{hint}; fix the file name or remove the row"
+                )
             if name in out:
                 raise InputError(f"{where}: a second box for {name}; give one row per photo")
             try:
@@ -128,7 +134,9 @@ def read_boxes(path: str | Path, photos: list[Path]) -> dict[str, Box]:
                 w, h = im.size
             # Boxes from other tools may overshoot the image by a fraction of a pixel: allow up to 1 px, clip.
             if box[0] < -1 or box[1] < -1 or box[2] > w + 1 or box[3] > h + 1:
-                raise InputError(f"{where}: box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo {name}; give pixel coordinates inside it")
+                raise InputError(
+                    f"{where}: box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo {name}; give pixel coordinates inside it"
+                )
             clipped = (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
             out[name] = check_box(clipped, w, h, where)
     return out
@@ -174,7 +182,10 @@ def cut_out_photo(path: Path, box: Box | None, cfg: ImportConfig) -> tuple[np.nd
     if found is None or share < cfg.min_object:
         return None, {"file": path.name, "reason": f"no object found (the {cut.source} cut-out covers {100 * share:.1f}% of the photo); {hint}"}
     if share > cfg.max_object:
-        return None, {"file": path.name, "reason": f"the {cut.source} cut-out covers {100 * share:.0f}% of the photo (background not separated); {hint}"}
+        return None, {
+            "file": path.name,
+            "reason": f"the {cut.source} cut-out covers {100 * share:.0f}% of the photo (background not separated); {hint}",
+        }
     crop = square_crop(found, cfg.fill)
     image = crop_rgba(rgba[..., :3], cut.mask, crop, cfg.res)
     return image, {"file": f"images/{path.stem}.png", "source": path.name, "mask_source": cut.source, "box": list(found), "crop": list(crop)}
@@ -199,8 +210,14 @@ def contact_sheet(images: list[Path], res: int, cols: int = 8) -> Image.Image:
     return sheet
 
 
-def import_photos(photos: str | Path, output: str | Path, config: ImportConfig | None = None, boxes: str | Path | None = None,
-                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> ImportResult:  # fmt: skip
+def import_photos(
+    photos: str | Path,
+    output: str | Path,
+    config: ImportConfig | None = None,
+    boxes: str | Path | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
     """Import the photos of ``photos`` into the collection folder ``output`` (module docstring)."""
     cfg = config or ImportConfig()
     t0 = time.perf_counter()
@@ -241,6 +258,12 @@ def import_photos(photos: str | Path, output: str | Path, config: ImportConfig |
         n_sheet = min(cfg.contact_sheet, len(records))
         pick = np.linspace(0, len(records) - 1, n_sheet).round().astype(int) if n_sheet else []
         contact_sheet([tmp / records[i]["file"] for i in pick], cfg.res).save(tmp / "contact_sheet.png")
-        save_config(cfg, tmp / "config.json", photos_source=str(Path(photos).resolve()),
-                    boxes=None if boxes is None else str(Path(boxes).resolve()), n_images=len(records), n_skipped=len(skipped))  # fmt: skip
+        save_config(
+            cfg,
+            tmp / "config.json",
+            photos_source=str(Path(photos).resolve()),
+            boxes=None if boxes is None else str(Path(boxes).resolve()),
+            n_images=len(records),
+            n_skipped=len(skipped),
+        )
     return ImportResult(Path(output), len(records), skipped, sources, time.perf_counter() - t0)

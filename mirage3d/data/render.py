@@ -124,7 +124,9 @@ class _Renderer:
             for piece in nm.pieces:
                 uv = getattr(piece.visual, "uv", None)
                 uv = uv if uv is not None and len(uv) == len(piece.vertices) else None
-                prims.append(self.pr.Primitive(positions=piece.vertices, normals=piece.vertex_normals, texcoord_0=uv, indices=piece.faces, material=None))
+                prims.append(
+                    self.pr.Primitive(positions=piece.vertices, normals=piece.vertex_normals, texcoord_0=uv, indices=piece.faces, material=None)
+                )
             self.meshes[key] = (nm, self.pr.Mesh(prims))
         return self.meshes[key]
 
@@ -144,14 +146,26 @@ class _Renderer:
                     tex = textures[id(src)]
                 rough = getattr(mat, "roughnessFactor", None)
                 made[id(mat)] = self.pr.MetallicRoughnessMaterial(
-                    baseColorFactor=[*rgb, 1.0], baseColorTexture=tex, metallicFactor=0.0,
-                    roughnessFactor=0.7 if rough is None else float(rough), doubleSided=True,
-                )  # fmt: skip
+                    baseColorFactor=[*rgb, 1.0],
+                    baseColorTexture=tex,
+                    metallicFactor=0.0,
+                    roughnessFactor=0.7 if rough is None else float(rough),
+                    doubleSided=True,
+                )
             out.append(made[id(mat)])
         return out
 
-    def render(self, nm: M.NormalisedMesh, mesh: Any, c2w: np.ndarray, intr: Intrinsics, appearance_seed: int,
-               scale: np.ndarray | None, light: Lighting, cfg: RenderConfig) -> np.ndarray:  # fmt: skip
+    def render(
+        self,
+        nm: M.NormalisedMesh,
+        mesh: Any,
+        c2w: np.ndarray,
+        intr: Intrinsics,
+        appearance_seed: int,
+        scale: np.ndarray | None,
+        light: Lighting,
+        cfg: RenderConfig,
+    ) -> np.ndarray:
         pr, ss = self.pr, int(cfg.supersample)
         for prim, mat in zip(mesh.primitives, self.materials(nm, appearance_seed, cfg), strict=True):
             prim.material = mat
@@ -181,9 +195,15 @@ def _renderer() -> _Renderer:
     return _RENDERER
 
 
-def render_views(mesh: str | Path | M.NormalisedMesh, c2ws: np.ndarray | Sequence[np.ndarray], intrinsics: Intrinsics,
-                 appearance_seed: int = M.CANONICAL_APPEARANCE, scale: np.ndarray | None = None,
-                 lighting: Lighting = CANONICAL_LIGHT, config: RenderConfig | None = None) -> list[np.ndarray]:  # fmt: skip
+def render_views(
+    mesh: str | Path | M.NormalisedMesh,
+    c2ws: np.ndarray | Sequence[np.ndarray],
+    intrinsics: Intrinsics,
+    appearance_seed: int = M.CANONICAL_APPEARANCE,
+    scale: np.ndarray | None = None,
+    lighting: Lighting = CANONICAL_LIGHT,
+    config: RenderConfig | None = None,
+) -> list[np.ndarray]:
     """Render a mesh (normalised into the world frame) at camera-to-world matrices → RGBA uint8 (h, w, 4) each.
 
     ``appearance_seed`` 0 keeps the mesh's own colours; ``scale`` (3,) scales the normalised mesh per world
@@ -212,11 +232,20 @@ def sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> di
     light = Lighting(tuple(float(x) for x in light_dir), float(rng.uniform(*cfg.light_intensity)), float(rng.uniform(*cfg.ambient)))
     c = cfg.res / 2.0
     return {
-        "azimuth_deg": az, "elevation_deg": el, "distance": float(dist),
-        "fl_x": float(f), "fl_y": float(f), "cx": c, "cy": c, "w": cfg.res, "h": cfg.res,
-        "c2w": orbit_c2w(az, el, dist).tolist(), "appearance_seed": appearance_seed,
-        "scale": [float(x) for x in s], "light": asdict(light),
-    }  # fmt: skip
+        "azimuth_deg": az,
+        "elevation_deg": el,
+        "distance": float(dist),
+        "fl_x": float(f),
+        "fl_y": float(f),
+        "cx": c,
+        "cy": c,
+        "w": cfg.res,
+        "h": cfg.res,
+        "c2w": orbit_c2w(az, el, dist).tolist(),
+        "appearance_seed": appearance_seed,
+        "scale": [float(x) for x in s],
+        "light": asdict(light),
+    }
 
 
 def _world_vertices(nm: M.NormalisedMesh) -> np.ndarray:
@@ -240,8 +269,7 @@ def _render_chunk(job: tuple[str, str, list[int], RenderConfig, str]) -> list[di
         name = f"{i:06d}.png"
         Image.fromarray(img).save(Path(images_dir) / name)
         info = nm.info
-        records.append({"file": f"images/{name}", "index": i, "mesh_id": mesh_id, "category": info.category,
-                        "front_verified": info.verified, **rec})  # fmt: skip
+        records.append({"file": f"images/{name}", "index": i, "mesh_id": mesh_id, "category": info.category, "front_verified": info.verified, **rec})
     return records
 
 
@@ -264,8 +292,13 @@ def _render_orbit(job: tuple[str, str, list[int], RenderConfig, str]) -> list[di
         img = _renderer().render(nm, pm, c2w, intr, M.CANONICAL_APPEARANCE, None, CANONICAL_LIGHT, cfg)
         Image.fromarray(img).save(out / "images" / f"frame_{k:05d}.png")
         frames.append(Frame(f"images/frame_{k:05d}.png", c2w, {"azimuth_deg": float(az), "elevation_deg": cfg.orbit_elev}))
-    extra = {"mesh_id": mesh_id, "appearance_seed": M.CANONICAL_APPEARANCE, "light": asdict(CANONICAL_LIGHT),
-             "mesh": "mesh.glb", "mesh_frame": "world (+Z up, front +X, bounding radius 1)"}  # fmt: skip
+    extra = {
+        "mesh_id": mesh_id,
+        "appearance_seed": M.CANONICAL_APPEARANCE,
+        "light": asdict(CANONICAL_LIGHT),
+        "mesh": "mesh.glb",
+        "mesh_frame": "world (+Z up, front +X, bounding radius 1)",
+    }
     write_transforms(out / "transforms.json", Transforms.from_intrinsics(intr, frames, extra))
     M.normalised_trimesh(nm).export(out / "mesh.glb")
     return []
@@ -314,8 +347,9 @@ def contact_sheet(images_dir: Path, files: list[str], res: int, cols: int = 8) -
     return sheet
 
 
-def render_collection(meshes: str | Path, output: str | Path, config: RenderConfig, overwrite: bool = False,
-                      progress: Callable[[int, int], None] | None = None) -> RenderResult:  # fmt: skip
+def render_collection(
+    meshes: str | Path, output: str | Path, config: RenderConfig, overwrite: bool = False, progress: Callable[[int, int], None] | None = None
+) -> RenderResult:
     """Render a collection from a mesh file or folder (searched recursively) into ``output`` (atomically).
 
     ``progress(done, total)`` is called as images finish. All meshes are loaded and checked before

@@ -31,10 +31,10 @@ def draw_loss_curve(steps: list[int], losses: list[float], path: Path, size: tup
     d = ImageDraw.Draw(img)
     left, right, top, bottom = 64, w - 16, 16, h - 36
     d.rectangle([left, top, right, bottom], outline=(160, 160, 160))
-    pts = [(s, l) for s, l in zip(steps, losses) if l > 0 and math.isfinite(l)]
+    pts = [(s, v) for s, v in zip(steps, losses) if v > 0 and math.isfinite(v)]
     if len(pts) >= 1:
         s0, s1 = pts[0][0], max(pts[-1][0], pts[0][0] + 1)
-        ly = [math.log10(l) for _, l in pts]
+        ly = [math.log10(v) for _, v in pts]
         y0, y1 = min(ly), max(ly)
         if y1 - y0 < 1e-6:
             y0, y1 = y0 - 0.5, y1 + 0.5
@@ -49,8 +49,8 @@ def draw_loss_curve(steps: list[int], losses: list[float], path: Path, size: tup
         smooth = [xy(pts[i][0], sum(ly[max(0, i - k + 1) : i + 1]) / len(ly[max(0, i - k + 1) : i + 1])) for i in range(len(pts))]
         if len(smooth) > 1:
             d.line(smooth, fill=(30, 80, 200), width=2)
-        d.text((4, top), f"{10 ** y1:.3g}", fill="black")
-        d.text((4, bottom - 10), f"{10 ** y0:.3g}", fill="black")
+        d.text((4, top), f"{10**y1:.3g}", fill="black")
+        d.text((4, bottom - 10), f"{10**y0:.3g}", fill="black")
         d.text((left, bottom + 6), f"step {s0}", fill="black")
         d.text((right - 90, bottom + 6), f"step {pts[-1][0]}", fill="black")
     d.text((w // 2 - 60, h - 16), "training loss (log)", fill="black")

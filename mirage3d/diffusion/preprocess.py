@@ -102,8 +102,14 @@ def fill_for_mask(mask: np.ndarray, fill: float, fill_range: tuple[float, float]
     return own if fill_range[0] <= own <= fill_range[1] else fill
 
 
-def choose_fill(image: Image.Image | np.ndarray, fill: float, fill_range: tuple[float, float] | None, tolerance: float = DEFAULT_TOLERANCE,
-                name: str = "image", box: Box | None = None) -> float:  # fmt: skip
+def choose_fill(
+    image: Image.Image | np.ndarray,
+    fill: float,
+    fill_range: tuple[float, float] | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    name: str = "image",
+    box: Box | None = None,
+) -> float:
     """:func:`fill_for_mask` of an image (its object mask found as :func:`prepare_reference` finds it)."""
     if fill_range is None:
         return fill

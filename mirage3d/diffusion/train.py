@@ -168,7 +168,10 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.lr_schedule in ("constant", "cosine"), f"lr schedule must be constant or cosine, got {cfg.lr_schedule!r}"),
         (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), f"mixed precision must be auto, no, bf16 or fp16, got {cfg.mixed_precision!r}"),
         (cfg.data_on_device in ("auto", "yes", "no"), f"data_on_device must be auto, yes or no, got {cfg.data_on_device!r}"),
-        (cfg.device in ("auto", "cpu", "cuda") or cfg.device.removeprefix("cuda:").isdigit(), f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"),
+        (
+            cfg.device in ("auto", "cpu", "cuda") or cfg.device.removeprefix("cuda:").isdigit(),
+            f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}",
+        ),
         (cfg.save_dtype in SAVE_DTYPES, f"save dtype must be one of {', '.join(SAVE_DTYPES)}, got {cfg.save_dtype!r}"),
         (cfg.checkpoint_every >= 1, f"checkpoint every must be >= 1, got {cfg.checkpoint_every}"),
         (cfg.keep_checkpoints >= 1, f"keep checkpoints must be >= 1, got {cfg.keep_checkpoints}"),
@@ -186,8 +189,9 @@ def validate_config(cfg: TrainConfig) -> None:
 def make_noise_scheduler(cfg: TrainConfig):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=True)
-
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=True
+    )
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -267,9 +271,17 @@ def train(
     if len(files) < world:
         raise InputError(f"{len(files)} images cannot be shared by {world} processes; add images or use fewer processes")
 
-    record = {"config": config_to_dict(cfg), "unet": asdict(ucfg), "collection": str(collection), "num_images": len(files),
-              "poses": str(pose_labels.folder) if pose_labels else None, "poses_sha256": pose_labels.sha256 if pose_labels else None,
-              "num_poses": pose_labels.num_poses if pose_labels else None, "init": str(init) if init else None, "world_size": world}
+    record = {
+        "config": config_to_dict(cfg),
+        "unet": asdict(ucfg),
+        "collection": str(collection),
+        "num_images": len(files),
+        "poses": str(pose_labels.folder) if pose_labels else None,
+        "poses_sha256": pose_labels.sha256 if pose_labels else None,
+        "num_poses": pose_labels.num_poses if pose_labels else None,
+        "init": str(init) if init else None,
+        "world_size": world,
+    }
     record["unet"]["block_out_channels"] = list(ucfg.block_out_channels)
     record["unet"]["attention"] = list(ucfg.attention)
     # Data: this process's shard, decoded once into uint8 (n, 4, res, res), on the GPU when it fits. Decoded
@@ -288,8 +300,17 @@ def train(
         or (cfg.data_on_device == "auto" and images.numel() < 0.25 * torch.cuda.get_device_properties(device).total_memory)
     )
     images = images.to(device) if on_device else (images.pin_memory() if device.type == "cuda" else images)
-    source = BatchSource(images, classes[shard], mirror_cls, batch_size=cfg.batch_size, channels=ucfg.channels,
-                         flip=cfg.flip, p_uncond=cfg.p_uncond if pose_labels is not None else 0.0, seed=cfg.seed, rank=rank)
+    source = BatchSource(
+        images,
+        classes[shard],
+        mirror_cls,
+        batch_size=cfg.batch_size,
+        channels=ucfg.channels,
+        flip=cfg.flip,
+        p_uncond=cfg.p_uncond if pose_labels is not None else 0.0,
+        seed=cfg.seed,
+        rank=rank,
+    )
 
     # Model, EMA, optimizer.
     torch.manual_seed(cfg.seed)
@@ -344,8 +365,16 @@ def train(
 
     def write_samples(at: int) -> None:
         if main:
-            grid = sample_grid(ema.model, scheduler, pose_labels.num_poses if pose_labels else None, cfg.sample_per_pose, cfg.sample_steps, cfg.sample_guidance,
-                               cfg.seed, accelerator.autocast)  # fmt: skip
+            grid = sample_grid(
+                ema.model,
+                scheduler,
+                pose_labels.num_poses if pose_labels else None,
+                cfg.sample_per_pose,
+                cfg.sample_steps,
+                cfg.sample_guidance,
+                cfg.seed,
+                accelerator.autocast,
+            )
             atomic_save_image(output / "samples" / f"step-{at:06d}.png", grid)
         accelerator.wait_for_everyone()
 

@@ -23,8 +23,23 @@ from mirage3d.diffusion.train_data import PoseLabels
 from mirage3d.errors import InputError
 from mirage3d.io import atomic_write_json, atomic_write_text
 
-RESUME_KEYS = ("model", "res", "channels", "max_poses", "batch_size", "grad_accum", "lr", "lr_schedule", "warmup_steps",
-                "prediction_type", "beta_schedule", "num_train_timesteps", "p_uncond", "flip", "seed")
+RESUME_KEYS = (
+    "model",
+    "res",
+    "channels",
+    "max_poses",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "lr_schedule",
+    "warmup_steps",
+    "prediction_type",
+    "beta_schedule",
+    "num_train_timesteps",
+    "p_uncond",
+    "flip",
+    "seed",
+)
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -66,7 +81,9 @@ def prepare_output(output: Path, record: dict, overwrite: bool) -> None:
             k = diffs[0]
             old = saved.get("config", {}).get(k, saved.get(k))
             new = record["config"].get(k, record.get(k))
-            raise InputError(f"{output} holds a run with {k}={old!r}, this command asks {k}={new!r}; use the same options to resume, or --overwrite to start again")
+            raise InputError(
+                f"{output} holds a run with {k}={old!r}, this command asks {k}={new!r}; use the same options to resume, or --overwrite to start again"
+            )
     elif overwrite and output.is_dir():
         for child in output.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -128,7 +145,9 @@ def export_pipeline(output: Path, ema_unet: torch.nn.Module, train_scheduler, sa
 
 
 @torch.no_grad()
-def sample_grid(unet: torch.nn.Module, train_scheduler, num_poses: int | None, cols: int, steps: int, guidance: float, seed: int, autocast: Callable) -> np.ndarray:
+def sample_grid(
+    unet: torch.nn.Module, train_scheduler, num_poses: int | None, cols: int, steps: int, guidance: float, seed: int, autocast: Callable
+) -> np.ndarray:
     """uint8 grid (rows·H, cols·W, 3): one row per pose (guided by ``guidance``, ``steps`` DDIM steps), or 4 rows of
     class-0 samples in phase 1."""
     from mirage3d.diffusion.pipeline import MiragePipeline

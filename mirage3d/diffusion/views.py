@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from mirage3d.config import save_config
+from mirage3d.devices import resolve_device
 from mirage3d.diffusion.pipeline import ConsistencyConfig, CrossFrameConfig, MiragePipeline, MiragePipelineOutput
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_framing, prepare_reference
-from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError, ModelError
 from mirage3d.foreground import check_box
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_save_image, load_image, write_transforms
@@ -172,7 +172,9 @@ def _load_model(model_dir: str | Path, device: str = "auto", need_pose_model: bo
             # The pose model reads this model's own UNet (a shipped model): share it rather than load a copy.
             from mirage3d.poses.features import UNetBackbone, unet_settings
 
-            pose_model.backbone = UNetBackbone(pipe.unet, pipe.scheduler.alphas_cumprod, folder=str(model_dir.resolve()), **unet_settings(ref)).to(pipe.device)
+            pose_model.backbone = UNetBackbone(pipe.unet, pipe.scheduler.alphas_cumprod, folder=str(model_dir.resolve()), **unet_settings(ref)).to(
+                pipe.device
+            )
         pipe.pose_model = pose_model
     return pipe
 
@@ -273,7 +275,9 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
         check_box(cfg.box, photo.width, photo.height, str(input_path))
     pipe = load_model(model_dir, cfg.device, need_pose_model=photo is not None and cfg.reference_pose is None)
     if pipe.cameras is None:
-        raise ModelError(f"{model_dir / 'poses' / 'cameras.json'} is missing; the model needs the cameras of its poses (from `mirage3d poses discover`)")
+        raise ModelError(
+            f"{model_dir / 'poses' / 'cameras.json'} is missing; the model needs the cameras of its poses (from `mirage3d poses discover`)"
+        )
     num_poses = len(pipe.cameras)
     poses = parse_poses(cfg.poses, num_poses)
     if cfg.reference_pose is not None and not 0 <= cfg.reference_pose < num_poses:
@@ -281,7 +285,9 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     prepared = None
     if photo is not None:
         fill = None if not cfg.reframe else (pipe.fill if cfg.fill is None else cfg.fill)
-        prepared = prepare_reference(photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill is not None else pipe.fill_range, box=cfg.box)
+        prepared = prepare_reference(
+            photo, pipe.resolution, fill=fill, name=str(input_path), fill_range=None if cfg.fill is not None else pipe.fill_range, box=cfg.box
+        )
     render_fn = None
     if cfg.consistency.rounds:
         if recon is None:
@@ -291,7 +297,9 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
         render_fn = consistency_renderer(pipe, cfg, recon, None if prepared is None else prepared.mask)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(cfg.seed)
-    cross = CrossFrameConfig(enabled=cfg.cross_frame != "off", mode=cfg.cross_frame if cfg.cross_frame != "off" else "concat", layers=cfg.cross_frame_layers)
+    cross = CrossFrameConfig(
+        enabled=cfg.cross_frame != "off", mode=cfg.cross_frame if cfg.cross_frame != "off" else "concat", layers=cfg.cross_frame_layers
+    )
     try:
         out: MiragePipelineOutput = pipe(
             poses,
@@ -308,11 +316,20 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     except ValueError as e:  # check_inputs: bad layer names, out-of-range poses
         raise InputError(str(e)) from None
     rgba = _as_rgba(np.asarray(out.images), cfg, out.reference_index, None if prepared is None else prepared.mask)
-    return GeneratedViews(rgba, list(out.poses), list(out.cameras or []), views_intrinsics(pipe.cameras, pipe.resolution),
-                          int(out.reference_index), int(out.reference_pose), out.pose_confidence)
+    return GeneratedViews(
+        rgba,
+        list(out.poses),
+        list(out.cameras or []),
+        views_intrinsics(pipe.cameras, pipe.resolution),
+        int(out.reference_index),
+        int(out.reference_pose),
+        out.pose_confidence,
+    )
 
 
-def generate_views(input_path: str | Path | None, model_dir: str | Path, out_dir: str | Path, cfg: ViewsConfig | None = None, overwrite: bool = False) -> ViewsResult:
+def generate_views(
+    input_path: str | Path | None, model_dir: str | Path, out_dir: str | Path, cfg: ViewsConfig | None = None, overwrite: bool = False
+) -> ViewsResult:
     """:func:`make_views`, written as a views folder (see the module docstring)."""
     cfg = cfg or ViewsConfig()
     t0 = time.perf_counter()
@@ -337,8 +354,9 @@ def _as_rgba(images: np.ndarray, cfg: ViewsConfig, reference_index: int | None, 
     return views
 
 
-def write_views(gen: GeneratedViews, out_dir: Path, cfg: ViewsConfig, overwrite: bool = False, input_path: Any = None,
-                model_dir: Path | None = None) -> ViewsResult:
+def write_views(
+    gen: GeneratedViews, out_dir: Path, cfg: ViewsConfig, overwrite: bool = False, input_path: Any = None, model_dir: Path | None = None
+) -> ViewsResult:
     """Write ``gen`` as a nerfstudio views folder (atomically): images, transforms.json, contact sheet, turntable, config."""
     res = gen.rgba[0].shape[0]
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -356,7 +374,13 @@ def write_views(gen: GeneratedViews, out_dir: Path, cfg: ViewsConfig, overwrite:
         by_az = sorted(range(len(gen.rgba)), key=lambda i: gen.cameras[i].azimuth_deg)
         gif = [Image.fromarray((contact_sheet([gen.rgba[i]], 1) * 255 + 0.5).astype(np.uint8)) for i in by_az]
         gif[0].save(tmp / "turntable.gif", save_all=True, append_images=gif[1:], duration=250, loop=0)
-        save_config(cfg, tmp / "config.json", input=None if input_path is None else str(input_path), model=None if model_dir is None else str(model_dir),
-                    estimated_pose=gen.reference_pose if cfg.reference_pose is None else None, pose_confidence=gen.pose_confidence)
+        save_config(
+            cfg,
+            tmp / "config.json",
+            input=None if input_path is None else str(input_path),
+            model=None if model_dir is None else str(model_dir),
+            estimated_pose=gen.reference_pose if cfg.reference_pose is None else None,
+            pose_confidence=gen.pose_confidence,
+        )
         files += [out_dir / n for n in ("transforms.json", "contact_sheet.png", "turntable.gif", "config.json")]
     return ViewsResult(out_dir, list(gen.poses), gen.reference_pose, gen.pose_confidence, files)

@@ -40,8 +40,15 @@ def load_discover_config(poses_dir: Path) -> DiscoverConfig:
     return DiscoverConfig.from_dict(data)
 
 
-def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str | Path, out_dir: str | Path, features: str | Path | None = None,
-                     extract_config: ExtractConfig | None = None, overwrite: bool = False) -> RefitResult:  # fmt: skip
+def refit_pose_model(
+    poses_dir: str | Path,
+    backbone: Backbone,
+    collection: str | Path,
+    out_dir: str | Path,
+    features: str | Path | None = None,
+    extract_config: ExtractConfig | None = None,
+    overwrite: bool = False,
+) -> RefitResult:
     """Refit part centroids, descriptor normalisation and pose centres for another ``backbone``, labels fixed.
 
     The poses (labels, mirror map, cameras) of ``poses_dir`` are kept; only the pose model is rebuilt so that
@@ -56,7 +63,9 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     mirror = poses.mirror
     cache = extract_features(collection, features or default_cache_dir(collection, backbone, ecfg.flip), backbone, ecfg)
     if cache.files != poses.files:
-        raise InputError(f"{collection} does not hold the {len(poses.files)} images that {poses_dir} labels; pass the collection poses were discovered on")
+        raise InputError(
+            f"{collection} does not hold the {len(poses.files)} images that {poses_dir} labels; pass the collection poses were discovered on"
+        )
     device = resolve_device(cfg.device)
     dm = fit_descriptor_model(cache, cfg, device)
     d_raw, f_raw = compute_descriptors(cache, dm, device)
@@ -82,8 +91,15 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     cost = joint_cost(d, f, centres, mirror)
     temperature = float(cost.gather(1, labels[:, None]).median().clamp_min(1e-6))
     agreement = float((cost.argmin(1) == labels).float().mean())
-    model = PoseModel(backbone.reference(), dm.to("cpu"), centres, mirror, cache.flip if f_raw is not None else "none", temperature,
-                      extra={"grid": list(cache.grid), "image_size": cache.image_size, "refit_from": str(poses_dir.resolve()), "refit_agreement": agreement})  # fmt: skip
+    model = PoseModel(
+        backbone.reference(),
+        dm.to("cpu"),
+        centres,
+        mirror,
+        cache.flip if f_raw is not None else "none",
+        temperature,
+        extra={"grid": list(cache.grid), "image_size": cache.image_size, "refit_from": str(poses_dir.resolve()), "refit_agreement": agreement},
+    )
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for p in poses_dir.iterdir():
             if p.is_file() and not p.name.startswith("pose_model") and not p.name.startswith("."):
@@ -92,7 +108,9 @@ def refit_pose_model(poses_dir: str | Path, backbone: Backbone, collection: str 
     return RefitResult(Path(out_dir), agreement)
 
 
-def assign_files(images: list[Path], poses_dir: str | Path, backbone: str | Path | None = None, device: str = "auto", batch_size: int = 32) -> list[dict]:
+def assign_files(
+    images: list[Path], poses_dir: str | Path, backbone: str | Path | None = None, device: str = "auto", batch_size: int = 32
+) -> list[dict]:
     """Pose, azimuth and confidence of image files through the pose model of ``poses_dir``."""
     from mirage3d.data.collection import load_model_image
     from mirage3d.poses.cameras import load_cameras

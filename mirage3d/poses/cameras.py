@@ -37,21 +37,35 @@ class PoseCamera(Camera):
     radius: float = 0.0
 
     def to_json(self) -> dict:
-        return {"pose": self.pose, "azimuth_deg": self.azimuth_deg, "elevation_deg": self.elevation_deg, "radius": self.radius, **self.intrinsics.to_json(),
-                "transform_matrix": np.asarray(self.c2w, dtype=float).tolist()}  # fmt: skip
+        return {
+            "pose": self.pose,
+            "azimuth_deg": self.azimuth_deg,
+            "elevation_deg": self.elevation_deg,
+            "radius": self.radius,
+            **self.intrinsics.to_json(),
+            "transform_matrix": np.asarray(self.c2w, dtype=float).tolist(),
+        }
 
 
 def make_cameras(azimuth_deg: np.ndarray, res: int, cfg: CameraConfig) -> list[PoseCamera]:
     """A camera per pose at the given azimuths (K,), for images of ``res``×``res`` pixels."""
     radius = fit_radius_for_sphere(1.0, cfg.fov_deg, cfg.fill)
     intr = Intrinsics.from_fov(cfg.fov_deg, res)
-    return [PoseCamera(orbit_c2w(float(az), cfg.elevation_deg, radius), intr, k, float(az), cfg.elevation_deg, radius) for k, az in enumerate(np.asarray(azimuth_deg, dtype=np.float64))]
+    return [
+        PoseCamera(orbit_c2w(float(az), cfg.elevation_deg, radius), intr, k, float(az), cfg.elevation_deg, radius)
+        for k, az in enumerate(np.asarray(azimuth_deg, dtype=np.float64))
+    ]
 
 
 def write_cameras(folder: Path, cameras: list[PoseCamera], extra: dict | None = None) -> None:
     """``cameras.json`` and ``transforms.json`` (template: one frame per pose, ``images/pose_KK.png``)."""
-    atomic_write_json(folder / "cameras.json", {"num_poses": len(cameras), "cameras": [c.to_json() for c in cameras], "assumptions": ASSUMPTIONS, **(extra or {})})
-    frames = [Frame(f"images/pose_{c.pose:02d}.png", c.c2w, {"pose": c.pose, "azimuth_deg": c.azimuth_deg, "elevation_deg": c.elevation_deg}) for c in cameras]
+    atomic_write_json(
+        folder / "cameras.json", {"num_poses": len(cameras), "cameras": [c.to_json() for c in cameras], "assumptions": ASSUMPTIONS, **(extra or {})}
+    )
+    frames = [
+        Frame(f"images/pose_{c.pose:02d}.png", c.c2w, {"pose": c.pose, "azimuth_deg": c.azimuth_deg, "elevation_deg": c.elevation_deg})
+        for c in cameras
+    ]
     write_transforms(folder / "transforms.json", Transforms.from_intrinsics(cameras[0].intrinsics, frames, {"template": True}))
 
 
@@ -64,8 +78,14 @@ def load_cameras(folder: str | Path) -> list[PoseCamera]:
     try:
         data = json.loads(path.read_text())
         cams = [
-            PoseCamera(np.asarray(c["transform_matrix"], dtype=np.float64), Intrinsics(float(c["fl_x"]), float(c["fl_y"]), float(c["cx"]), float(c["cy"]), int(c["w"]), int(c["h"])),
-                       int(c["pose"]), float(c["azimuth_deg"]), float(c["elevation_deg"]), float(c["radius"]))  # fmt: skip
+            PoseCamera(
+                np.asarray(c["transform_matrix"], dtype=np.float64),
+                Intrinsics(float(c["fl_x"]), float(c["fl_y"]), float(c["cx"]), float(c["cy"]), int(c["w"]), int(c["h"])),
+                int(c["pose"]),
+                float(c["azimuth_deg"]),
+                float(c["elevation_deg"]),
+                float(c["radius"]),
+            )
             for c in data["cameras"]
         ]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:

@@ -134,8 +134,9 @@ def joint_cost(d: torch.Tensor, f: torch.Tensor, centres: torch.Tensor, mirror: 
     return dd + ff[:, torch.as_tensor(mirror, device=d.device)]
 
 
-def _lloyd(d: torch.Tensor, f: torch.Tensor, c: torch.Tensor, mirror: np.ndarray, iters: int, flip_centres: bool,
-           max_fixed: int | None) -> tuple[torch.Tensor, np.ndarray]:  # fmt: skip
+def _lloyd(
+    d: torch.Tensor, f: torch.Tensor, c: torch.Tensor, mirror: np.ndarray, iters: int, flip_centres: bool, max_fixed: int | None
+) -> tuple[torch.Tensor, np.ndarray]:
     """Alternate labels, centres and the mirror map, from centres ``c`` and map ``mirror``, until nothing changes."""
     n, k = d.shape[0], c.shape[0]
     labels = torch.full((n,), -1, dtype=torch.long, device=d.device)
@@ -165,8 +166,16 @@ def _lloyd(d: torch.Tensor, f: torch.Tensor, c: torch.Tensor, mirror: np.ndarray
     return c, mirror
 
 
-def mirror_kmeans(d: torch.Tensor, f: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, flip_centres: bool = False,
-                  max_fixed: int | None = None) -> MirrorClusters:  # fmt: skip
+def mirror_kmeans(
+    d: torch.Tensor,
+    f: torch.Tensor,
+    k: int,
+    seed: int = 0,
+    n_init: int = 4,
+    iters: int = 100,
+    flip_centres: bool = False,
+    max_fixed: int | None = None,
+) -> MirrorClusters:
     """Cluster descriptors ``d`` (N, D) with flipped descriptors ``f`` (N, D) into ``k`` mirror-consistent poses.
 
     ``flip_centres`` False (default): centres are means of real images only (the flips constrain the labels

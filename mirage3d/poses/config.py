@@ -53,7 +53,9 @@ class CameraConfig:
         if self.spacing not in ("uniform", "sizes"):
             raise InputError(f"spacing {self.spacing!r} is unknown; use uniform or sizes")
         if not (0.0 < self.fill <= 1.0 and 1.0 < self.fov_deg < 120.0 and -90.0 < self.elevation_deg < 90.0):
-            raise InputError(f"camera fill must be in (0, 1], fov in (1, 120) and elevation in (-90, 90), got {self.fill}, {self.fov_deg}, {self.elevation_deg}")
+            raise InputError(
+                f"camera fill must be in (0, 1], fov in (1, 120) and elevation in (-90, 90), got {self.fill}, {self.fov_deg}, {self.elevation_deg}"
+            )
 
 
 @dataclass
@@ -157,7 +159,13 @@ class DiscoverConfig:
         (options since removed, e.g. ``restarts``) are ignored."""
         if not isinstance(data, dict):
             raise InputError(f"a pose discovery config must be a JSON object, got {type(data).__name__}")
-        legacy = {"part_inits": "inits", "facing_component": "component", "facing_components": "components", "facing_grid": "grid", "facing_refine": "refine"}
+        legacy = {
+            "part_inits": "inits",
+            "facing_component": "component",
+            "facing_components": "components",
+            "facing_grid": "grid",
+            "facing_refine": "refine",
+        }
         flat = {legacy.get(k, k): v for k, v in data.items() if not isinstance(v, dict)}
         if not isinstance(data.get("facing"), dict):  # a flat config: the scores were off by default then
             flat = {"w_facing": 0.0, "w_front": 0.0, "component": None, **flat}

@@ -57,12 +57,22 @@ def fit_descriptor_model(cache: FeatureCache, cfg: DiscoverConfig, device: torch
     """Part model from a sample of the cache; the normalisation is fitted later."""
     pc = cfg.parts
     sample = _gather(cache, sample_indices(cache.num_images, pc.sample_images, cfg.seed))
-    pm = fit_parts(sample["feats"].to(device).float(), sample["fg"].to(device).float(), sample["has_mask"].bool().to(device), pc.num_parts, pc.pca_dim, cfg.seed,
-                   pc.max_patches, pc.inits)  # fmt: skip
+    pm = fit_parts(
+        sample["feats"].to(device).float(),
+        sample["fg"].to(device).float(),
+        sample["has_mask"].bool().to(device),
+        pc.num_parts,
+        pc.pca_dim,
+        cfg.seed,
+        pc.max_patches,
+        pc.inits,
+    )
     return DescriptorModel(pm, cfg.descriptor.fg_threshold)
 
 
-def compute_descriptors(cache: FeatureCache, dm: DescriptorModel, device: torch.device, progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def compute_descriptors(
+    cache: FeatureCache, dm: DescriptorModel, device: torch.device, progress: Callable[[int, int], None] | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Raw descriptors of every image and of its mirror image (None if the cache has no flips), streamed."""
     dm = dm.to(device)
     ds, fs = [], []
@@ -108,8 +118,9 @@ def pooled_pairs(cache: FeatureCache, dm: DescriptorModel, device: torch.device,
     return torch.cat(bs), torch.cat(bfs)
 
 
-def add_facing(c: torch.Tensor, dm: DescriptorModel, labels: np.ndarray, d_raw: torch.Tensor, f_raw: torch.Tensor,
-               cfg: DiscoverConfig) -> tuple[torch.Tensor, torch.Tensor, list[float]]:  # fmt: skip
+def add_facing(
+    c: torch.Tensor, dm: DescriptorModel, labels: np.ndarray, d_raw: torch.Tensor, f_raw: torch.Tensor, cfg: DiscoverConfig
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Fit the facing axis on flip differences ``c`` with pose ``labels`` and append the scores (+s to images,
     −s to flips)."""
     from mirage3d.poses.facing import fit_facing
@@ -148,8 +159,16 @@ def fit_front_model(g: torch.Tensor, votes: np.ndarray, dm: DescriptorModel, cfg
     return r
 
 
-def add_front(b: torch.Tensor, bf: torch.Tensor, dm: DescriptorModel, labels: np.ndarray, mirror: np.ndarray, d_raw: torch.Tensor,
-              f_raw: torch.Tensor, cfg: DiscoverConfig) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray] | None:  # fmt: skip
+def add_front(
+    b: torch.Tensor,
+    bf: torch.Tensor,
+    dm: DescriptorModel,
+    labels: np.ndarray,
+    mirror: np.ndarray,
+    d_raw: torch.Tensor,
+    f_raw: torch.Tensor,
+    cfg: DiscoverConfig,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray] | None:
     """Split the front/back pose pair with the front score (mirage3d.poses.facing, "Front or back").
 
     ``labels``/``mirror``: the poses clustered with the facing score (the last column of ``d_raw``). The
@@ -189,8 +208,9 @@ class Clustering:
     ring_order: list[int] | None
 
 
-def cluster_poses(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor | None, pooled: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                  cfg: DiscoverConfig) -> Clustering:  # fmt: skip
+def cluster_poses(
+    dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor | None, pooled: Callable[[], tuple[torch.Tensor, torch.Tensor]], cfg: DiscoverConfig
+) -> Clustering:
     """Poses from the raw descriptors of the images (and of their flips): the mirror-consistent clustering, then
     the facing and front/back passes when configured. ``pooled()`` gives the box-pooled features b(x), b(flip x)
     those passes need (computed only then). Fits the normalisation (and the scores) into ``dm``."""
@@ -229,8 +249,14 @@ def cluster_poses(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor 
     return Clustering(dm, mc, facing_eta2, ring_order)
 
 
-def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path, cfg: DiscoverConfig | None = None, overwrite: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> PoseSet:  # fmt: skip
+def discover_poses(
+    cache: FeatureCache,
+    collection: str | Path,
+    out: str | Path,
+    cfg: DiscoverConfig | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PoseSet:
     """Discover ``cfg.num_poses`` poses in the cached collection and write the poses folder ``out``."""
     from mirage3d.devices import resolve_device
 
@@ -261,17 +287,20 @@ def discover_poses(cache: FeatureCache, collection: str | Path, out: str | Path,
     confidence = confidence_from_cost(cost, temperature).numpy()
 
     record = {
-        "ring_order": [int(inv[o]) for o in ring.order], "flip_agreement": mc.flip_agreement,
+        "ring_order": [int(inv[o]) for o in ring.order],
+        "flip_agreement": mc.flip_agreement,
         # share of the images that the saved model (nearest centre) assigns as labelled here: < 1 when the
         # front/back split is kept as it is
         "assign_agreement": float((mc.cost.argmin(1) == mc.labels).float().mean()),
-        "mirror_residual_deg": ring.mirror_residual_deg, "objective": mc.objective,
+        "mirror_residual_deg": ring.mirror_residual_deg,
+        "objective": mc.objective,
         **({} if run.facing_eta2 is None else {"facing_eta2": [round(x, 5) for x in run.facing_eta2], "facing_used": dm.facing is not None}),
         **({} if not cfg.facing.front else {"front_used": dm.front is not None}),
-    }  # fmt: skip
+    }
     poses = PoseSet(list(cache.files), labels, mirror, confidence, azimuth, record, Path(out))
-    model = PoseModel(cache.backbone, dm.to("cpu"), centres, mirror, cache.flip, temperature,
-                      extra={"grid": list(cache.grid), "image_size": cache.image_size})  # fmt: skip
+    model = PoseModel(
+        cache.backbone, dm.to("cpu"), centres, mirror, cache.flip, temperature, extra={"grid": list(cache.grid), "image_size": cache.image_size}
+    )
     cameras = make_cameras(azimuth, _image_res(collection, cache), cfg.cameras)
     files = [collection / p for p in cache.files]
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -291,7 +320,9 @@ def _image_res(collection: Path, cache: FeatureCache) -> int:
         return int(max(im.size))
 
 
-def _write_parts_image(path: Path, cache: FeatureCache, dm: DescriptorModel, files: list[Path], labels: np.ndarray, confidence: np.ndarray, device: torch.device) -> None:
+def _write_parts_image(
+    path: Path, cache: FeatureCache, dm: DescriptorModel, files: list[Path], labels: np.ndarray, confidence: np.ndarray, device: torch.device
+) -> None:
     """The most confident image of each pose (up to 12), with its patches coloured by part."""
     picks = []
     for p in range(int(labels.max()) + 1):

@@ -89,7 +89,9 @@ def evaluate_poses(poses_dir: str | Path, collection: str | Path) -> PoseMetrics
     files, labels = poses.files, poses.labels
     missing = [f for f in files if f not in truth]
     if missing:
-        raise InputError(f"{len(missing)} of {len(files)} posed images (e.g. {missing[0]}) are not in {collection}/ground_truth.jsonl; is it the same collection?")
+        raise InputError(
+            f"{len(missing)} of {len(files)} posed images (e.g. {missing[0]}) are not in {collection}/ground_truth.jsonl; is it the same collection?"
+        )
     true_az = np.array([truth[f] for f in files])
     k = poses.num_poses
     cams = {c.pose: c.azimuth_deg for c in load_cameras(poses_dir)}

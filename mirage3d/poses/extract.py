@@ -108,10 +108,22 @@ class FeatureCache:
         if not path.exists():
             raise InputError(f"{folder} is not a feature cache (no {MANIFEST}); make one with `mirage3d features extract`")
         m = json.loads(path.read_text())
-        cache = cls(folder, m["files"], m["shard_size"], tuple(m["grid"]), m["channels"], m["flip"], m["backbone"], m["image_size"], {"collection": m.get("collection")})
+        cache = cls(
+            folder,
+            m["files"],
+            m["shard_size"],
+            tuple(m["grid"]),
+            m["channels"],
+            m["flip"],
+            m["backbone"],
+            m["image_size"],
+            {"collection": m.get("collection")},
+        )
         missing = [i for i in range(cache.num_shards) if not cache.shard_path(i).exists()]
         if missing:
-            raise InputError(f"feature cache {folder} is incomplete ({len(missing)} of {cache.num_shards} shards missing); run `mirage3d features extract` again to resume")
+            raise InputError(
+                f"feature cache {folder} is incomplete ({len(missing)} of {cache.num_shards} shards missing); run `mirage3d features extract` again to resume"
+            )
         return cache
 
 
@@ -184,7 +196,9 @@ def extract_features(
     amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype, torch.float32)
     for s in todo:
         idx = list(range(s * cfg.shard_size, min((s + 1) * cfg.shard_size, len(files))))
-        loader = DataLoader(Subset(dataset, idx), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            Subset(dataset, idx), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=device.type == "cuda"
+        )
         parts: dict[str, list[torch.Tensor]] = {"feats": [], "feats_flip": [], "fg": [], "has_mask": []}
         for batch in loader:
             x = batch["pixel_values"].to(device, non_blocking=True)  # (b, 3, H, W)

@@ -145,8 +145,9 @@ def refine_axis(c: torch.Tensor, axis: torch.Tensor, iters: int = 3, min_abs: fl
     return w.float()
 
 
-def fit_facing(c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2, max_eta2: float = 0.5,
-               component: int | None = None, refine: int = 3) -> tuple[FacingModel, list[float]]:  # fmt: skip
+def fit_facing(
+    c: torch.Tensor, labels: np.ndarray, components: int = 10, grid: int = 2, max_eta2: float = 0.5, component: int | None = None, refine: int = 3
+) -> tuple[FacingModel, list[float]]:
     """Facing axis from flip differences ``c`` (N, D) and first-pass pose ``labels`` (N,).
 
     Principal components of {c, −c} (centred at 0 by construction), by decreasing variance. The first-pass
@@ -211,14 +212,24 @@ class FrontModel:
         return self.score_sums(flip_sum(feats, feats_flip, fg, self.grid))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"front_mean": self.mean, "front_proj": self.proj, "front_scale": self.scale, "front_refs": self.refs.half(), "front_votes": self.votes}
+        return {
+            "front_mean": self.mean,
+            "front_proj": self.proj,
+            "front_scale": self.scale,
+            "front_refs": self.refs.half(),
+            "front_votes": self.votes,
+        }
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor], k: int, grid: int) -> FrontModel:
-        return cls(t["front_mean"].float(), t["front_proj"].float(), t["front_scale"].float(), t["front_refs"].float(), t["front_votes"].float(), k, grid)
+        return cls(
+            t["front_mean"].float(), t["front_proj"].float(), t["front_scale"].float(), t["front_refs"].float(), t["front_votes"].float(), k, grid
+        )
 
     def to(self, device: torch.device | str) -> FrontModel:
-        return FrontModel(self.mean.to(device), self.proj.to(device), self.scale.to(device), self.refs.to(device), self.votes.to(device), self.k, self.grid)
+        return FrontModel(
+            self.mean.to(device), self.proj.to(device), self.scale.to(device), self.refs.to(device), self.votes.to(device), self.k, self.grid
+        )
 
 
 def mirror_orbits(labels: np.ndarray, mirror: np.ndarray, s: np.ndarray) -> list[tuple[int, ...]]:

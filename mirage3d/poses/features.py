@@ -76,7 +76,9 @@ def _unet_folder(folder: Path) -> Path:
             cls = None
         if cls == "UNet2DModel":
             return folder
-    raise ModelError(f"{folder} holds no diffusers UNet2DModel (expected {folder}/unet/config.json); train one with `mirage3d train COLLECTION -o BACKBONE` (phase 1)")
+    raise ModelError(
+        f"{folder} holds no diffusers UNet2DModel (expected {folder}/unet/config.json); train one with `mirage3d train COLLECTION -o BACKBONE` (phase 1)"
+    )
 
 
 class _BlocksCaptured(Exception):
@@ -92,8 +94,15 @@ class UNetBackbone(Backbone):
     patch (so each block weighs the same) and concatenated.
     """
 
-    def __init__(self, unet: Any, alphas_cumprod: torch.Tensor, timestep: int = DEFAULT_TIMESTEP, blocks: tuple[str, ...] = ("up0",), seed: int = 0,
-                 folder: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        unet: Any,
+        alphas_cumprod: torch.Tensor,
+        timestep: int = DEFAULT_TIMESTEP,
+        blocks: tuple[str, ...] = ("up0",),
+        seed: int = 0,
+        folder: str | None = None,
+    ):
         super().__init__()
         self.unet = unet.eval().requires_grad_(False)
         self.folder = folder
@@ -136,14 +145,24 @@ class UNetBackbone(Backbone):
         with loading("the UNet backbone", ufolder, "it is damaged or incomplete: copy or train it again (`mirage3d train`)"):
             unet = UNet2DModel.from_pretrained(ufolder)
             sched_dir = ufolder.parent / "scheduler"
-            sched = DDPMScheduler.from_pretrained(sched_dir) if (sched_dir / "scheduler_config.json").exists() else DDPMScheduler(num_train_timesteps=1000)
+            sched = (
+                DDPMScheduler.from_pretrained(sched_dir)
+                if (sched_dir / "scheduler_config.json").exists()
+                else DDPMScheduler(num_train_timesteps=1000)
+            )
             return cls(unet, sched.alphas_cumprod, timestep, blocks, seed, folder=str(Path(folder).resolve()))
 
     def reference(self) -> dict[str, Any]:
         # "weights" fingerprints the UNet's files, so a feature cache made from the same folder before it was
         # retrained (same path, other weights) is refused instead of silently reused.
-        return {"kind": "unet", "path": self.folder, "timestep": self.timestep, "blocks": list(self.blocks), "seed": self.seed,
-                "weights": weights_fingerprint(self.folder) if self.folder else None}
+        return {
+            "kind": "unet",
+            "path": self.folder,
+            "timestep": self.timestep,
+            "blocks": list(self.blocks),
+            "seed": self.seed,
+            "weights": weights_fingerprint(self.folder) if self.folder else None,
+        }
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,7 +197,9 @@ class UNetBackbone(Backbone):
         feats = [outs[b].float() for b in self.blocks]  # each (B, C_b, h_b, w_b)
         if len(feats) > 1:
             size = feats[0].shape[-2:]
-            feats = [F.normalize(F.interpolate(f, size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else f, dim=1) for f in feats]
+            feats = [
+                F.normalize(F.interpolate(f, size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else f, dim=1) for f in feats
+            ]
         return torch.cat(feats, dim=1).permute(0, 2, 3, 1).contiguous()  # (B, h, w, C)
 
 
@@ -226,7 +247,9 @@ class Dinov2Backbone(Backbone):
         from transformers import Dinov2Config, Dinov2Model
 
         torch.manual_seed(seed)
-        model = Dinov2Model(Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=14, image_size=image_size))
+        model = Dinov2Model(
+            Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=14, image_size=image_size)
+        )
         return cls(model, image_size, {"kind": "random-vit", "seed": seed, "image_size": image_size})
 
     def reference(self) -> dict[str, Any]:
@@ -297,8 +320,9 @@ def unet_settings(ref: dict[str, Any]) -> dict[str, Any]:
     return {"timestep": int(ref.get("timestep", 100)), "blocks": tuple(ref.get("blocks", ("up0",))), "seed": int(ref.get("seed", 0))}
 
 
-def load_backbone(spec: str | dict[str, Any], *, timestep: int = DEFAULT_TIMESTEP, blocks: tuple[str, ...] = ("up0",), seed: int = 0,
-                  image_size: int | None = None) -> Backbone:  # fmt: skip
+def load_backbone(
+    spec: str | dict[str, Any], *, timestep: int = DEFAULT_TIMESTEP, blocks: tuple[str, ...] = ("up0",), seed: int = 0, image_size: int | None = None
+) -> Backbone:
     """Backbone from a spec string or a saved :meth:`Backbone.reference` dict.
 
     Spec strings: ``hog``, ``random-vit``, ``dinov2-small|base|large|giant``, ``facebook/dinov2-*``, or a folder
@@ -334,4 +358,6 @@ def load_backbone(spec: str | dict[str, Any], *, timestep: int = DEFAULT_TIMESTE
         return UNetBackbone.from_folder(path, timestep, blocks, seed)
     if "dinov2" in s or s in DINOV2_NAMES:
         return Dinov2Backbone.from_pretrained(s, image_size or 224)
-    raise InputError(f"backbone {s!r} is neither a folder nor one of: hog, random-vit, dinov2-small|base|large|giant; pass a model folder from `mirage3d train`")
+    raise InputError(
+        f"backbone {s!r} is neither a folder nor one of: hog, random-vit, dinov2-small|base|large|giant; pass a model folder from `mirage3d train`"
+    )

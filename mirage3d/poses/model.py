@@ -50,7 +50,9 @@ class DescriptorModel:
         """The foreground weights the descriptor uses (N, h, w)."""
         return self.parts.foreground(feats, fg_alpha.to(feats.device), has_mask.to(feats.device))
 
-    def raw_pair(self, feats: torch.Tensor, feats_flip: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def raw_pair(
+        self, feats: torch.Tensor, feats_flip: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised descriptors of images and of their mirror images (features ``feats_flip``), with the
         facing score (+s, −s) and the front score (r, r) appended when the model has them."""
         fg = self.foreground(feats, fg_alpha, has_mask)  # once: the descriptor and the facing score share it
@@ -88,8 +90,14 @@ class DescriptorModel:
 
     def to(self, device: torch.device | str) -> DescriptorModel:
         mv = lambda x: None if x is None else x.to(device)
-        return DescriptorModel(self.parts.to(device), self.fg_threshold, mv(self.desc_mean), mv(self.desc_scale), None if self.facing is None else self.facing.to(device),
-                               None if self.front is None else self.front.to(device))  # fmt: skip
+        return DescriptorModel(
+            self.parts.to(device),
+            self.fg_threshold,
+            mv(self.desc_mean),
+            mv(self.desc_scale),
+            None if self.facing is None else self.facing.to(device),
+            None if self.front is None else self.front.to(device),
+        )
 
 
 @dataclass
@@ -149,7 +157,11 @@ class PoseModel:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         # fp32, except tensors the descriptor keeps in fp16 (the front model's unit reference embeddings)
-        tensors = {k: v.detach().to(v.dtype if v.dtype == torch.float16 else torch.float32).cpu().contiguous() for k, v in self.descriptor.tensors().items() if v is not None}
+        tensors = {
+            k: v.detach().to(v.dtype if v.dtype == torch.float16 else torch.float32).cpu().contiguous()
+            for k, v in self.descriptor.tensors().items()
+            if v is not None
+        }
         tensors["pose_centres"] = self.centres.detach().float().cpu().contiguous()
         with atomic_path(folder / "pose_model.safetensors") as tmp:
             save_file(tensors, str(tmp))
@@ -193,19 +205,45 @@ class PoseModel:
             t = load_file(tensor_path)
             # Pose models written with descriptor options since removed (the flat descriptor, per-image centring)
             if meta["mode"] != "parts" or meta.get("centre_images", False):
-                raise ModelError(f"the pose model in {folder} uses a descriptor mirage3d no longer computes (flat or centred); discover the poses again")
+                raise ModelError(
+                    f"the pose model in {folder} uses a descriptor mirage3d no longer computes (flat or centred); discover the poses again"
+                )
             parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0))
             facing = FacingModel(t["facing_axis"].float(), int(meta["facing_grid"])) if "facing_axis" in t else None
             front = FrontModel.from_tensors(t, int(meta["front_k"]), int(meta["front_grid"])) if "front_refs" in t else None
             dm = DescriptorModel(parts, float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"], facing, front)
-            known = {"format", "backbone", "mode", "num_poses", "num_parts", "mirror", "flip", "temperature", "descriptor_fg_threshold", "feature_fg_threshold", "facing_grid",
-                     "front_k", "front_grid", "flat_grid", "centre_images"}  # fmt: skip
+            known = {
+                "format",
+                "backbone",
+                "mode",
+                "num_poses",
+                "num_parts",
+                "mirror",
+                "flip",
+                "temperature",
+                "descriptor_fg_threshold",
+                "feature_fg_threshold",
+                "facing_grid",
+                "front_k",
+                "front_grid",
+                "flat_grid",
+                "centre_images",
+            }
             ref = dict(meta["backbone"])
             # A relative backbone path is relative to the pose-model folder (a shipped model refers to its own
             # UNet as ".."), so the model folder can move.
             if isinstance(ref.get("path"), str) and not Path(ref["path"]).is_absolute() and (folder / ref["path"]).exists():
                 ref["path"] = str((folder / ref["path"]).resolve())
-            model = cls(ref, dm, t["pose_centres"], np.asarray(meta["mirror"], dtype=np.int64), meta["flip"], float(meta["temperature"]), backbone, {k: v for k, v in meta.items() if k not in known})
+            model = cls(
+                ref,
+                dm,
+                t["pose_centres"],
+                np.asarray(meta["mirror"], dtype=np.int64),
+                meta["flip"],
+                float(meta["temperature"]),
+                backbone,
+                {k: v for k, v in meta.items() if k not in known},
+            )
         if len(model.mirror) != model.num_poses:
             raise ModelError(f"pose model in {folder} has {len(model.mirror)} mirror entries for {model.num_poses} poses")
         return model

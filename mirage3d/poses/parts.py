@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from mirage3d.errors import InputError
 
 
-def kmeans(x: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, spherical: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
+def kmeans(
+    x: torch.Tensor, k: int, seed: int = 0, n_init: int = 4, iters: int = 100, spherical: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Lloyd's k-means with k-means++ seeding, best of ``n_init``: (centres (k, D), labels (N,), inertia).
 
     ``spherical``: points and centres live on the unit sphere (cosine k-means). Deterministic for a seed.
@@ -115,7 +117,9 @@ class PartModel:
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor], fg_threshold: float = 0.0) -> PartModel:
-        return cls(t["part_mean"].float(), t["part_proj"].float(), t["part_centroids"].float(), t["fg_mean"].float(), t["fg_axis"].float(), fg_threshold)
+        return cls(
+            t["part_mean"].float(), t["part_proj"].float(), t["part_centroids"].float(), t["fg_mean"].float(), t["fg_axis"].float(), fg_threshold
+        )
 
     def to(self, device: torch.device | str) -> PartModel:
         return PartModel(*(getattr(self, k).to(device) for k in ("mean", "proj", "centroids", "fg_mean", "fg_axis")), self.fg_threshold)
@@ -133,8 +137,16 @@ def fit_foreground_axis(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return mean, axis
 
 
-def fit_parts(feats: torch.Tensor, fg: torch.Tensor, has_mask: torch.Tensor, num_parts: int, pca_dim: int = 64, seed: int = 0, max_patches: int = 200_000,
-              n_init: int = 4) -> PartModel:  # fmt: skip
+def fit_parts(
+    feats: torch.Tensor,
+    fg: torch.Tensor,
+    has_mask: torch.Tensor,
+    num_parts: int,
+    pca_dim: int = 64,
+    seed: int = 0,
+    max_patches: int = 200_000,
+    n_init: int = 4,
+) -> PartModel:
     """Fit the part model on a sample: ``feats`` (N, h, w, C), ``fg`` (N, h, w) alpha coverage in [0, 1].
 
     Images without a mask (``has_mask`` (N,) false) get their foreground from the features' first principal

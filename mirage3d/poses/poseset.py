@@ -103,6 +103,7 @@ class PoseSet:
             raise InputError(f"{file}: files and labels must be lists of equal length")
         if not isinstance(mirror, list) or len(mirror) != k:
             raise InputError(f"{file}: mirror must list {k} poses (one per pose), got {len(mirror) if isinstance(mirror, list) else mirror!r}")
+
         def ints(v: object) -> bool:
             return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
 
@@ -137,6 +138,12 @@ class PoseSet:
         missing = [n for n in names if n not in by_name]
         extra = sorted(set(by_name) - set(names))
         if missing or extra:
-            what = f"{len(missing)} collection images have no label (e.g. {missing[0]})" if missing else f"{len(extra)} labelled files are not in the collection (e.g. {extra[0]})"
-            raise InputError(f"{self.folder / POSES_FILE if self.folder else POSES_FILE} does not match the collection: {what}; run pose discovery on this collection again")
+            what = (
+                f"{len(missing)} collection images have no label (e.g. {missing[0]})"
+                if missing
+                else f"{len(extra)} labelled files are not in the collection (e.g. {extra[0]})"
+            )
+            raise InputError(
+                f"{self.folder / POSES_FILE if self.folder else POSES_FILE} does not match the collection: {what}; run pose discovery on this collection again"
+            )
         return self.labels[[by_name[n] for n in names]]

@@ -21,7 +21,9 @@ def _thumb(path: Path, res: int) -> np.ndarray:
     return rgb
 
 
-def pose_sheet(files: list[Path], labels: np.ndarray, confidence: np.ndarray, azimuth_deg: np.ndarray, per_row: int = 12, res: int = 64) -> Image.Image:
+def pose_sheet(
+    files: list[Path], labels: np.ndarray, confidence: np.ndarray, azimuth_deg: np.ndarray, per_row: int = 12, res: int = 64
+) -> Image.Image:
     """One row per pose: its ``per_row`` most confident images, labelled with pose, azimuth and size."""
     k = len(azimuth_deg)
     margin = 96
