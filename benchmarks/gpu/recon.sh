@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reconstruction figures of docs/recon.md on the GPU machine, in one call of < 8 minutes (LIMIT=3: about 6):
-#   source scripts/device_env.sh && bash benchmarks/run_recon_gpu.sh OUT
+#   source scripts/device_env.sh && bash benchmarks/gpu/recon.sh OUT
 # Renders 32-view orbits (128²) of the shared cars (.carry/meshes/cars and .carry/meshes/cars-more, LIMIT
 # of them, default 4; the perturbation rows use the first 3) on the device, then benchmarks/bench_recon.py (16 or 8 of the 32 views for training,
 # the views half-way between them held out):
@@ -15,7 +15,7 @@
 # Environment: LIMIT (cars), W (scratch, default /tmp/recon_gpu), SMOKE=1 (a tiny CPU check of this script:
 # 1 car, 32-view orbits at 64², few steps; the numbers mean nothing).
 set -uo pipefail
-OUT=${1:?usage: bash benchmarks/run_recon_gpu.sh OUT}
+OUT=${1:?usage: bash benchmarks/gpu/recon.sh OUT}
 W=${W:-/tmp/recon_gpu}
 LIMIT=${LIMIT:-4}
 DEV=cuda ORBITS=32 RES=128 SET="" T1=180 T2=200 T3=50
