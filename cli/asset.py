@@ -29,6 +29,9 @@ def make_asset(
     box: str | None = typer.Option(
         None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background (default: found automatically)."
     ),
+    cross_frame: str = typer.Option(
+        _D.cross_frame, "--cross-frame", help="all (best mesh), concat (views attend to the input only: keep its colour better) or off."
+    ),
     rounds: int = typer.Option(
         _D.rounds, "--rounds", help="Consistency rounds: views agree better, about 4x the views time, the mesh scored lower (docs/asset.md)."
     ),
@@ -68,6 +71,7 @@ def make_asset(
         guidance_scale=guidance,
         reference_pose=pose,
         box=box_px,
+        cross_frame=cross_frame,
         rounds=rounds,
         recon_iters=iters,
         faces=faces,

@@ -352,6 +352,11 @@ CASES = [
         "--pose 999",
     ),
     Case(
+        "make-asset: --cross-frame bogus",
+        lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--cross-frame", "bogus", *ASSET_FAST],
+        "--cross-frame 'bogus'",
+    ),
+    Case(
         "make-asset: --views 1000",
         lambda d, o: ["make-asset", str(d.image), "-o", str(o) + ".glb", "-m", str(d.model), "--views", "1000", *ASSET_FAST],
         "has 4 poses",
