@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from test_pipeline_views import tiny_unet  # the same 8² UNet (res 8, 3 channels, seed 0)
 
 from mirage3d.diffusion.attention import CrossFrameAttnProcessor2_0, CrossFrameState, attention_layers, cross_frame_attention, select_layers
-
-
-def tiny_unet(seed: int = 0) -> UNet2DModel:
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        num_class_embeds=5,
-        norm_num_groups=4,
-        attention_head_dim=4,
-    ).eval()
 
 
 def attn_module(dtype: torch.dtype = torch.float32) -> Attention:
