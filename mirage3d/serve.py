@@ -300,7 +300,7 @@ class AssetHandler(BaseHTTPRequestHandler):
                 return True
         return False
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # (http.server's naming)
         if self._refused():
             return
         if urllib.parse.urlsplit(self.path).path != "/health":

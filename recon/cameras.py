@@ -132,7 +132,7 @@ class GroupAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None):  # torch.optim.Optimizer.step
         for g in self.param_groups:
             b1, b2 = g["betas"]
             ps = [p for p in g["params"] if p.grad is not None]

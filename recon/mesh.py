@@ -81,9 +81,7 @@ def extract_mesh(
     if cfg.smooth_iters > 0:
         trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=-0.53, iterations=cfg.smooth_iters)
     if len(mesh.faces) > cfg.faces:
-        # fast-simplification (the fallback without open3d) can leave a few faces cut loose (seen on the GPU
-        # machine: 2-6 parts, not watertight); the largest part is the closed surface again.
-        mesh = largest_component(decimate(mesh, cfg.faces))
+        mesh = decimate(mesh, cfg.faces)
     if mesh.volume < 0:
         mesh.invert()
     return mesh
@@ -102,23 +100,25 @@ def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
 def decimate(mesh: trimesh.Trimesh, target_faces: int) -> trimesh.Trimesh:
     """Quadric decimation to about ``target_faces``: open3d when installed (the extra mirage3d[mesh]), else
     fast-simplification (a core dependency: without any decimation the texture step of an undecimated
-    ~80k-face mesh took 18-20 s on the GPU machine, against ~2.6 s decimated)."""
+    ~80k-face mesh took 18-20 s on the GPU machine, against ~2.6 s decimated). Returns the largest connected
+    part: fast-simplification can leave a few faces cut loose (seen on the GPU machine: 2-6 parts, not
+    watertight), and the largest part is the closed surface again."""
     if len(mesh.faces) <= target_faces:
         return mesh
     try:
         import open3d as o3d
-    except Exception:
+    except Exception:  # optional extra; a missing libusb also lands here
         import fast_simplification
 
         v, f = fast_simplification.simplify(
             np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int32), target_reduction=1.0 - target_faces / len(mesh.faces)
         )
-        return trimesh.Trimesh(np.asarray(v, np.float64), np.asarray(f, np.int64), process=True)
+        return largest_component(trimesh.Trimesh(np.asarray(v, np.float64), np.asarray(f, np.int64), process=True))
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(mesh.vertices), o3d.utility.Vector3iVector(mesh.faces.astype(np.int32)))
     m = m.simplify_quadric_decimation(target_number_of_triangles=int(target_faces))
     m.remove_degenerate_triangles()
     m.remove_unreferenced_vertices()
-    return trimesh.Trimesh(np.asarray(m.vertices), np.asarray(m.triangles).astype(np.int64), process=True)
+    return largest_component(trimesh.Trimesh(np.asarray(m.vertices), np.asarray(m.triangles).astype(np.int64), process=True))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def _renderer(w: int, h: int):
     os.environ.setdefault("PYGLET_HEADLESS", "1")
     try:
         import pyrender
-    except Exception as e:
+    except Exception as e:  # any import failure means no headless renderer here
         raise DependencyError(f"pyrender with EGL is needed for mesh renders ({type(e).__name__}: {e})") from None
     if _RENDERER is not None and _RENDERER_SIZE != (w, h):
         _RENDERER.delete()

@@ -38,7 +38,7 @@ def slow_reference(attn: Attention, x: torch.Tensor, views: int, modes: list[str
     hs = attn.group_norm(x.view(b, c, h * w)).transpose(1, 2)  # (B, N, C)
     q, k, v = attn.to_q(hs), attn.to_k(hs), attn.to_v(hs)
     heads, d = attn.heads, c // attn.heads
-    split = lambda t: t.view(b, -1, heads, d).transpose(1, 2)
+    split = lambda t: t.view(b, -1, heads, d).transpose(1, 2)  # (B, heads, N, D)
     q, k, v = split(q), split(k), split(v)
     out = torch.zeros_like(q)
     for i in range(b):
