@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from mirage3d.errors import InputError
 
 FORMATS = ("glb", "obj", "ply")
@@ -151,5 +149,8 @@ class ReconConfig:
             (self.cpu_threads >= 0, f"cpu_threads {self.cpu_threads} must be >= 0"),
         ]
         raise_failed(checks)
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"--device {self.device} asked for, but no CUDA GPU is available; use --device cpu or auto")
+        if self.device.startswith("cuda"):
+            import torch  # here, not at the top: make-asset's checks and the serve client build this config without torch
+
+            if not torch.cuda.is_available():
+                raise InputError(f"--device {self.device} asked for, but no CUDA GPU is available; use --device cpu or auto")

@@ -27,6 +27,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from mirage3d.diffusion.attention import CROSS_FRAME_MODES, cross_frame_attention, select_layers
+from mirage3d.diffusion.config import ConsistencyConfig
 from mirage3d.diffusion.inversion import alpha_bar, ddim_invert, ddim_move, ddim_timesteps, next_levels, to_eps
 from mirage3d.diffusion.labels import NULL_CLASS, pose_to_class
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, PreparedImage, prepare_reference
@@ -42,22 +43,6 @@ class CrossFrameConfig:
     """"concat": keys/values = own + reference; "reference_only": the reference's only."""
     layers: str | list[str] = "all"
     """Attention layers that use it: "all", "down"/"mid"/"up" joined by "+", or module names."""
-
-
-@dataclass
-class ConsistencyConfig:
-    """Rounds of generate → reconstruct → render → re-noise → denoise (IM-3D's iterative refinement).
-
-    After the joint denoising, ``render_fn`` fits one 3D model to all views and renders it at every view's
-    camera; the renders are noised back to the level ``strength`` of the way up the DDIM schedule and
-    denoised again with cross-frame attention, the reference staying on its own trajectory. The views then
-    keep what the denoiser adds (detail, the input's look) on top of a shape that one 3D model explains.
-    """
-
-    rounds: int = 0
-    """Refinement rounds (0 = off)."""
-    strength: float = 0.5
-    """Fraction of the DDIM steps re-run from each round's renders (0 = keep the renders, 1 = from pure noise)."""
 
 
 # render_fn(views, poses, reference_index, round) -> renders: views (V, H, W, C) in [0, 1] in ``poses`` order

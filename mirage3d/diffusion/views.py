@@ -18,47 +18,12 @@ from PIL import Image
 
 from mirage3d.config import save_config
 from mirage3d.devices import resolve_device
-from mirage3d.diffusion.pipeline import ConsistencyConfig, CrossFrameConfig, MiragePipeline, MiragePipelineOutput
+from mirage3d.diffusion.config import ViewsConfig
+from mirage3d.diffusion.pipeline import CrossFrameConfig, MiragePipeline, MiragePipelineOutput
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, load_framing, prepare_reference
 from mirage3d.errors import InputError, ModelError
 from mirage3d.foreground import check_box
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_save_image, load_image, write_transforms
-
-
-@dataclass
-class ViewsConfig:
-    """Everything that decides the views (saved as ``config.json`` beside them)."""
-
-    poses: str = "all"
-    """Poses to generate: "all" or comma-separated pose indices ("0,2,5"). The reference's pose is always included."""
-    reference_pose: int | None = None
-    """The input's pose; None: estimated with the model's pose model (MODEL/poses)."""
-    num_inference_steps: int = 50
-    """DDIM steps (η = 0), also used for the inversion of the input."""
-    guidance_scale: float = 1.0
-    """Classifier-free guidance against the "no pose" class (1 = off)."""
-    cross_frame: str = "all"
-    """"concat" (own + input), "reference_only", "all" (every view) or "off" (independent sampling)."""
-    cross_frame_layers: str = "all"
-    """Attention layers with cross-frame attention: "all", or "down"/"mid"/"up" joined by "+"."""
-    fill: float | None = None
-    """Object bbox / frame for the input; None: the input's own when in MODEL/framing.json's range, else its
-    median bbox fraction, else the default 0.85 (preprocess.fill_for_mask)."""
-    reframe: bool = True
-    """False: the input is already framed like the training renders (only padded and resized)."""
-    box: tuple[int, int, int, int] | None = None
-    """The object's box (x0, y0, x1, y1, pixels of the input photo) for a photo with a background: GrabCut from it
-    (mirage3d.foreground); None: the mask comes from alpha, a plain background, rembg or the automatic GrabCut."""
-    alpha_low: float = 0.03
-    """Generated views' alpha: 0 where the distance from white is below this ..."""
-    alpha_high: float = 0.12
-    """... 1 above this, linear between (max over RGB of 1 − value)."""
-    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
-    """Generate → reconstruct → render → re-noise → denoise rounds (docs/views.md)."""
-    seed: int = 0
-    """Seed of the generated views' initial noise."""
-    device: str = "auto"
-    """"auto" (CUDA if available), "cpu", "cuda", "cuda:1"..."""
 
 
 @dataclass
@@ -258,16 +223,7 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     """
     cfg = cfg or ViewsConfig()
     model_dir = Path(model_dir)
-    if cfg.cross_frame not in ("concat", "reference_only", "all", "off"):
-        raise InputError(f"--cross-frame {cfg.cross_frame!r} must be concat, reference_only, all or off")
-    if cfg.num_inference_steps < 1:
-        raise InputError(f"--steps must be >= 1, got {cfg.num_inference_steps}")
-    if not 0 <= cfg.guidance_scale < float("inf"):  # (NaN fails too)
-        raise InputError(f"--guidance {cfg.guidance_scale} must be finite and >= 0")
-    if cfg.fill is not None and not 0 < cfg.fill <= 1:
-        raise InputError(f"--fill {cfg.fill} must be in (0, 1]: the object's box side over the frame side")
-    if cfg.consistency.rounds < 0 or not 0.0 < cfg.consistency.strength <= 1.0:
-        raise InputError(f"--rounds must be >= 0 and --strength in (0, 1], got {cfg.consistency.rounds} and {cfg.consistency.strength}")
+    cfg.validate()
     photo = load_image(input_path) if input_path is not None else None  # validate before loading the model
     if cfg.box is not None:  # (the box fits the photo: checked before loading the model)
         if photo is None:
