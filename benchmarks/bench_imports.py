@@ -27,9 +27,10 @@ GROUPS: dict[str, str] = {
     "transformers": "import transformers",
     "scipy.ndimage": "import scipy.ndimage",
     "trimesh, xatlas, mcubes": "import trimesh, xatlas, mcubes",
-    "make-asset set (mirage3d.diffusion.views + mirage3d.recon)": "import mirage3d.diffusion.views, mirage3d.recon",
+    # (mirage3d.recon imports its modules on first use: the pipeline module is what make-asset loads)
+    "make-asset set (mirage3d.diffusion.views + mirage3d.recon)": "import mirage3d.diffusion.views, mirage3d.recon.pipeline",
     "make-asset set, mesh libraries in a second thread": (
-        "import threading\nt = threading.Thread(target=lambda: __import__('mirage3d.recon'))\nt.start(); import mirage3d.diffusion.views; t.join()"
+        "import threading\nt = threading.Thread(target=lambda: __import__('mirage3d.recon.pipeline'))\nt.start(); import mirage3d.diffusion.views; t.join()"
     ),
 }
 
