@@ -31,7 +31,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ import trimesh
 
 from mirage3d.asset import AssetConfig, make_asset
 from mirage3d.cameras import circular_difference, position_to_spherical
+from mirage3d.config import replace_fields
 from mirage3d.data.meshes import find_meshes, load_normalised, normalised_trimesh
 from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array
 from mirage3d.recon import ReconConfig, load_views
@@ -47,11 +47,11 @@ from mirage3d.recon.mesh import WORLD_TO_GLTF
 from mirage3d.recon.metrics import geometry_scores, psnr, ssim
 
 VARIANTS = {
-    "independent": {"cross_frame": "off"},
-    "cross-frame": {"cross_frame": "concat"},
-    "all-views": {"cross_frame": "all"},
-    "rounds": {"cross_frame": "concat", "rounds": 2},
-    "all-views+rounds": {"cross_frame": "all", "rounds": 2},
+    "independent": {"views.cross_frame": "off"},
+    "cross-frame": {"views.cross_frame": "concat"},
+    "all-views": {"views.cross_frame": "all"},
+    "rounds": {"views.cross_frame": "concat", "views.consistency.rounds": 2},
+    "all-views+rounds": {"views.cross_frame": "all", "views.consistency.rounds": 2},
 }
 
 
@@ -151,7 +151,10 @@ def main() -> None:
     if bad := [v for v in variants if v not in VARIANTS]:
         sys.exit(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")
     templates = [normalised_trimesh(load_normalised(p)).to_geometry() for p in find_meshes(a.templates)]
-    base = AssetConfig(model=a.model, steps=a.steps, device=a.device, seed=a.seed)
+    base = replace_fields(
+        AssetConfig(model=a.model),
+        {"views.num_inference_steps": a.steps, "views.device": a.device, "recon.device": a.device, "views.seed": a.seed, "recon.seed": a.seed},
+    )
     score_recon = ReconConfig(seed=0, device=a.device)
     rows = []
     head = "| object | variant | views PSNR | SSIM | mask IoU | consistency dB | Chamfer-L1 | F@1% | F@2% | template F@2% mean / best | views s | recon s |"
@@ -168,7 +171,7 @@ def main() -> None:
             res = make_asset(
                 folder / truth.frames[a.input_frame].file_path,
                 glb,
-                replace(base, **VARIANTS[variant]),
+                replace_fields(base, VARIANTS[variant]),
                 keep_views=a.out / f"{name}_views",
                 overwrite=True,
             )

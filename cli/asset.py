@@ -12,6 +12,7 @@ from mirage3d.asset import AssetConfig
 from mirage3d.cli._errors import console, handle_errors
 from mirage3d.cli._options import DEVICE, OVERWRITE
 from mirage3d.cli.serve import TOKEN_HELP
+from mirage3d.config import replace_fields
 
 _D = AssetConfig()  # the defaults of the options below are the config's
 
@@ -23,24 +24,26 @@ def make_asset(
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Mesh to write: .glb (default choice), .obj or .ply."),
     model: str = typer.Option(_D.model, "--model", "-m", help="Model folder from `mirage3d train`, or 'default' (the shipped car model)."),
-    views: int | None = typer.Option(_D.views, "--views", help="Number of views to generate, 2..K (default: every one of the model's K poses)."),
-    steps: int = typer.Option(_D.steps, "--steps", help="DDIM steps, 1..1000 (20 fits the CPU time target; use 50 on a GPU)."),
-    pose: int | None = typer.Option(_D.reference_pose, "--pose", help="The input's pose index if known (default: estimated)."),
+    views: int | None = typer.Option(_D.num_views, "--views", help="Number of views to generate, 2..K (default: every one of the model's K poses)."),
+    steps: int = typer.Option(_D.views.num_inference_steps, "--steps", help="DDIM steps, 1..1000 (20 fits the CPU time target; use 50 on a GPU)."),
+    pose: int | None = typer.Option(_D.views.reference_pose, "--pose", help="The input's pose index if known (default: estimated)."),
     box: str | None = typer.Option(
         None, "--box", help="The object's box x0,y0,x1,y1 (pixels) in a photo with a background (default: found automatically)."
     ),
     cross_frame: str = typer.Option(
-        _D.cross_frame, "--cross-frame", help="all (best mesh), concat (views attend to the input only: keep its colour better) or off."
+        _D.views.cross_frame, "--cross-frame", help="all (best mesh), concat (views attend to the input only: keep its colour better) or off."
     ),
     rounds: int = typer.Option(
-        _D.rounds, "--rounds", help="Consistency rounds: views agree better, about 4x the views time, the mesh scored lower (docs/asset.md)."
+        _D.views.consistency.rounds,
+        "--rounds",
+        help="Consistency rounds: views agree better, about 4x the views time, the mesh scored lower (docs/asset.md).",
     ),
-    guidance: float = typer.Option(_D.guidance_scale, "--guidance", help="Classifier-free guidance scale (1 = off)."),
-    iters: int = typer.Option(_D.recon_iters, "--iters", help="Steps of the surface fit (the reconstruction)."),
-    faces: int = typer.Option(_D.faces, "--faces", help="Target face count of the mesh."),
-    preview: bool = typer.Option(_D.preview, "--preview", help="Also write OUT.preview.png/.gif turntables."),
+    guidance: float = typer.Option(_D.views.guidance_scale, "--guidance", help="Classifier-free guidance scale (1 = off)."),
+    iters: int = typer.Option(_D.recon.iters, "--iters", help="Steps of the surface fit (the reconstruction)."),
+    faces: int = typer.Option(_D.recon.faces, "--faces", help="Target face count of the mesh."),
+    preview: bool = typer.Option(_D.recon.preview, "--preview", help="Also write OUT.preview.png/.gif turntables."),
     keep_views: Path | None = typer.Option(None, "--keep-views", help="Keep the generated views folder here."),
-    seed: int = typer.Option(_D.seed, "--seed", help="Seed of the views and the reconstruction."),
+    seed: int = typer.Option(_D.views.seed, "--seed", help="Seed of the views and the reconstruction."),
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
     server: str | None = typer.Option(
@@ -64,20 +67,25 @@ def make_asset(
         server = find_local_server(model)  # a running `mirage3d serve` with this model: no imports, no model load here
         if server:
             console.print(f"using the mirage3d server running at {server} (--local to run here)")
-    cfg = AssetConfig(
-        model=model,
-        views=views,
-        steps=steps,
-        guidance_scale=guidance,
-        reference_pose=pose,
-        box=box_px,
-        cross_frame=cross_frame,
-        rounds=rounds,
-        recon_iters=iters,
-        faces=faces,
-        preview=preview,
-        seed=seed,
-        device=device,
+    cfg = replace_fields(
+        _D,
+        {
+            "model": model,
+            "num_views": views,
+            "views.num_inference_steps": steps,
+            "views.guidance_scale": guidance,
+            "views.reference_pose": pose,
+            "views.box": box_px,
+            "views.cross_frame": cross_frame,
+            "views.consistency.rounds": rounds,
+            "recon.iters": iters,
+            "recon.faces": faces,
+            "recon.preview": preview,
+            "views.seed": seed,  # --seed and --device are both stages'
+            "recon.seed": seed,
+            "views.device": device,
+            "recon.device": device,
+        },
     )
     with output_lock(output):
         if server:
@@ -108,24 +116,23 @@ def make_asset(
 def _remote(server: str, token: str | None, image: Path, output: Path, cfg: AssetConfig, keep_views: Path | None, overwrite: bool) -> None:
     """make-asset through a server: no torch here; the server's model and device do the work."""
     from mirage3d.errors import InputError
-    from mirage3d.serve import CLIENT_OPTIONS
     from mirage3d.serve_client import check_served_model, make_asset_remote, server_health
 
     t0 = time.perf_counter()
     if keep_views is not None:
         raise InputError("--keep-views is not available with --server (the views stay on the server); run without --server to keep them")
-    if cfg.device != "auto":
-        raise InputError(f"--device {cfg.device} cannot be chosen per request; the server runs on the device it was started with")
-    from mirage3d.asset import check_asset_inputs
+    if cfg.views.device != "auto":
+        raise InputError(f"--device {cfg.views.device} cannot be chosen per request; the server runs on the device it was started with")
+    from mirage3d.asset import check_asset_config, check_asset_inputs
     from mirage3d.io import check_output_path
 
-    check_asset_inputs(image, output, cfg.views, cfg.steps)  # the local checks first: no server is asked about a bad input
+    check_asset_inputs(image, output)  # the local checks first: no server is asked about a bad input
+    check_asset_config(cfg)
     check_output_path(output, overwrite, kind="file")
     health = server_health(server, token)
     check_served_model(server, health, cfg.model)
-    options = {k: getattr(cfg, k) for k in CLIENT_OPTIONS}
     with console.status(f"working on {server}..."):
-        res = make_asset_remote(server, image, output, options, overwrite=overwrite, token=token)
+        res = make_asset_remote(server, image, output, cfg, overwrite=overwrite, token=token)
     table = Table(title=f"wrote {output} (server {server}, {health.get('device')})", show_header=True)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
@@ -136,7 +143,7 @@ def _remote(server: str, token: str | None, image: Path, output: Path, cfg: Asse
     table.add_row("this command", f"{time.perf_counter() - t0:.1f}")
     console.print(table)
     conf = res.get("pose_confidence")
-    est = "given" if cfg.reference_pose is not None else f"estimated, confidence {conf:.2f}" if isinstance(conf, (int, float)) else "estimated"
+    est = "given" if cfg.views.reference_pose is not None else f"estimated, confidence {conf:.2f}" if isinstance(conf, (int, float)) else "estimated"
     console.print(f"input pose {res.get('reference_pose')} ({est}); {len(res.get('poses') or [])} views: poses {res.get('poses')}")
     console.print("files: " + ", ".join(str(p) for p in res["files"]))
 

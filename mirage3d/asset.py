@@ -18,8 +18,10 @@ import numpy as np
 
 from mirage3d.cameras import circular_difference
 from mirage3d.config import save_config
+from mirage3d.diffusion.config import ViewsConfig
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import check_output_path, check_writable_parent, load_image
+from mirage3d.recon.config import ReconConfig
 
 # The shipped default model (a diffusers folder with poses/) lives in the repository's assets/.
 # MIRAGE3D_MODELS overrides the folder that holds named models (for wheel installs or other locations).
@@ -50,42 +52,34 @@ def resolve_model(spec: str | Path) -> Path:
     return path
 
 
+def asset_views_config() -> ViewsConfig:
+    """make-asset's views settings: :class:`ViewsConfig`'s defaults with 20 DDIM steps instead of 50, which keep
+    a photo on the 2-core CPU under its time target (docs/asset.md; ``--steps 50`` on a GPU)."""
+    return ViewsConfig(num_inference_steps=20)
+
+
 @dataclass
 class AssetConfig:
-    """Settings of ``mirage3d make-asset`` (saved beside the GLB as ``OUT.make-asset.json``)."""
+    """Settings of ``mirage3d make-asset`` (saved beside the GLB as ``OUT.make-asset.json``): the two stages'
+    own configs, and what only make-asset decides.
+
+    The CLI's ``--seed`` and ``--device`` set both stages' ``seed`` and ``device``; in the library, set
+    ``views.seed`` and ``recon.seed`` (``replace_fields(cfg, {"views.seed": 3, "recon.seed": 3})``,
+    :func:`mirage3d.config.replace_fields`). Every default is the stage config's own except the views' 20
+    DDIM steps (:func:`asset_views_config`).
+    """
 
     model: str = "default"
     """Model folder, or "default" for the shipped car model (assets/models/car)."""
-    views: int | None = None
-    """How many poses to generate (spread evenly around the ring, the input's pose included); None: all of them."""
-    steps: int = 20
-    """DDIM steps for inversion and generation (20 keeps the 2-core CPU under its time target; 50 on a GPU)."""
-    guidance_scale: float = 1.0
-    """Classifier-free guidance against the "no pose" class (1 = off)."""
-    cross_frame: str = "all"
-    """How generated views attend to the input: "concat" (own + input keys/values) or "off" (independent)."""
-    reference_pose: int | None = None
-    """The input's pose if known; None: estimated with the model's pose model."""
-    rounds: int = 0
-    """Consistency rounds: fit, render, re-noise and denoise the views again (docs/views.md)."""
-    strength: float = 0.5
-    """Fraction of the DDIM steps re-run from the renders in each round."""
-    box: tuple[int, int, int, int] | None = None
-    """The object's box (x0, y0, x1, y1, pixels) in a photo with a background (GrabCut from it); None: found automatically."""
-    recon_iters: int = 60
-    """Steps of the surface fit (ReconConfig.iters, whose default this is; docs/recon.md)."""
-    recon_res: int = 128
-    """Final voxel-grid resolution."""
-    faces: int = 20000
-    """Target face count of the mesh."""
-    texture_size: int = 512
-    """Side of the baked base-colour texture."""
-    preview: bool = False
-    """Also write OUT.preview.png / .gif turntables of the mesh."""
-    seed: int = 0
-    """Seed of the generated views and of the reconstruction."""
-    device: str = "auto"
-    """"auto", "cpu", "cuda" or "cuda:N" for both stages."""
+    num_views: int | None = None
+    """How many poses to generate, spread evenly around the ring (the input's pose included); None: all of
+    them, or the ones ``views.poses`` names."""
+    views: ViewsConfig = field(default_factory=asset_views_config)
+    """The views stage (mirage3d.diffusion.views): steps, guidance, cross-frame attention, consistency rounds,
+    the input's pose and box, seed, device."""
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    """The reconstruction (mirage3d.recon): surface-fit steps, grid resolution, faces, texture size, previews,
+    seed, device. The consistency rounds' fits use it too, without the previews."""
 
 
 @dataclass
@@ -115,8 +109,8 @@ def spread_poses(azimuths: list[float], count: int, must_include: int | None = N
     return sorted(picks)
 
 
-def check_asset_inputs(image: Path, output: Path, views: int | None, steps: int) -> None:
-    """Everything that can be checked before a model is loaded (one-line errors)."""
+def check_asset_inputs(image: Path, output: Path) -> None:
+    """The image and the output path, checked before a model is loaded (one-line errors)."""
     rgba = load_image(image)  # missing, corrupt, tiny, huge → InputError
     if rgba.getextrema()[3][1] == 0:
         raise InputError(f"{image} is fully transparent: there is no object in it")
@@ -124,35 +118,27 @@ def check_asset_inputs(image: Path, output: Path, views: int | None, steps: int)
         raise InputError(f"output {output} must end in .glb, .obj or .ply")
     if Path(output).is_dir():
         raise InputError(f"output {output} is a folder; give a file path such as car.glb")
-    if views is not None and views < 2:
-        raise InputError(f"--views {views}: need at least 2 views to reconstruct")
-    if steps < 1 or steps > 1000:
-        raise InputError(f"--steps {steps} must be in 1..1000")
     check_writable_parent(output)
 
 
 def check_asset_config(cfg: AssetConfig, num_poses: int | None = None) -> None:
-    """The settings' ranges (one-line errors); with ``num_poses`` (the model's), the pose options against it too."""
-    import math
-
-    for name, value, low, high in (
-        ("--steps", cfg.steps, 1, 1000),
-        ("--iters", cfg.recon_iters, 1, 10**6),
-        ("--faces", cfg.faces, 4, 10**7),
-        ("--recon-res", cfg.recon_res, 16, 1024),
-        ("--texture-size", cfg.texture_size, 16, 8192),
-        ("--seed", cfg.seed, 0, 2**63 - 1),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise InputError(f"{name} {value!r} must be an integer in {low}..{high}")
-    if not isinstance(cfg.guidance_scale, (int, float)) or not math.isfinite(cfg.guidance_scale) or cfg.guidance_scale < 0:
-        raise InputError(f"--guidance {cfg.guidance_scale!r} must be a finite number >= 0")
-    if cfg.views is not None and cfg.views < 2:
-        raise InputError(f"--views {cfg.views}: need at least 2 views to reconstruct")
-    if num_poses is not None and cfg.views is not None and cfg.views > num_poses:
-        raise InputError(f"--views {cfg.views}: the model has {num_poses} poses; use 2..{num_poses}, or leave --views out for all of them")
-    if cfg.reference_pose is not None and (cfg.reference_pose < 0 or (num_poses is not None and cfg.reference_pose >= num_poses)):
-        raise InputError(f"--pose {cfg.reference_pose} is out of range: this model has poses 0..{(num_poses or 1) - 1}")
+    """The settings (one-line errors): each stage config's own checks, then make-asset's; with ``num_poses``
+    (the model's), the pose options against it too."""
+    cfg.views.validate()
+    cfg.recon.validate()
+    seed = cfg.recon.seed  # (ReconConfig.validate leaves the seed to torch; checked here with the views' seed)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise InputError(f"--seed {seed!r} must be an integer in 0..{2**63 - 1}")
+    n = cfg.num_views
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 2):
+        raise InputError(f"--views {n!r}: need at least 2 views to reconstruct")
+    if n is not None and cfg.views.poses.strip().lower() != "all":
+        raise InputError(f"give the number of views ({n}) or the poses ({cfg.views.poses!r}), not both")
+    if num_poses is not None and n is not None and n > num_poses:
+        raise InputError(f"--views {n}: the model has {num_poses} poses; use 2..{num_poses}, or leave --views out for all of them")
+    pose = cfg.views.reference_pose
+    if num_poses is not None and pose is not None and pose >= num_poses:
+        raise InputError(f"--pose {pose} is out of range: this model has poses 0..{num_poses - 1}")
 
 
 def make_asset(
@@ -167,17 +153,15 @@ def make_asset(
     t0 = time.perf_counter()
     # torch, diffusers and the mesh libraries are imported here, not when the CLI starts; on a GPU machine this
     # is a large share of the command's time, so it is a stage of its own in the summary.
-    from mirage3d.diffusion.pipeline import ConsistencyConfig
-    from mirage3d.diffusion.views import ViewsConfig, load_cameras_json, make_views, write_views
-    from mirage3d.recon import ReconConfig, reconstruct
+    from mirage3d.diffusion.views import load_cameras_json, make_views, write_views
+    from mirage3d.recon import reconstruct
 
     timings: dict[str, float] = {"imports": time.perf_counter() - t0}
     cfg = cfg or AssetConfig()
     say = stage or (lambda name: None)
     image, output = Path(image), Path(output)
     t = time.perf_counter()
-    check_asset_inputs(image, output, cfg.views, cfg.steps)
-    check_asset_config(cfg)
+    check_asset_inputs(image, output)
     check_output_path(output, overwrite, kind="file")
     model_dir = resolve_model(cfg.model)
     if keep_views is not None:
@@ -186,40 +170,21 @@ def make_asset(
     if cams is None:
         raise ModelError(f"{model_dir} has no poses/cameras.json; it cannot place views around the object")
     check_asset_config(cfg, len(cams))
-    poses = "all"
-    if cfg.views is not None and cfg.views < len(cams):
+    vcfg = cfg.views
+    if cfg.num_views is not None and cfg.num_views < len(cams):
         # The input's pose is estimated inside generate_views and always added; spread the rest around the ring.
-        poses = ",".join(str(p) for p in spread_poses([c.azimuth_deg for c in cams], cfg.views, cfg.reference_pose))
+        picks = spread_poses([c.azimuth_deg for c in cams], cfg.num_views, vcfg.reference_pose)
+        vcfg = replace(vcfg, poses=",".join(str(p) for p in picks))
     timings["checks"] = time.perf_counter() - t
 
     say("views")
     t = time.perf_counter()
-    rcfg = ReconConfig(
-        seed=cfg.seed,
-        device=cfg.device,
-        iters=cfg.recon_iters,
-        res=cfg.recon_res,
-        faces=cfg.faces,
-        texture_size=cfg.texture_size,
-        preview=cfg.preview,
-    )
-    vcfg = ViewsConfig(
-        poses=poses,
-        reference_pose=cfg.reference_pose,
-        num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance_scale,
-        box=cfg.box,
-        cross_frame=cfg.cross_frame,
-        consistency=ConsistencyConfig(cfg.rounds, cfg.strength),
-        seed=cfg.seed,
-        device=cfg.device,
-    )
-    gen = make_views(image, model_dir, vcfg, recon=replace(rcfg, preview=False))
+    gen = make_views(image, model_dir, vcfg, recon=replace(cfg.recon, preview=False))
     timings["views"] = time.perf_counter() - t
 
     say("recon")
     t = time.perf_counter()
-    rres = reconstruct(gen.to_viewset(), output, rcfg)  # views handed over in memory
+    rres = reconstruct(gen.to_viewset(), output, cfg.recon)  # views handed over in memory
     timings["recon"] = time.perf_counter() - t
 
     kept = None

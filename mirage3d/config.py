@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +39,9 @@ def save_config(cfg: Any, path: Path, **extra: Any) -> None:
     atomic_write_json(path, data)
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild ``cls`` from a dict, ignoring unknown keys and converting lists back to tuples."""
+def config_from_dict(cls: type[T], data: dict[str, Any], base: T | None = None) -> T:
+    """Rebuild ``cls`` from a dict, ignoring unknown keys and converting lists back to tuples. A nested config
+    is rebuilt from its dict on top of the field's default (``base``: start from this instance instead)."""
     if not isinstance(data, dict):
         raise InputError(f"config for {cls.__name__} must be a JSON object, got {type(data).__name__}")
     kwargs = {}
@@ -46,11 +49,53 @@ def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if f.name not in data:
             continue
         v = data[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, tuple) and isinstance(v, list):
+        if base is not None:
+            default = getattr(base, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(v, dict):
+            v = config_from_dict(type(default), v, base=default)
+        elif isinstance(default, tuple) and isinstance(v, list):
             v = tuple(v)
         kwargs[f.name] = v
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def config_fields(cls: type) -> dict[str, Any]:
+    """The leaf fields of a config dataclass and of the configs nested in it, by dotted path
+    (``"views.consistency.rounds"``), with their resolved type hints."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            out.update({f"{f.name}.{path}": sub for path, sub in config_fields(kind).items()})
+        else:
+            out[f.name] = kind
+    return out
+
+
+def get_field(cfg: Any, path: str) -> Any:
+    """The value at a dotted path of :func:`config_fields`."""
+    return functools.reduce(getattr, path.split("."), cfg)
+
+
+def replace_fields(cfg: T, changes: dict[str, Any]) -> T:
+    """A copy of ``cfg`` with the fields at the dotted paths of ``changes`` set (nested configs are copied,
+    never shared with ``cfg``)."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for path, value in changes.items():
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    for head, sub in nested.items():
+        top[head] = replace_fields(getattr(cfg, head), sub)
+    return dataclasses.replace(cfg, **top)  # type: ignore[type-var]
 
 
 def load_config(cls: type[T], path: Path) -> T:

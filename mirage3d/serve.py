@@ -10,7 +10,7 @@ its inputs, sends the photo and its options, and writes the files it gets back b
 Protocol (HTTP/1.1, the standard library's threading server: health checks answer at once, while make-asset
 jobs queue on a lock and run one at a time, as the GPU would anyway):
 - ``GET /health`` → ``{"status": "ok", "model": NAME, "model_id": ..., "device": ..., "poses": K, "served": N}``.
-- ``POST /make-asset?name=car.glb&steps=50&...`` with the image file as the body → ``{"result": {...},
+- ``POST /make-asset?name=car.glb&views.num_inference_steps=50&...`` (the options: :data:`CLIENT_OPTIONS`) with the image file as the body → ``{"result": {...},
   "files": {name: base64}}``: the mesh and its sidecar files (``name.config.json``, ``name.make-asset.json``,
   previews, OBJ material and texture), named after ``name`` so that references between them hold.
   Errors the user can fix → 400 ``{"error": "one line"}``; anything else → 500 with a one-line summary (the
@@ -27,7 +27,6 @@ The server serves the one model it was started with; it never reads or writes pa
 from __future__ import annotations
 
 import base64
-import dataclasses
 import errno
 import hashlib
 import hmac
@@ -49,27 +48,28 @@ from pathlib import Path
 from typing import Any
 
 from mirage3d.asset import MESH_SUFFIXES, AssetConfig
+from mirage3d.config import config_fields, replace_fields
 from mirage3d.errors import InputError, MirageError, one_line
 
 log = logging.getLogger("mirage3d.serve")
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest photo accepted (load_image's own pixel limits apply after)
 MAX_REQUESTS = 4  # make-asset requests held at once (one runs, the others wait); more get 503 at once
-SERVER_OWNED = ("model", "device")  # AssetConfig fields that are the server's, not a client's
+# AssetConfig fields that are the server's, not a client's: its model, its device and CPU threads, and the mesh
+# format (the output name's suffix decides it).
+SERVER_OWNED = ("model", "views.device", "recon.device", "recon.cpu_threads", "recon.format")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 
 def _client_option_types() -> dict[str, type]:
-    """AssetConfig fields a client may set, with their types (``int | None`` → int), from the dataclass itself."""
-    hints = typing.get_type_hints(AssetConfig)
+    """The AssetConfig fields a client may set, by dotted path (``views.num_inference_steps``, ``recon.iters``,
+    ``num_views``), with their types (``int | None`` → int): every field of a plain type but the server's own."""
     out: dict[str, type] = {}
-    for f in dataclasses.fields(AssetConfig):
-        if f.name in SERVER_OWNED:
-            continue
-        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
-        if len(kinds) == 1 and kinds[0] in (int, float, bool, str):
-            out[f.name] = kinds[0]
+    for path, hint in config_fields(AssetConfig).items():
+        kinds = [t for t in typing.get_args(hint) or (hint,) if t is not type(None)]
+        if path not in SERVER_OWNED and len(kinds) == 1 and kinds[0] in (int, float, bool, str):
+            out[path] = kinds[0]
     return out
 
 
@@ -99,7 +99,10 @@ def options_from_query(query: dict[str, list[str]]) -> tuple[str, dict[str, Any]
         if key == "name":
             continue
         if key not in CLIENT_OPTIONS:
-            raise InputError(f"unknown option {key[:40]!r}; the server takes {', '.join(sorted(CLIENT_OPTIONS))}")
+            raise InputError(
+                f"unknown option {key[:40]!r}; the server takes AssetConfig's fields by dotted name (num_views, views.num_inference_steps, "
+                f"recon.iters, ...), except {', '.join(SERVER_OWNED)}"
+            )
         kind = CLIENT_OPTIONS[key]
         try:
             opts[key] = _parse_bool(values[0]) if kind is bool else kind(values[0])
@@ -164,7 +167,7 @@ class AssetServer(ThreadingHTTPServer):
         self.address_family, self.loopback = resolve_listen_address(address[0], address[1], token)
         self.model_dir = resolve_model(model)
         self.device = str(resolve_device(device))
-        self.base = AssetConfig(model=str(self.model_dir), device=self.device)
+        self.base = replace_fields(AssetConfig(model=str(self.model_dir)), {"views.device": self.device, "recon.device": self.device})
         self.token = token or None
         self.num_poses: int | None = None
         self.served = 0
@@ -216,11 +219,9 @@ class AssetServer(ThreadingHTTPServer):
     def run(self, image: Path, name: str, opts: dict[str, Any], gone: Any = lambda: False) -> dict[str, Any]:
         """make-asset on the uploaded ``image`` (a file in a private temp folder); everything is checked before the
         job waits for the model. ``gone()`` says whether the client has left (the job is then dropped)."""
-        from dataclasses import replace
-
         from mirage3d.asset import check_asset_config, check_asset_inputs, make_asset
 
-        cfg = replace(self.base, **opts)
+        cfg = replace_fields(self.base, opts)
         out = image.parent / "out" / name
         known = {
             str(image): "the uploaded image",
@@ -231,7 +232,7 @@ class AssetServer(ThreadingHTTPServer):
         }
         try:
             check_asset_config(cfg, self.num_poses)
-            check_asset_inputs(image, out, cfg.views, cfg.steps)
+            check_asset_inputs(image, out)
             out.parent.mkdir()
             while not self.lock.acquire(timeout=0.5):  # queued: drop the job if its client leaves meanwhile
                 if gone():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mirage3d.asset import AssetConfig
+from mirage3d.config import config_fields, get_field
 from mirage3d.errors import InputError
 from mirage3d.serve import _NAME, CLIENT_OPTIONS, _model_id, check_name
 
@@ -105,26 +106,28 @@ def expected_files(output: Path, mtl: bytes | None = None) -> set[str]:
 
 
 def make_asset_remote(
-    server: str, image: str | Path, output: str | Path, options: dict[str, Any], overwrite: bool = False, token: str | None = None
+    server: str, image: str | Path, output: str | Path, cfg: AssetConfig, overwrite: bool = False, token: str | None = None
 ) -> dict[str, Any]:
-    """Send ``image`` to the server and write the mesh and its sidecar files beside ``output``.
+    """Send ``image`` and ``cfg`` to the server and write the mesh and its sidecar files beside ``output``.
 
-    ``options``: AssetConfig fields from :data:`CLIENT_OPTIONS` (None values are left to the server's defaults).
-    The inputs are checked here first (same one-line errors as a local run). The reply must hold only the files
-    named after ``output`` (:func:`expected_files`), none of them may exist unless ``overwrite``, and all are
-    decoded before any is written; each is written atomically, the mesh last, and a failure removes the files
-    this call wrote.
+    ``cfg`` travels as its :data:`CLIENT_OPTIONS` (None values are left to the server's defaults); a setting that
+    cannot travel (the model and the device are the server's, a box stays here) must be at its default. The inputs
+    are checked here first (same one-line errors as a local run). The reply must hold only the files named after
+    ``output`` (:func:`expected_files`), none of them may exist unless ``overwrite``, and all are decoded before
+    any is written; each is written atomically, the mesh last, and a failure removes the files this call wrote.
     """
     from mirage3d.asset import check_asset_config, check_asset_inputs
     from mirage3d.io import atomic_write_bytes, check_output_path
 
     image, output = Path(image), Path(output)
-    check_asset_inputs(image, output, options.get("views"), int(options.get("steps") or 20))
+    check_asset_inputs(image, output)
+    check_asset_config(cfg)
     check_output_path(output, overwrite, kind="file")
-    unknown = set(options) - set(CLIENT_OPTIONS)
-    if unknown:
-        raise InputError(f"option(s) {', '.join(sorted(unknown))} cannot be sent to a server")
-    check_asset_config(AssetConfig(**{k: v for k, v in options.items() if v is not None}))
+    default = AssetConfig()
+    kept = [p for p in config_fields(AssetConfig) if p not in CLIENT_OPTIONS and p != "model" and get_field(cfg, p) != get_field(default, p)]
+    if kept:
+        raise InputError(f"{', '.join(kept)} cannot be sent to a server; run without --server")
+    options = {p: get_field(cfg, p) for p in CLIENT_OPTIONS}
     query = {"name": check_name(output.name), **{k: (str(int(v)) if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}}
     reply = _request(server.rstrip("/") + "/make-asset?" + urllib.parse.urlencode(query), data=image.read_bytes(), token=token)
     bad_reply = f"the server at {server} sent a malformed reply"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,12 @@ from PIL import Image
 from test_views_cli import make_tiny_model
 from typer.testing import CliRunner
 
-from mirage3d.asset import spread_poses
+from mirage3d.asset import AssetConfig, check_asset_config, spread_poses
 from mirage3d.cli.main import app
+from mirage3d.config import config_from_dict, load_config, replace_fields, save_config
+from mirage3d.diffusion.config import ViewsConfig
+from mirage3d.errors import InputError
+from mirage3d.recon import ReconConfig
 
 runner = CliRunner()
 NUM_POSES = 4
@@ -51,6 +56,9 @@ def test_make_asset_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     assert gltf.materials and gltf.materials[0].pbrMetallicRoughness.baseColorTexture is not None
     record = json.loads((tmp_path / "out" / "car.glb.make-asset.json").read_text())
     assert record["reference_pose"] == 1 and record["poses"] == [0, 1, 2, 3]
+    # the nested config: the CLI's options in the stage configs, --seed and --device in both
+    assert record["views"]["num_inference_steps"] == 2 and record["views"]["reference_pose"] == 1 and record["recon"]["iters"] == 60
+    assert record["views"]["device"] == record["recon"]["device"] == "cpu" and record["views"]["seed"] == record["recon"]["seed"] == 0
     assert set(record["timings"]) >= {"views", "recon", "total"}
     views = json.loads((tmp_path / "views" / "transforms.json").read_text())
     assert len(views["frames"]) == NUM_POSES
@@ -64,6 +72,29 @@ def test_views_option_spreads_poses(tmp_path: Path, model_dir: Path) -> None:
     assert r.exit_code == 0, r.output
     record = json.loads((tmp_path / "car.glb.make-asset.json").read_text())
     assert record["poses"] == [1, 3]  # the input's pose and the one opposite
+
+
+def test_asset_config_composes_the_stage_configs(tmp_path: Path) -> None:
+    cfg = AssetConfig()
+    assert replace(cfg.views, num_inference_steps=50) == ViewsConfig() and cfg.recon == ReconConfig()  # only the steps differ
+    assert cfg.views.num_inference_steps == 20
+    changed = replace_fields(cfg, {"num_views": 4, "views.consistency.rounds": 2, "recon.iters": 30})
+    assert changed.views.consistency.rounds == 2 and cfg.views.consistency.rounds == 0  # a copy, nothing shared
+    save_config(changed, tmp_path / "c.json", poses=[0, 1])
+    assert load_config(AssetConfig, tmp_path / "c.json") == changed
+    assert config_from_dict(AssetConfig, {"views": {"seed": 3}}).views.num_inference_steps == 20  # make-asset's default, not ViewsConfig's
+    for bad, match in [
+        ({"views.num_inference_steps": 0}, "--steps"),
+        ({"views.cross_frame": "bogus"}, "--cross-frame"),
+        ({"recon.faces": 2}, "--faces"),
+        ({"recon.seed": -1}, "--seed"),
+        ({"num_views": 1}, "--views 1"),
+        ({"num_views": 3, "views.poses": "0,1"}, "not both"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            check_asset_config(replace_fields(cfg, bad))
+    with pytest.raises(InputError, match="--pose 4"):
+        check_asset_config(replace_fields(cfg, {"views.reference_pose": 4}), num_poses=4)
 
 
 def test_spread_poses_wraps_around() -> None:

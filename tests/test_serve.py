@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from pathlib import Path
 
@@ -14,10 +13,11 @@ from typer.testing import CliRunner
 
 from mirage3d.asset import AssetConfig
 from mirage3d.cli.main import app
+from mirage3d.config import get_field, replace_fields
 from mirage3d.diffusion.views import keep_models_loaded
 from mirage3d.errors import InputError
 from mirage3d.serve import CLIENT_OPTIONS, MAX_BODY_BYTES, AssetServer, _client_gone, options_from_query
-from mirage3d.serve_client import server_health
+from mirage3d.serve_client import make_asset_remote, server_health
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,26 +44,41 @@ def server(model_dir: Path):
 
 
 def test_client_options_are_asset_config_fields() -> None:
-    types = {f.name: f.type for f in dataclasses.fields(AssetConfig)}
-    for name, kind in CLIENT_OPTIONS.items():
-        assert name in types and kind.__name__ in str(types[name])
-    assert "model" not in CLIENT_OPTIONS and "device" not in CLIENT_OPTIONS  # the server's own
+    """Derived from the nested config: every plain field of the stage configs by its dotted path, none of the server's."""
+    cfg = AssetConfig()
+    for path, kind in CLIENT_OPTIONS.items():
+        value = get_field(cfg, path)  # the path exists
+        assert value is None or isinstance(value, kind), (path, value)
+    for path in ("num_views", "views.num_inference_steps", "views.consistency.rounds", "views.consistency.strength", "recon.iters", "recon.preview"):
+        assert path in CLIENT_OPTIONS
+    assert CLIENT_OPTIONS["views.guidance_scale"] is float and CLIENT_OPTIONS["views.reference_pose"] is int
+    assert not set(CLIENT_OPTIONS) & {"model", "views.device", "recon.device", "recon.format", "views.box"}  # the server's own, or no plain type
 
 
 def test_query_parsing() -> None:
-    name, opts = options_from_query({"name": ["car.glb"], "steps": ["50"], "preview": ["1"], "guidance_scale": ["2.5"]})
-    assert name == "car.glb" and opts == {"steps": 50, "preview": True, "guidance_scale": 2.5}
+    query = {"name": ["car.glb"], "views.num_inference_steps": ["50"], "recon.preview": ["1"], "views.guidance_scale": ["2.5"]}
+    name, opts = options_from_query(query)
+    assert name == "car.glb" and opts == {"views.num_inference_steps": 50, "recon.preview": True, "views.guidance_scale": 2.5}
+    cfg = replace_fields(AssetConfig(), opts)
+    assert (
+        cfg.views.num_inference_steps == 50
+        and cfg.recon.preview
+        and cfg.views.guidance_scale == 2.5
+        and AssetConfig().views.num_inference_steps == 20
+    )
     for bad, match in [
         ({"name": ["../x.glb"]}, "bad output name"),
         ({"name": [".hidden.glb"]}, "bad output name"),
         ({}, "bad output name"),
         ({"name": ["a.glb"], "model": ["/etc"]}, "unknown option"),
-        ({"name": ["a.glb"], "steps": ["ten"]}, "not a valid int"),
-        ({"name": ["a.glb"], "preview": ["maybe"]}, "not a valid bool"),
+        ({"name": ["a.glb"], "views.device": ["cuda:1"]}, "unknown option"),
+        ({"name": ["a.glb"], "steps": ["20"]}, "unknown option"),
+        ({"name": ["a.glb"], "views.num_inference_steps": ["ten"]}, "not a valid int"),
+        ({"name": ["a.glb"], "recon.preview": ["maybe"]}, "not a valid bool"),
         ({"name": ["a\x00.glb"]}, "bad output name"),
         ({"name": ["a" * 300 + ".glb"]}, "bad output name"),
         ({"name": ["a.txt"]}, "bad output name"),
-        ({"name": ["a.glb"], "guidance_scale": ["nan"]}, "not a finite number"),
+        ({"name": ["a.glb"], "views.guidance_scale": ["nan"]}, "not a finite number"),
     ]:
         with pytest.raises(InputError, match=match):
             options_from_query(bad)
@@ -184,9 +199,11 @@ def test_requests_are_checked_before_a_job_runs(tmp_path: Path, server) -> None:
     for query, match in (
         ("name=a%00.glb", "bad output name"),
         ("name=" + "a" * 300 + ".glb", "bad output name"),
-        ("name=a.glb&reference_pose=99&steps=2", "--pose 99"),
-        ("name=a.glb&views=50", "--views 50"),
-        ("name=a.glb&steps=0", "--steps"),
+        ("name=a.glb&views.reference_pose=99&views.num_inference_steps=2", "--pose 99"),
+        ("name=a.glb&num_views=50", "--views 50"),
+        ("name=a.glb&views.num_inference_steps=0", "--steps"),
+        ("name=a.glb&recon.iters=0", "--iters"),
+        ("name=a.glb&views.consistency.strength=2", "--strength"),
         ("name=a.glb&model=x", "unknown option"),
     ):
         status, payload = _raw(url, "POST", "/make-asset?" + query, body=image)
@@ -281,6 +298,12 @@ def fake_server():
         httpd.server_close()
 
 
+def test_settings_that_stay_here_are_not_sent(tmp_path: Path) -> None:
+    cfg = replace_fields(AssetConfig(), {"views.box": (2, 2, 30, 30)})
+    with pytest.raises(InputError, match="views.box cannot be sent"):  # refused before any server is asked
+        make_asset_remote("http://127.0.0.1:9", cutout(tmp_path / "in.png"), tmp_path / "car.glb", cfg)
+
+
 def test_the_client_accepts_only_the_files_it_asked_for(tmp_path: Path, fake_server) -> None:
     url, reply, files = fake_server
     image = cutout(tmp_path / "in.png")
@@ -328,7 +351,7 @@ def test_clients_that_leave_cost_no_traceback_and_no_job(tmp_path: Path, server,
     served = srv.served
     for sent in (body[: len(body) // 2], body):
         s = socket.create_connection(("127.0.0.1", port))
-        head = f"POST /make-asset?name=a.glb&steps=2&iters=20&faces=500&views=2&reference_pose=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = f"POST /make-asset?name=a.glb&views.num_inference_steps=2&recon.iters=20&recon.faces=500&num_views=2&views.reference_pose=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n"
         s.sendall(head.encode() + sent)
         s.close()
     deadline = time.monotonic() + 60
