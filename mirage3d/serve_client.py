@@ -121,12 +121,12 @@ def make_asset_remote(
 
     image, output = Path(image), Path(output)
     check_asset_inputs(image, output)
-    check_asset_config(cfg)
-    check_output_path(output, overwrite, kind="file")
     default = AssetConfig()
     kept = [p for p in config_fields(AssetConfig) if p not in CLIENT_OPTIONS and p != "model" and get_field(cfg, p) != get_field(default, p)]
     if kept:
         raise InputError(f"{', '.join(kept)} cannot be sent to a server; run without --server")
+    check_asset_config(cfg)  # (its device is auto: no torch here)
+    check_output_path(output, overwrite, kind="file")
     options = {p: get_field(cfg, p) for p in CLIENT_OPTIONS}
     query = {"name": check_name(output.name), **{k: (str(int(v)) if isinstance(v, bool) else str(v)) for k, v in options.items() if v is not None}}
     reply = _request(server.rstrip("/") + "/make-asset?" + urllib.parse.urlencode(query), data=image.read_bytes(), token=token)

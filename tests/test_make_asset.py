@@ -60,7 +60,8 @@ def test_make_asset_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     assert record["views"]["num_inference_steps"] == 2 and record["views"]["reference_pose"] == 1 and record["recon"]["iters"] == 60
     assert record["views"]["device"] == record["recon"]["device"] == "cpu" and record["views"]["seed"] == record["recon"]["seed"] == 0
     loaded = load_config(AssetConfig, tmp_path / "out" / "car.glb.make-asset.json")  # the record's extra keys are ignored
-    assert loaded.model == str(model_dir) and loaded.views.num_inference_steps == 2 and loaded.recon == replace(ReconConfig(), device="cpu")
+    assert loaded.model == str(model_dir) and loaded.views.num_inference_steps == 2
+    assert loaded.recon == replace(ReconConfig(), device="cpu", faces=2000)
     assert set(record["timings"]) >= {"views", "recon", "total"}
     views = json.loads((tmp_path / "views" / "transforms.json").read_text())
     assert len(views["frames"]) == NUM_POSES
