@@ -1,0 +1,89 @@
+"""What F-score a reconstruction from outside views can reach on the shared meshes (docs/recon.md).
+
+The shared cars are game models with inner surfaces (seats, double panels, parts behind the windows) that
+no camera outside the car sees, yet `geometry_scores` samples the whole true surface. For each orbit folder
+(``C/orbits/<mesh>/``: ``mesh.glb`` in world frame + ``transforms.json``) this samples the true surface and
+casts a ray from each sample towards 400 directions all round and towards each orbit camera (open3d's
+raycasting: a ray leaves the surface unblocked = seen). It prints the share of the surface seen from outside
+and from the ring of cameras, and the ceiling: F@1 % / F@2 % of the outer surface alone scored against the
+whole true mesh (what a perfect reconstruction of everything visible would score). With ``--glbs DIR``
+(``bench_recon.py --out``'s ``meshes_out/``, files ``<mesh>_16_none_off.glb``), also each reconstruction's
+recall on the ring-seen surface, on the outer surface the ring does not see, and its F@2 % against the outer
+surface only.
+
+    python3 benchmarks/recon_ceiling.py --collection C [--glbs OUT/meshes_out] [--samples 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import trimesh
+from scipy.spatial import cKDTree
+
+from mirage3d.io import read_transforms
+from mirage3d.recon.mesh import WORLD_TO_GLTF
+
+
+def seen_from(mesh: trimesh.Trimesh, pts: np.ndarray, eyes: np.ndarray, offset: float) -> np.ndarray:
+    """(P,) bool: points with an unblocked line of sight to at least one of ``eyes`` (E, 3)."""
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+    seen = np.zeros(len(pts), bool)
+    for eye in eyes:
+        d = eye[None] - pts
+        dist = np.linalg.norm(d, axis=1)
+        d /= dist[:, None]
+        # leave the surface by `offset` first: coplanar overlays (decals) do not hide what they cover
+        rays = o3d.core.Tensor(np.concatenate([pts + d * offset, d], 1).astype(np.float32))
+        seen |= scene.cast_rays(rays)["t_hit"].numpy() >= dist - offset - 1e-3
+    return seen
+
+
+def fscore(pred: np.ndarray, true: np.ndarray, tau: float) -> tuple[float, float, float]:
+    """(precision, recall, F) of point sets at distance ``tau``."""
+    p = float((cKDTree(true).query(pred)[0] < tau).mean())
+    r = float((cKDTree(pred).query(true)[0] < tau).mean())
+    return p, r, 2 * p * r / max(p + r, 1e-12)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--collection", type=Path, required=True)
+    ap.add_argument("--glbs", type=Path, help="bench_recon's meshes_out/ folder (16 exact views, refinement off)")
+    ap.add_argument("--samples", type=int, default=100_000)
+    a = ap.parse_args()
+    k = np.arange(400)  # a Fibonacci sphere of directions, 4 units out (the orbit cameras sit at 3.4)
+    z = 1 - (k + 0.5) / 200
+    r = np.sqrt(1 - z * z)
+    sphere = 4.0 * np.stack([r * np.cos(np.pi * (1 + 5**0.5) * k), r * np.sin(np.pi * (1 + 5**0.5) * k), z], 1)
+    head = "| mesh | seen from outside | seen from the ring | ceiling F@1% | ceiling F@2% |"
+    if a.glbs:
+        head += " recon F@2% | vs outer surface only | recall: ring-seen / outer, not ring-seen |"
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
+    for orbit in sorted(p.parent for p in (a.collection / "orbits").glob("*/transforms.json")):
+        true = trimesh.load(orbit / "mesh.glb", force="mesh")
+        pts, _ = trimesh.sample.sample_surface(true, a.samples, seed=0)
+        diag = float(np.linalg.norm(true.bounds[1] - true.bounds[0]))
+        ring = np.stack([f.transform_matrix[:3, 3] for f in read_transforms(orbit).frames])
+        outer = seen_from(true, pts, sphere, 0.0025 * diag)
+        by_ring = seen_from(true, pts, ring, 0.0025 * diag)
+        c1, c2 = (fscore(pts[outer], pts, t * diag)[2] for t in (0.01, 0.02))
+        row = f"| {orbit.name} | {outer.mean():.3f} | {by_ring.mean():.3f} | {c1:.3f} | {c2:.3f} |"
+        glb = a.glbs / f"{orbit.name}_16_none_off.glb" if a.glbs else None
+        if glb is not None and glb.exists():
+            pred = trimesh.load(glb, force="mesh")
+            pred.apply_transform(np.linalg.inv(WORLD_TO_GLTF))
+            pp, _ = trimesh.sample.sample_surface(pred, a.samples, seed=0)
+            tau = 0.02 * diag
+            near = cKDTree(pp).query(pts)[0] < tau
+            f_all, f_outer = fscore(pp, pts, tau)[2], fscore(pp, pts[outer], tau)[2]
+            row += f" {f_all:.3f} | {f_outer:.3f} | {near[by_ring].mean():.3f} / {near[outer & ~by_ring].mean():.3f} |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
