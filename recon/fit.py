@@ -99,22 +99,17 @@ def carve(
     c2w: np.ndarray | None = None,
     K: np.ndarray | None = None,
     chunk: int = 1 << 20,
-    keep_reference: bool = False,
 ) -> torch.Tensor:
     """(P,) bool: points whose projection falls inside the (dilated) mask of all but ``misses`` views
-    (``misses`` < 0: chosen by :func:`auto_misses`), and with ``keep_reference`` inside the mask of the
-    reference view (``views.reference``), if there is one.
+    (``misses`` < 0: 0 when ``views`` has a reference view, else chosen by :func:`auto_misses`).
 
     The mask is the views' alpha sampled bilinearly at the projection (> 0.5: the silhouette to a fraction
     of a pixel); a point projecting outside a view's image counts as outside that view's mask.
     """
     outside = outside_counts(views, pts, dilate_px, c2w, K, chunk)
-    keep = outside <= (auto_misses(outside, views.n) if misses < 0 else misses)
-    if keep_reference and views.reference is not None:  # the input view is exact: its mask is never overruled
-        r = views.reference
-        c2w_r = (views.c2w if c2w is None else np.asarray(c2w))[r : r + 1]
-        keep &= outside_counts(views.subset([r]), pts, dilate_px, c2w_r, K, chunk) == 0
-    return keep
+    if misses < 0:  # generated views (they have a reference): every silhouette carves; else the volume rule
+        misses = 0 if views.reference is not None else auto_misses(outside, views.n)
+    return outside <= misses
 
 
 def auto_misses(outside: torch.Tensor, n_views: int, ratio: float = 0.85) -> int:
@@ -178,11 +173,7 @@ def scene_box(views: ViewSet, cfg: ReconConfig, probe_res: int = 48, margin: flo
     lin = torch.linspace(-r0, r0, probe_res, dtype=torch.float64)
     gx, gy, gz = torch.meshgrid(lin, lin, lin, indexing="ij")
     pts = torch.stack([gx, gy, gz], -1).reshape(-1, 3) + torch.from_numpy(centre)
-    keep = (
-        carve(views, pts, cfg.hull_dilate_px, cfg.hull_misses, keep_reference=cfg.reference_hull)
-        if cfg.hull
-        else torch.ones(pts.shape[0], dtype=torch.bool)
-    )
+    keep = carve(views, pts, cfg.hull_dilate_px, cfg.hull_misses) if cfg.hull else torch.ones(pts.shape[0], dtype=torch.bool)
     if not keep.any():
         raise InputError(
             "the visual hull of the views is empty: the cameras in transforms.json do not agree with the masks "
@@ -199,11 +190,7 @@ def hull_sdf(field: SDFField, views: ViewSet, cfg: ReconConfig) -> torch.Tensor:
     """Signed distance (1, 1, Z, Y, X) to the visual hull sampled on the field's grid, lightly smoothed."""
     pts = field.grid_points().reshape(-1, 3)  # on the field's device
     x, y, z = field.shape_xyz
-    inside = (
-        carve(views, pts, cfg.hull_dilate_px, cfg.hull_misses, keep_reference=cfg.reference_hull).reshape(z, y, x).cpu().numpy()
-        if cfg.hull
-        else np.ones((z, y, x), bool)
-    )
+    inside = carve(views, pts, cfg.hull_dilate_px, cfg.hull_misses).reshape(z, y, x).cpu().numpy() if cfg.hull else np.ones((z, y, x), bool)
     inside[[0, -1]] = False
     inside[:, [0, -1]] = False
     inside[:, :, [0, -1]] = False

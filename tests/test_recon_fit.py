@@ -90,9 +90,9 @@ def test_align_recovers_known_camera_errors(toy_fit):
     np.testing.assert_allclose(got[0], views.c2w[0], atol=1e-6)
 
 
-def test_reference_mask_is_never_overruled_in_the_hull():
-    """With misses allowed, a point outside one view's mask stays in the hull, unless that view is the
-    reference (make-asset's input photo): then its mask always carves."""
+def test_auto_hull_misses_is_zero_for_generated_views():
+    """hull_misses -1: for views with a reference (an input photo among generated views) every mask carves;
+    for views without one, the volume rule allows a miss, so one view with half its mask gone removes nothing."""
     from mirage3d.recon.fit import carve
 
     views = toy_car_views(n_views=8, res=32)
@@ -101,14 +101,13 @@ def test_reference_mask_is_never_overruled_in_the_hull():
     lin = torch.linspace(-1.2, 1.2, 25, dtype=torch.float64)
     pts = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1).reshape(-1, 3)
     exact = carve(ViewSet(views.rgba, views.c2w, views.K), pts, dilate_px=0, misses=0)  # the hull of all 8 masks
-    plain = carve(ViewSet(rgba, views.c2w, views.K, reference=2), pts, dilate_px=0, misses=1, keep_reference=False)
-    held = carve(ViewSet(rgba, views.c2w, views.K, reference=2), pts, dilate_px=0, misses=1, keep_reference=True)
-    only_ref = carve(ViewSet(rgba[2:3], views.c2w[2:3], views.K), pts, dilate_px=0, misses=0)
-    cut = exact & ~only_ref
+    only_cut = carve(ViewSet(rgba[2:3], views.c2w[2:3], views.K), pts, dilate_px=0, misses=0)
+    cut = exact & ~only_cut
     assert int(cut.sum()) > 0  # the cut mask removes part of the true hull
-    assert bool(plain[cut].all())  # one miss allowed: view 2 alone removes none of it
-    assert not bool(held[cut].any())  # as the reference, its mask carves all of it
-    assert torch.equal(held, plain & only_ref)
+    plain = carve(ViewSet(rgba, views.c2w, views.K), pts, dilate_px=0, misses=-1)
+    generated = carve(ViewSet(rgba, views.c2w, views.K, reference=0), pts, dilate_px=0, misses=-1)
+    assert bool(plain[cut].all())  # no reference: the volume rule lets view 2 miss
+    assert torch.equal(generated, exact & only_cut)  # a reference: no misses, view 2's cut carves
 
 
 def test_refinement_in_the_fit_reduces_a_camera_error():
