@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from test_features import make_collection, make_unet_folder
-from test_poses_facing import make_mirror_collection
+from test_poses_facing import make_mirror_collection, tiny_discover
 from typer.testing import CliRunner
 
 from mirage3d.cli.main import app
@@ -33,30 +33,7 @@ def _ok(result) -> None:
 def test_discover_assign_eval_end_to_end(setup):
     root, coll = setup["root"], setup["coll"]
     out = root / "poses"
-    r = runner.invoke(
-        app,
-        [
-            "poses",
-            "discover",
-            str(coll),
-            "-o",
-            str(out),
-            "--backbone",
-            str(setup["unet"]),
-            "--poses",
-            "4",
-            "--parts",
-            "4",
-            "--features",
-            str(root / "feats"),
-            "--batch-size",
-            "8",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-        ],
-    )
+    r = runner.invoke(app, tiny_discover(coll, out, setup["unet"], features=root / "feats"))
     _ok(r)
     for name in (
         "poses.json",
@@ -176,29 +153,13 @@ def test_discover_assign_eval_end_to_end(setup):
 def test_discovery_seeds_share_the_feature_cache(setup, tmp_path):
     """--seed moves sampling and clustering only: a second seed reuses the cache (it was refused: the seed reached
     the UNet's noise map, so the cache's backbone differed); --feature-seed changes the features and is refused."""
-    args = [
-        "--backbone",
-        str(setup["unet"]),
-        "--poses",
-        "4",
-        "--parts",
-        "4",
-        "--features",
-        str(tmp_path / "feats"),
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-    ]
     for seed in ("0", "3"):
-        _ok(runner.invoke(app, ["poses", "discover", str(setup["coll"]), "-o", str(tmp_path / f"p{seed}"), *args, "--seed", seed]))
+        _ok(runner.invoke(app, tiny_discover(setup["coll"], tmp_path / f"p{seed}", setup["unet"], "--seed", seed, features=tmp_path / "feats")))
     assert json.loads((tmp_path / "p3" / "config.json").read_text())["seed"] == 3
     assert (
         json.loads((tmp_path / "p0" / "config.json").read_text())["backbone"] == json.loads((tmp_path / "p3" / "config.json").read_text())["backbone"]
     )
-    r = runner.invoke(app, ["poses", "discover", str(setup["coll"]), "-o", str(tmp_path / "pf"), *args, "--feature-seed", "1"])
+    r = runner.invoke(app, tiny_discover(setup["coll"], tmp_path / "pf", setup["unet"], "--feature-seed", "1", features=tmp_path / "feats"))
     assert r.exit_code == 1 and "other settings" in r.output and not (tmp_path / "pf").exists()
 
 
@@ -307,30 +268,7 @@ def test_refit_into_the_model_folder_is_relocatable(setup, tmp_path):
 
     root, coll = setup["root"], setup["coll"]
     poses = root / "poses_for_refit"
-    _ok(
-        runner.invoke(
-            app,
-            [
-                "poses",
-                "discover",
-                str(coll),
-                "-o",
-                str(poses),
-                "--backbone",
-                str(setup["unet"]),
-                "--poses",
-                "4",
-                "--parts",
-                "4",
-                "--batch-size",
-                "8",
-                "--workers",
-                "0",
-                "--device",
-                "cpu",
-            ],
-        )
-    )
+    _ok(runner.invoke(app, tiny_discover(coll, poses, setup["unet"])))
     model = tmp_path / "model"
     shutil.copytree(setup["unet"], model)
     _ok(

@@ -115,6 +115,14 @@ def make_mirror_collection(folder: Path, copies: int = 4, res: int = 32) -> Path
     return folder
 
 
+def tiny_discover(coll: Path, out: Path, backbone: Path, *extra: str, features: Path | None = None, poses: int = 4) -> list[str]:
+    """Arguments of ``mirage3d poses discover`` on a toy collection: ``poses`` poses, 4 parts, batches of 8, no
+    loader workers, on the CPU; ``features``: the feature cache; ``extra``: more options."""
+    args = ["poses", "discover", str(coll), "-o", str(out), "--backbone", str(backbone), "--poses", str(poses), "--parts", "4"]
+    args += ["--batch-size", "8", "--workers", "0", "--device", "cpu", *extra]
+    return args + (["--features", str(features)] if features is not None else [])
+
+
 def _assigned(model: PoseModel, coll: Path, n: int) -> np.ndarray:
     from mirage3d.data.collection import ImageCollection
 
@@ -130,29 +138,7 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     image its discovered pose."""
     coll, unet = make_mirror_collection(tmp_path / "coll"), make_unet_folder(tmp_path / "bb")
     out = tmp_path / "poses"
-    args = [
-        "poses",
-        "discover",
-        str(coll),
-        "-o",
-        str(out),
-        "--backbone",
-        str(unet),
-        "--poses",
-        "4",
-        "--parts",
-        "4",
-        "--w-facing",
-        "1",
-        "--features",
-        str(tmp_path / "feats"),
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-    ]
+    args = tiny_discover(coll, out, unet, "--w-facing", "1", features=tmp_path / "feats")
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     poses = json.loads((out / "poses.json").read_text())
@@ -170,7 +156,7 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     bad = tmp_path / "bad"
     r = runner.invoke(app, [*args[:4], str(bad), *args[5:], "--flip", "none"])
     assert r.exit_code == 1 and "mirror features" in r.output and not bad.exists()
-    r = runner.invoke(app, [*args[:4], str(bad), *args[5:12], "-1", *args[13:]])
+    r = runner.invoke(app, tiny_discover(coll, bad, unet, "--w-facing", "-1", features=tmp_path / "feats"))
     assert r.exit_code == 1 and "--w-facing" in r.output and not bad.exists()
     # With the front score: these poses make two mirror orbits, too few to split a front/back pair (it takes
     # three), so it is recorded unused and the poses are those found without it.
@@ -225,31 +211,8 @@ def test_front_split_through_the_cli_keeps_its_invariants(tmp_path):
     what holds either way is checked): poses.json says whether it was used, the saved model carries the front
     score exactly then."""
     coll, unet = make_collection(tmp_path / "coll", n=16), make_unet_folder(tmp_path / "bb")
-    base = [
-        "poses",
-        "discover",
-        str(coll),
-        "--backbone",
-        str(unet),
-        "--poses",
-        "6",
-        "--parts",
-        "4",
-        "--w-facing",
-        "1",
-        "--w-front",
-        "1",
-        "--features",
-        str(tmp_path / "feats"),
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-    ]
     for name in ("front",):
-        r = runner.invoke(app, [*base, "-o", str(tmp_path / name)])
+        r = runner.invoke(app, tiny_discover(coll, tmp_path / name, unet, "--w-facing", "1", "--w-front", "1", features=tmp_path / "feats", poses=6))
         assert r.exit_code == 0, r.output
         poses = json.loads((tmp_path / name / "poses.json").read_text())
         model = PoseModel.load(tmp_path / name)
