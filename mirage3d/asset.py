@@ -126,9 +126,6 @@ def check_asset_config(cfg: AssetConfig, num_poses: int | None = None) -> None:
     (the model's), the pose options against it too."""
     cfg.views.validate()
     cfg.recon.validate()
-    seed = cfg.recon.seed  # (ReconConfig.validate leaves the seed to torch; checked here with the views' seed)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise InputError(f"--seed {seed!r} must be an integer in 0..{2**63 - 1}")
     n = cfg.num_views
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 2):
         raise InputError(f"--views {n!r}: need at least 2 views to reconstruct")

@@ -151,6 +151,10 @@ class ReconConfig:
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"--device {self.device!r} must be auto, cpu or cuda"),
             (self.hull_misses >= -1 and self.hull_dilate_px >= 0, "hull_misses must be >= -1 and hull_dilate_px >= 0"),
             (self.cpu_threads >= 0, f"cpu_threads {self.cpu_threads} must be >= 0"),
+            (
+                isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**63,
+                f"--seed {self.seed!r} must be an integer in 0..{2**63 - 1}",
+            ),
         ]
         raise_failed(checks)
         if self.device.startswith("cuda"):
