@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 import trimesh
-from scipy.spatial import cKDTree
 
 from mirage3d.io import read_transforms
 from mirage3d.recon.mesh import WORLD_TO_GLTF
+from mirage3d.recon.metrics import point_distances, sample_surface
 
 
 def seen_from(mesh: trimesh.Trimesh, pts: np.ndarray, eyes: np.ndarray, offset: float) -> np.ndarray:
@@ -43,11 +43,10 @@ def seen_from(mesh: trimesh.Trimesh, pts: np.ndarray, eyes: np.ndarray, offset: 
     return seen
 
 
-def fscore(pred: np.ndarray, true: np.ndarray, tau: float) -> tuple[float, float, float]:
-    """(precision, recall, F) of point sets at distance ``tau``."""
-    p = float((cKDTree(true).query(pred)[0] < tau).mean())
-    r = float((cKDTree(pred).query(true)[0] < tau).mean())
-    return p, r, 2 * p * r / max(p + r, 1e-12)
+def fscore(d_pred: np.ndarray, d_true: np.ndarray, tau: float) -> float:
+    """F-score at distance ``tau`` from the nearest distances pred → true and true → pred."""
+    p, r = float((d_pred < tau).mean()), float((d_true < tau).mean())
+    return 2 * p * r / max(p + r, 1e-12)
 
 
 def main() -> None:
@@ -66,22 +65,26 @@ def main() -> None:
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for orbit in sorted(p.parent for p in (a.collection / "orbits").glob("*/transforms.json")):
         true = trimesh.load(orbit / "mesh.glb", force="mesh")
-        pts, _ = trimesh.sample.sample_surface(true, a.samples, seed=0)
+        pts = sample_surface(true, a.samples)
         diag = float(np.linalg.norm(true.bounds[1] - true.bounds[0]))
         ring = np.stack([f.transform_matrix[:3, 3] for f in read_transforms(orbit).frames])
         outer = seen_from(true, pts, sphere, 0.0025 * diag)
         by_ring = seen_from(true, pts, ring, 0.0025 * diag)
-        c1, c2 = (fscore(pts[outer], pts, t * diag)[2] for t in (0.01, 0.02))
+        d_outer, d_all = point_distances(pts[outer], pts)
+        c1, c2 = (fscore(d_outer, d_all, t * diag) for t in (0.01, 0.02))
         row = f"| {orbit.name} | {outer.mean():.3f} | {by_ring.mean():.3f} | {c1:.3f} | {c2:.3f} |"
         glb = a.glbs / f"{orbit.name}_16_none_off.glb" if a.glbs else None
         if glb is not None and glb.exists():
             pred = trimesh.load(glb, force="mesh")
             pred.apply_transform(np.linalg.inv(WORLD_TO_GLTF))
-            pp, _ = trimesh.sample.sample_surface(pred, a.samples, seed=0)
+            pp = sample_surface(pred, a.samples)
             tau = 0.02 * diag
-            near = cKDTree(pp).query(pts)[0] < tau
-            f_all, f_outer = fscore(pp, pts, tau)[2], fscore(pp, pts[outer], tau)[2]
-            row += f" {f_all:.3f} | {f_outer:.3f} | {near[by_ring].mean():.3f} / {near[outer & ~by_ring].mean():.3f} |"
+            d_pt, d_tp = point_distances(pp, pts)  # pred → true, true → pred
+            d_po, d_op = point_distances(pp, pts[outer])
+            near = d_tp < tau
+            row += (
+                f" {fscore(d_pt, d_tp, tau):.3f} | {fscore(d_po, d_op, tau):.3f} | {near[by_ring].mean():.3f} / {near[outer & ~by_ring].mean():.3f} |"
+            )
         print(row, flush=True)
 
 
