@@ -98,3 +98,29 @@ def test_membrane_replaces_unseen_surface_and_keeps_seen_surface():
     np.testing.assert_array_equal(faired.vertices[seen], bumpy.vertices[seen])
     z = faired.vertices[inner, 2]
     assert z.std() < 0.01 and -0.5 <= z.mean() <= -0.2  # flat again, spanning the lowest seen ring
+
+
+def test_mesh_render_gives_straight_colour_at_antialiased_silhouette_pixels():
+    """render_mesh returns straight colour (as the views do), so composite_on_white puts an edge pixel of
+    coverage a at a·C + (1 - a): rendered over a white background, edge pixels came out already blended with
+    white and were blended again (too light)."""
+    from mirage3d.io import composite_on_white
+    from mirage3d.recon.mesh import TexturedMesh
+    from mirage3d.recon.render import render_mesh
+
+    colour = np.array([0.2, 0.4, 0.6])
+    tex = np.broadcast_to((colour * 255).round().astype(np.uint8), (8, 8, 3)).copy()
+    # A square facing the camera, turned 30° in the image so that its edges cut pixels partly.
+    ang = np.deg2rad(30.0) + np.arange(4) * np.pi / 2
+    verts = np.stack([0.5 * np.cos(ang), 0.5 * np.sin(ang), np.zeros(4)], -1)
+    mesh = TexturedMesh(verts, np.array([[0, 1, 2], [0, 2, 3]]), np.full((4, 2), 0.5), tex).to_trimesh()
+    cam = np.eye(4)
+    cam[2, 3] = 2.0  # on +Z looking down -Z at the square
+    rgba = render_mesh(mesh, cam[None], K, 64, 64, flat=True)[0]
+    a = rgba[..., 3]
+    edge = (a > 0.2) & (a < 0.8)
+    assert edge.sum() > 10 and (a > 0.99).sum() > 100
+    assert np.abs(rgba[edge][:, :3] - tex[0, 0] / 255.0).max() < 0.03  # straight colour, not blended with the background
+    on_white = composite_on_white(rgba)
+    expect = a[..., None] * (tex[0, 0] / 255.0) + (1 - a[..., None])
+    assert np.abs(on_white - expect)[edge].max() < 0.02
