@@ -28,12 +28,13 @@ def _renderer(w: int, h: int):
         import pyrender
     except Exception as e:  # any import failure means no headless renderer here
         raise DependencyError(f"pyrender with EGL is needed for mesh renders ({type(e).__name__}: {e})") from None
-    if _RENDERER is not None and _RENDERER_SIZE != (w, h):
-        _RENDERER.delete()
-        _RENDERER = None
     if _RENDERER is None:
         _RENDERER = pyrender.OffscreenRenderer(w, h)
-        _RENDERER_SIZE = (w, h)
+    elif _RENDERER_SIZE != (w, h):
+        # Resized, not deleted and made again: deleting one EGL context while another renderer's lives
+        # (mirage3d.data.render keeps one) left that one failing in eglMakeCurrent (EGL_BAD_CONTEXT).
+        _RENDERER.viewport_width, _RENDERER.viewport_height = w, h
+    _RENDERER_SIZE = (w, h)
     return _RENDERER, pyrender
 
 
