@@ -19,7 +19,7 @@ LIMIT=${LIMIT:-3}
 DEV=cuda RES=128 SET="" T=150
 if [ "${SMOKE:-0}" = 1 ]; then
   DEV=cpu LIMIT=1 RES=64 T=900
-  SET="--set iters=8 res=32 faces=2000 texture_size=128"
+  SET="--set iters=8 pose_iters=8 res=32 faces=2000 texture_size=128"
 fi
 MESHES=()
 for m in .carry/meshes/cars .carry/meshes/cars-more; do [ -d "$m" ] && MESHES+=("$m"); done
