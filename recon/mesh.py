@@ -52,11 +52,17 @@ class TexturedMesh:
 # Geometry
 # --------------------------------------------------------------------------------------------------
 def extract_mesh(
-    field: SDFField, cfg: ReconConfig, c2w: np.ndarray | None = None, K: np.ndarray | None = None, hw: tuple[int, int] | None = None
+    field: SDFField,
+    cfg: ReconConfig,
+    c2w: np.ndarray | None = None,
+    K: np.ndarray | None = None,
+    hw: tuple[int, int] | None = None,
+    alpha: np.ndarray | None = None,
 ) -> trimesh.Trimesh:
     """Marching cubes on the zero level of the distance grid, largest connected component, the membrane
     over what the cameras ``c2w``/``K`` (images ``hw``) do not see (``fair_unseen``; skipped without
-    cameras or with ``cfg.fair_unseen`` off), optional Taubin smoothing, quadric decimation to ``cfg.faces``.
+    cameras or with ``cfg.fair_unseen`` off) with the views' outlines kept (``alpha`` (N, H, W), the views'
+    masks; ``cfg.fair_keep_outline``), optional Taubin smoothing, quadric decimation to ``cfg.faces``.
     The grid is padded with "outside" values, so the surface is closed (watertight) even where it touches
     the box."""
     import mcubes
@@ -74,10 +80,23 @@ def extract_mesh(
         # On the marching-cubes mesh itself: its even triangles make the membrane fair (after a decimation, one
         # large triangle straddling the seen border pins its far corner; measured 0.09 F@2% worse on the SUV).
         k = max(1, math.ceil(cfg.fair_views * len(c2w)))
-        seen = seen_vertices(mesh, c2w, K, hw, cfg.fair_cos, k, device=field.lo.device)
+        outline = None
+        if alpha is not None and cfg.fair_keep_outline:
+            seen, outline = seen_vertices(mesh, c2w, K, hw, cfg.fair_cos, k, device=field.lo.device, alpha=alpha)
+        else:
+            seen = seen_vertices(mesh, c2w, K, hw, cfg.fair_cos, k, device=field.lo.device)
         if seen.mean() < 0.3:  # too little counts as well seen (few or odd views): keep all but the unseen
             seen = seen_vertices(mesh, c2w, K, hw, 0.2, 1, device=field.lo.device)
-        mesh = fair_unseen(mesh, seen)
+        faired = fair_unseen(mesh, seen)
+        if outline is not None:
+            # The membrane lifts the rim of the unseen surface with it (a car's lower edges and wheels: the
+            # bottom of every view's outline rose by ~1 px); vertices on a view's outline are where the masks
+            # put them, so they go back. Same faces: still watertight and one piece.
+            back = outline & ~seen
+            V = np.array(faired.vertices)
+            V[back] = np.asarray(mesh.vertices)[back]
+            faired = trimesh.Trimesh(V, np.asarray(faired.faces), process=False)
+        mesh = faired
     if cfg.smooth_iters > 0:
         trimesh.smoothing.filter_taubin(mesh, lamb=0.5, nu=-0.53, iterations=cfg.smooth_iters)
     if len(mesh.faces) > cfg.faces:
@@ -133,9 +152,19 @@ def seen_vertices(
     min_views: int = 1,
     tol: float = 0.01,
     device: str | torch.device = "cpu",
-) -> np.ndarray:
+    alpha: np.ndarray | None = None,
+    outline_tol: float = 0.03,
+):
     """(V,) bool: vertices that at least ``min_views`` views see squarely: in the image, not occluded (depth
-    within ``tol`` of the view's depth buffer), normal within acos(``cos_min``) of the direction to the camera."""
+    within ``tol`` of the view's depth buffer), normal within acos(``cos_min``) of the direction to the camera.
+
+    With the views' masks ``alpha`` (N, H, W) it returns ``(seen, outline)``: ``outline`` (V,) marks the
+    vertices on some view's outline, i.e. projected within one pixel of the mask's edge and nearest to that
+    camera there: no surface within one pixel around is nearer by more than ``outline_tol`` of the depth. The
+    neighbourhood matters: a surface seen edge-on covers no pixel centre, so the plain depth test would also
+    pass the far parts of the visual hull's cones (they project onto the outline too)."""
+    import torch.nn.functional as F
+
     from mirage3d.recon.raster import depth_buffer, project
 
     h, w = hw
@@ -145,15 +174,24 @@ def seen_vertices(
     count = torch.zeros(len(v), dtype=torch.int32, device=device)
     K2 = torch.from_numpy(np.asarray(K)).float().clone().to(device)
     K2[:2] *= 2.0
-    for cam in torch.from_numpy(np.asarray(c2w)).float().to(device):
+    if alpha is not None:
+        m = torch.from_numpy(np.asarray(alpha) > 0.5).float().to(device)[:, None]
+        edge = (F.max_pool2d(m, 3, 1, 1) + F.max_pool2d(-m, 3, 1, 1))[:, 0] > 0.5  # dilated minus eroded mask
+        outline = torch.zeros(len(v), dtype=torch.bool, device=device)
+    for i, cam in enumerate(torch.from_numpy(np.asarray(c2w)).float().to(device)):
         zbuf = depth_buffer(v, f, cam, K2, 2 * h, 2 * w)
         px, depth = project(v, cam, K2)
         inside = (px[:, 0] >= 0) & (px[:, 0] < 2 * w) & (px[:, 1] >= 0) & (px[:, 1] < 2 * h) & (depth > 0)
-        zb = zbuf[px[:, 1].long().clamp(0, 2 * h - 1), px[:, 0].long().clamp(0, 2 * w - 1)]
+        row, col = px[:, 1].long().clamp(0, 2 * h - 1), px[:, 0].long().clamp(0, 2 * w - 1)
+        zb = zbuf[row, col]
         to_cam = cam[:3, 3] - v
         cos = (nrm * to_cam).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-9)
         count += (inside & (depth <= zb * (1.0 + tol)) & (cos > cos_min)).int()
-    return (count >= min_views).cpu().numpy()
+        if alpha is not None:
+            znear = -F.max_pool2d(-zbuf[None, None], 5, 1, 2)[0, 0]  # nearest surface within ±1 view pixel
+            outline |= inside & edge[i][row // 2, col // 2] & (depth <= znear[row, col] * (1.0 + outline_tol))
+    seen = (count >= min_views).cpu().numpy()
+    return seen if alpha is None else (seen, outline.cpu().numpy())
 
 
 def fair_unseen(mesh: trimesh.Trimesh, seen: np.ndarray) -> trimesh.Trimesh:

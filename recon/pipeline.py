@@ -106,7 +106,7 @@ def reconstruct(
     fit = fit_field(views, cfg, progress)
     stages.done("fit")
     stages.say("mesh")
-    mesh = extract_mesh(fit.field, cfg, fit.c2w, fit.K, views.hw)
+    mesh = extract_mesh(fit.field, cfg, fit.c2w, fit.K, views.hw, views.rgba[..., 3])
     stages.done("mesh")
     stages.say("texture")
     textured = bake_texture(mesh, fit.field, views.rgba, fit.c2w, fit.K, views.reference, cfg.texture_size, cfg.texture_power)

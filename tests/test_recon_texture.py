@@ -98,3 +98,64 @@ def test_membrane_replaces_unseen_surface_and_keeps_seen_surface():
     np.testing.assert_array_equal(faired.vertices[seen], bumpy.vertices[seen])
     z = faired.vertices[inner, 2]
     assert z.std() < 0.01 and -0.5 <= z.mean() <= -0.2  # flat again, spanning the lowest seen ring
+
+
+def test_membrane_keeps_the_views_outlines():
+    """A sphere seen from a ring above: the membrane flattens its unseen lower cap and, with it, the bottom
+    of every view's outline; with ``fair_keep_outline`` the vertices on the outlines stay where the masks put
+    them, so the mesh's silhouettes match the masks again (and the hidden cap is still flattened)."""
+    from dataclasses import replace
+
+    from mirage3d.recon.config import ReconConfig
+    from mirage3d.recon.field import SDFField
+    from mirage3d.recon.mesh import extract_mesh
+    from mirage3d.recon.raster import depth_buffer
+
+    n, r = 40, 0.6
+    lo = np.full(3, -1.0)
+    voxel = 2.0 / (n - 1)
+    z, y, x = np.meshgrid(*(lo[0] + voxel * np.arange(n),) * 3, indexing="ij")
+    field = SDFField(lo, voxel, (n, n, n), torch.from_numpy(np.sqrt(x**2 + y**2 + z**2) - r).float())
+    cams = np.stack([orbit_c2w(a, 30.0, 3.0) for a in range(0, 360, 30)])
+    Kc = np.array([[100.0, 0, 32], [0, 100.0, 32], [0, 0, 1]])
+
+    def masks(mesh):
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)
+        return np.stack([np.isfinite(depth_buffer(t(mesh.vertices), torch.as_tensor(mesh.faces), t(c), t(Kc), 64, 64).numpy()) for c in cams])
+
+    cfg = ReconConfig(device="cpu", faces=10**6)
+    alpha = masks(extract_mesh(field, replace(cfg, fair_unseen=False))).astype(np.float32)
+    lifted = extract_mesh(field, replace(cfg, fair_keep_outline=False), cams, Kc, (64, 64), alpha)
+    kept = extract_mesh(field, cfg, cams, Kc, (64, 64), alpha)
+    miss_lifted = (alpha.astype(bool) ^ masks(lifted)).sum()
+    miss_kept = (alpha.astype(bool) ^ masks(kept)).sum()
+    assert miss_lifted > 100 and miss_kept < 0.2 * miss_lifted
+    assert kept.is_watertight and len(kept.faces) == len(lifted.faces)
+    centre = np.linalg.norm(kept.vertices[:, :2], axis=1) < 0.2
+    assert kept.vertices[centre, 2].min() > -0.5 * r  # the unseen cap is still flattened (a sphere's is at -r)
+
+
+def test_mesh_render_gives_straight_colour_at_antialiased_silhouette_pixels():
+    """render_mesh returns straight colour (as the views do), so composite_on_white puts an edge pixel of
+    coverage a at a·C + (1 - a): rendered over a white background, edge pixels came out already blended with
+    white and were blended again (too light)."""
+    from mirage3d.io import composite_on_white
+    from mirage3d.recon.mesh import TexturedMesh
+    from mirage3d.recon.render import render_mesh
+
+    colour = np.array([0.2, 0.4, 0.6])
+    tex = np.broadcast_to((colour * 255).round().astype(np.uint8), (8, 8, 3)).copy()
+    # A square facing the camera, turned 30° in the image so that its edges cut pixels partly.
+    ang = np.deg2rad(30.0) + np.arange(4) * np.pi / 2
+    verts = np.stack([0.5 * np.cos(ang), 0.5 * np.sin(ang), np.zeros(4)], -1)
+    mesh = TexturedMesh(verts, np.array([[0, 1, 2], [0, 2, 3]]), np.full((4, 2), 0.5), tex).to_trimesh()
+    cam = np.eye(4)
+    cam[2, 3] = 2.0  # on +Z looking down -Z at the square
+    rgba = render_mesh(mesh, cam[None], K, 64, 64, flat=True)[0]
+    a = rgba[..., 3]
+    edge = (a > 0.2) & (a < 0.8)
+    assert edge.sum() > 10 and (a > 0.99).sum() > 100
+    assert np.abs(rgba[edge][:, :3] - tex[0, 0] / 255.0).max() < 0.03  # straight colour, not blended with the background
+    on_white = composite_on_white(rgba)
+    expect = a[..., None] * (tex[0, 0] / 255.0) + (1 - a[..., None])
+    assert np.abs(on_white - expect)[edge].max() < 0.02
