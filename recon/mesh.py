@@ -80,13 +80,10 @@ def extract_mesh(
         # On the marching-cubes mesh itself: its even triangles make the membrane fair (after a decimation, one
         # large triangle straddling the seen border pins its far corner; measured 0.09 F@2% worse on the SUV).
         k = max(1, math.ceil(cfg.fair_views * len(c2w)))
-        outline = None
-        if alpha is not None and cfg.fair_keep_outline:
-            seen, outline = seen_vertices(mesh, c2w, K, hw, cfg.fair_cos, k, device=field.lo.device, alpha=alpha)
-        else:
-            seen = seen_vertices(mesh, c2w, K, hw, cfg.fair_cos, k, device=field.lo.device)
+        masks = alpha if cfg.fair_keep_outline else None
+        seen, outline = seen_vertices(mesh, c2w, K, hw, cfg.fair_cos, k, device=field.lo.device, alpha=masks)
         if seen.mean() < 0.3:  # too little counts as well seen (few or odd views): keep all but the unseen
-            seen = seen_vertices(mesh, c2w, K, hw, 0.2, 1, device=field.lo.device)
+            seen, _ = seen_vertices(mesh, c2w, K, hw, 0.2, 1, device=field.lo.device)
         faired = fair_unseen(mesh, seen)
         if outline is not None:
             # The membrane lifts the rim of the unseen surface with it (a car's lower edges and wheels: the
@@ -154,11 +151,12 @@ def seen_vertices(
     device: str | torch.device = "cpu",
     alpha: np.ndarray | None = None,
     outline_tol: float = 0.03,
-):
-    """(V,) bool: vertices that at least ``min_views`` views see squarely: in the image, not occluded (depth
-    within ``tol`` of the view's depth buffer), normal within acos(``cos_min``) of the direction to the camera.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(seen, outline)``. ``seen`` (V,) bool: vertices that at least ``min_views`` views see squarely: in the
+    image, not occluded (depth within ``tol`` of the view's depth buffer), normal within acos(``cos_min``) of the
+    direction to the camera.
 
-    With the views' masks ``alpha`` (N, H, W) it returns ``(seen, outline)``: ``outline`` (V,) marks the
+    ``outline`` is None without the views' masks ``alpha`` (N, H, W); with them, (V,) bool marking the
     vertices on some view's outline, i.e. projected within one pixel of the mask's edge and nearest to that
     camera there: no surface within one pixel around is nearer by more than ``outline_tol`` of the depth. The
     neighbourhood matters: a surface seen edge-on covers no pixel centre, so the plain depth test would also
@@ -191,7 +189,7 @@ def seen_vertices(
             znear = -F.max_pool2d(-zbuf[None, None], 5, 1, 2)[0, 0]  # nearest surface within ±1 view pixel
             outline |= inside & edge[i][row // 2, col // 2] & (depth <= znear[row, col] * (1.0 + outline_tol))
     seen = (count >= min_views).cpu().numpy()
-    return seen if alpha is None else (seen, outline.cpu().numpy())
+    return seen, (None if alpha is None else outline.cpu().numpy())
 
 
 def fair_unseen(mesh: trimesh.Trimesh, seen: np.ndarray) -> trimesh.Trimesh:

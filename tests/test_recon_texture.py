@@ -92,7 +92,7 @@ def test_membrane_replaces_unseen_surface_and_keeps_seen_surface():
     bumpy[inner, 2] -= rng.uniform(0.0, 0.08, inner.sum())  # a hanging, bumpy underside, hidden behind the rim
     bumpy = trimesh.Trimesh(bumpy, mesh.faces, process=False)
     cams = np.stack([orbit_c2w(a, 25.0, 5.0) for a in range(0, 360, 45)])  # all above: the underside is unseen
-    seen = seen_vertices(bumpy, cams, K, (64, 64), cos_min=0.2)
+    seen, _ = seen_vertices(bumpy, cams, K, (64, 64), cos_min=0.2)
     assert seen[mesh.vertices[:, 2] > -0.4].all() and not seen[inner].any()
     faired = fair_unseen(bumpy, seen)
     np.testing.assert_array_equal(faired.vertices[seen], bumpy.vertices[seen])
