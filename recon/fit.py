@@ -353,7 +353,7 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
                         c2w_now, K_now = (x.detach().double().cpu().numpy() for x in cams())
                         hull = hull_sdf(
                             SDFField(lo, voxel, shape).to(device),
-                            ViewSet(views.rgba, c2w_now, K_now, list(views.files), views.reference),
+                            replace(views, c2w=c2w_now, K=K_now),
                             replace(cfg, hull_dilate_px=st.hull_dilate_px, hull_misses=st.hull_misses),
                         )
                     fld = SDFField(lo, voxel, shape, hull).to(device)
