@@ -25,7 +25,7 @@ import trimesh
 
 from mirage3d.io import read_transforms
 from mirage3d.recon.mesh import WORLD_TO_GLTF
-from mirage3d.recon.metrics import point_distances, sample_surface
+from mirage3d.recon.metrics import fscore, point_distances, sample_surface
 
 
 def seen_from(mesh: trimesh.Trimesh, pts: np.ndarray, eyes: np.ndarray, offset: float) -> np.ndarray:
@@ -41,12 +41,6 @@ def seen_from(mesh: trimesh.Trimesh, pts: np.ndarray, eyes: np.ndarray, offset: 
         rays = o3d.core.Tensor(np.concatenate([pts + d * offset, d], 1).astype(np.float32))
         seen |= scene.cast_rays(rays)["t_hit"].numpy() >= dist - offset - 1e-3
     return seen
-
-
-def fscore(d_pred: np.ndarray, d_true: np.ndarray, tau: float) -> float:
-    """F-score at distance ``tau`` from the nearest distances pred → true and true → pred."""
-    p, r = float((d_pred < tau).mean()), float((d_true < tau).mean())
-    return 2 * p * r / max(p + r, 1e-12)
 
 
 def main() -> None:

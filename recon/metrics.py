@@ -37,6 +37,12 @@ def point_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return cKDTree(b).query(a)[0], cKDTree(a).query(b)[0]
 
 
+def fscore(d_pred: np.ndarray, d_true: np.ndarray, dist: float) -> float:
+    """F-score 2PR/(P+R) at distance ``dist`` from nearest distances pred → true (precision) and true → pred (recall)."""
+    prec, rec = float((d_pred < dist).mean()), float((d_true < dist).mean())
+    return 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
+
+
 def geometry_scores(
     pred: trimesh.Trimesh | trimesh.Scene,
     true: trimesh.Trimesh | trimesh.Scene,
@@ -52,10 +58,7 @@ def geometry_scores(
     p, t = sample_surface(pred, n, seed), sample_surface(true, n, seed + 1)
     d_pt, d_tp = point_distances(p, t)
     scale = float(np.linalg.norm(np.ptp(t, axis=0)))
-    fs = {}
-    for tau in taus:
-        prec, rec = float((d_pt < tau * scale).mean()), float((d_tp < tau * scale).mean())
-        fs[tau] = 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
+    fs = {tau: fscore(d_pt, d_tp, tau * scale) for tau in taus}
     return GeometryScores(chamfer_l1=float(0.5 * (d_pt.mean() + d_tp.mean())), fscore=fs, scale=scale)
 
 
