@@ -197,3 +197,40 @@ def test_mesh_missing_from_table_is_front_z_unverified(tmp_path: Path, caplog: p
     assert "not in mirage3d/data/meshes.json" in caplog.text
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     assert cfg["meshes"]["my-new-car"]["front_axis"] == "+Z" and cfg["meshes"]["my-new-car"]["verified"] is False
+
+
+def test_deformation_keeps_mirror_symmetry_ground_and_ends() -> None:
+    rng = np.random.default_rng(0)
+    half = rng.uniform(-1, 1, size=(200, 3)) * [1.0, 0.5, 0.4]
+    pts = np.concatenate([half, half * [1.0, -1.0, 1.0]])  # mirror-symmetric about y = 0
+    coeffs = rng.uniform(-0.3, 0.3, size=R.N_DEFORM)
+    out = R.deform_vertices(pts, coeffs, pts)
+    np.testing.assert_allclose(out[200:], out[:200] * [1.0, -1.0, 1.0], atol=1e-12)  # still symmetric
+    assert not np.allclose(out, pts)
+    low = np.isclose(pts[:, 2], pts[:, 2].min())
+    np.testing.assert_allclose(out[low, 2], pts[low, 2])  # the ground stays
+    ends = np.isclose(np.abs(pts[:, 0]), np.abs(pts[:, 0]).max())
+    np.testing.assert_allclose(out[ends, 0], pts[ends, 0], atol=1e-12)  # the length stays
+    np.testing.assert_allclose(R.deform_vertices(pts, np.zeros(R.N_DEFORM), pts), pts)
+
+
+def test_deformed_collection_records_its_deformation_and_keeps_radius_one(tmp_path: Path) -> None:
+    box = trimesh.creation.box(extents=[0.6, 0.5, 1.6])  # glTF +Y up, long along Z (front +Z)
+    box.visual = trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(baseColorFactor=[0.8, 0.2, 0.2, 1.0]))
+    box = box.subdivide().subdivide()
+    box.export(tmp_path / "box.glb")
+    plain = R.render_collection(tmp_path / "box.glb", tmp_path / "plain", R.RenderConfig(n_per_mesh=3, res=32, seed=1))
+    bent = R.render_collection(tmp_path / "box.glb", tmp_path / "bent", R.RenderConfig(n_per_mesh=3, res=32, seed=1, deform=0.3))
+    assert plain.n_images == bent.n_images == 3
+    g_plain = [json.loads(x) for x in (tmp_path / "plain" / "ground_truth.jsonl").read_text().splitlines()]
+    g_bent = [json.loads(x) for x in (tmp_path / "bent" / "ground_truth.jsonl").read_text().splitlines()]
+    world = R._world_vertices(M.load_normalised(tmp_path / "box.glb"))
+    for p, b in zip(g_plain, g_bent, strict=True):
+        assert "deform" not in p and len(b["deform"]) == R.N_DEFORM
+        assert p["azimuth_deg"] == b["azimuth_deg"] and p["appearance_seed"] == b["appearance_seed"]  # other draws unchanged
+        dv = R.deform_vertices(world, np.array(b["deform"]), world) * b["scale"]
+        assert np.isclose(np.linalg.norm(dv, axis=1).max(), 1.0)  # framing: bounding radius 1 after the deformation
+    a = [np.asarray(Image.open(tmp_path / d / g["file"]))[..., 3] for d, g in (("plain", g_plain[0]), ("bent", g_bent[0]))]
+    assert (a[0] > 127).sum() > 20 and np.abs(a[0].astype(int) - a[1].astype(int)).max() > 100  # the silhouette changed
+    with pytest.raises(InputError, match="--deform"):
+        R.check_config(R.RenderConfig(deform=0.6))

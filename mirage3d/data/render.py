@@ -56,6 +56,9 @@ class RenderConfig:
     """Relative camera-distance jitter (± fraction) on top of the framing distance."""
     scale_jitter: float = 0.1
     """Non-uniform scaling: each world axis scaled by 1 ± this, then re-normalised to radius 1 (0 = off)."""
+    deform: float = 0.0
+    """Random smooth shape deformations, left-right symmetric (:func:`deform_vertices`): each of their 7
+    coefficients uniform in ± this (0 = off; 0.15 makes visibly different bodies that stay car-like)."""
     paint_prob: float = 0.8
     """Probability that an image's appearance repaints the mesh's main colour."""
     hue_jitter_deg: float = 15.0
@@ -155,6 +158,21 @@ class _Renderer:
             out.append(made[id(mat)])
         return out
 
+    def deformed(self, nm: M.NormalisedMesh, coeffs: np.ndarray) -> Any:
+        """A pyrender mesh of ``nm`` deformed by ``coeffs`` (world coordinates: render it with ``mesh_to_world`` = I)."""
+        import trimesh
+
+        m = nm.mesh_to_world
+        bounds = _world_vertices(nm)
+        prims = []
+        for piece in nm.pieces:
+            v = deform_vertices(piece.vertices @ m[:3, :3].T + m[:3, 3], coeffs, bounds)
+            normals = trimesh.Trimesh(v, piece.faces, process=False).vertex_normals
+            uv = getattr(piece.visual, "uv", None)
+            uv = uv if uv is not None and len(uv) == len(piece.vertices) else None
+            prims.append(self.pr.Primitive(positions=v, normals=normals, texcoord_0=uv, indices=piece.faces, material=None))
+        return self.pr.Mesh(prims)
+
     def render(
         self,
         nm: M.NormalisedMesh,
@@ -165,11 +183,15 @@ class _Renderer:
         scale: np.ndarray | None,
         light: Lighting,
         cfg: RenderConfig,
+        deform: np.ndarray | None = None,
     ) -> np.ndarray:
         pr, ss = self.pr, int(cfg.supersample)
+        world = np.eye(4) if deform is not None else nm.mesh_to_world
+        if deform is not None:
+            mesh = self.deformed(nm, deform)
         for prim, mat in zip(mesh.primitives, self.materials(nm, appearance_seed, cfg), strict=True):
             prim.material = mat
-        pose = nm.mesh_to_world if scale is None else np.diag([*scale, 1.0]) @ nm.mesh_to_world
+        pose = world if scale is None else np.diag([*scale, 1.0]) @ world
         scene = pr.Scene(bg_color=(0.0, 0.0, 0.0, 0.0), ambient_light=(light.ambient,) * 3)
         scene.add(mesh, pose=pose)
         dist = float(np.linalg.norm(c2w[:3, 3]))
@@ -218,6 +240,34 @@ def render_views(
 # --------------------------------------------------------------------------------------------------
 # Random views
 # --------------------------------------------------------------------------------------------------
+N_DEFORM = 7
+
+
+def deform_vertices(v: np.ndarray, coeffs: np.ndarray, bounds_of: np.ndarray) -> np.ndarray:
+    """Smooth shape deformation of world points ``v`` (N, 3) (front +X, up +Z, the mirror plane y = 0).
+
+    ``bounds_of``: the whole mesh's world vertices (its extent sets the coordinates below); ``coeffs`` (7,):
+    with u = x / max|x| in [−1, 1] along the length and h = (z − z_min) / height in [0, 1],
+    - length: x + c0·L·sin(πu)/π moves the middle (cabin) forward or back, the ends stay (monotonic for |c0| < 1);
+    - height: z_min + (z − z_min)·(1 + c1·u + c2·(u² − ⅓) + c3·sin(πu)): roof and bonnet rise or fall along the
+      length, the ground stays;
+    - width: y·(1 + c4·u + c5·(u² − ⅓) + c6·(h − ½)): wider or narrower front, middle, top.
+    Only y is scaled and nothing depends on y's sign, so a left-right symmetric mesh stays symmetric (the
+    project's mirror handling relies on it). Written here because no mesh library offers such a family.
+    """
+    c = np.asarray(coeffs, dtype=np.float64)
+    lo, hi = bounds_of.min(axis=0), bounds_of.max(axis=0)
+    half_len = max(float(np.abs(bounds_of[:, 0]).max()), 1e-9)
+    height = max(float(hi[2] - lo[2]), 1e-9)
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
+    u = np.clip(x / half_len, -1.0, 1.0)
+    h = np.clip((z - lo[2]) / height, 0.0, 1.0)
+    x2 = x + c[0] * half_len * np.sin(np.pi * u) / np.pi
+    z2 = lo[2] + (z - lo[2]) * (1.0 + c[1] * u + c[2] * (u**2 - 1.0 / 3.0) + c[3] * np.sin(np.pi * u))
+    y2 = y * (1.0 + c[4] * u + c[5] * (u**2 - 1.0 / 3.0) + c[6] * (h - 0.5))
+    return np.stack([x2, y2, z2], axis=1)
+
+
 def sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> dict[str, Any]:
     """All random draws of image ``index`` (from (seed, index) only) → its ground-truth record (no file)."""
     rng = np.random.default_rng([cfg.seed, index])
@@ -226,10 +276,14 @@ def sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> di
     f = focal_from_fov(cfg.fov_deg, cfg.res) * (1.0 + rng.uniform(-cfg.focal_jitter, cfg.focal_jitter))
     dist = fit_radius_for_sphere(1.0, fov_from_focal(f, cfg.res), cfg.fill) * (1.0 + rng.uniform(-cfg.distance_jitter, cfg.distance_jitter))
     appearance_seed = int(rng.integers(1, 2**31 - 1))
-    s = 1.0 + rng.uniform(-cfg.scale_jitter, cfg.scale_jitter, size=3)
-    s = s / np.linalg.norm(world_vertices * s, axis=1).max()  # keep the bounding radius at 1 (framing)
+    s_raw = 1.0 + rng.uniform(-cfg.scale_jitter, cfg.scale_jitter, size=3)
+    s = s_raw / np.linalg.norm(world_vertices * s_raw, axis=1).max()  # keep the bounding radius at 1 (framing)
     light_dir = spherical_to_position(az + rng.uniform(-90.0, 90.0), rng.uniform(15.0, 75.0), 1.0)
     light = Lighting(tuple(float(x) for x in light_dir), float(rng.uniform(*cfg.light_intensity)), float(rng.uniform(*cfg.ambient)))
+    deform = None
+    if cfg.deform > 0:  # drawn last, so the other draws (and images with deform 0) stay as they were
+        deform = rng.uniform(-cfg.deform, cfg.deform, size=N_DEFORM)
+        s = s_raw / np.linalg.norm(deform_vertices(world_vertices, deform, world_vertices) * s_raw, axis=1).max()  # radius 1 again
     c = cfg.res / 2.0
     return {
         "azimuth_deg": az,
@@ -245,6 +299,7 @@ def sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> di
         "appearance_seed": appearance_seed,
         "scale": [float(x) for x in s],
         "light": asdict(light),
+        **({} if deform is None else {"deform": [float(x) for x in deform]}),
     }
 
 
@@ -265,7 +320,10 @@ def _render_chunk(job: tuple[str, str, list[int], RenderConfig, str]) -> list[di
     for i in indices:
         rec = sample_view(cfg, i, wv)
         intr = Intrinsics(rec["fl_x"], rec["fl_y"], rec["cx"], rec["cy"], cfg.res, cfg.res)
-        img = _renderer().render(nm, pm, np.array(rec["c2w"]), intr, rec["appearance_seed"], np.array(rec["scale"]), Lighting(**rec["light"]), cfg)
+        deform = np.array(rec["deform"]) if "deform" in rec else None
+        img = _renderer().render(
+            nm, pm, np.array(rec["c2w"]), intr, rec["appearance_seed"], np.array(rec["scale"]), Lighting(**rec["light"]), cfg, deform
+        )
         name = f"{i:06d}.png"
         Image.fromarray(img).save(Path(images_dir) / name)
         info = nm.info
@@ -323,6 +381,7 @@ def check_config(cfg: RenderConfig) -> None:
         (16 <= cfg.res <= 2048, f"--res must be between 16 and 2048, got {cfg.res}"),
         (-89.0 <= cfg.elev_min <= cfg.elev_max <= 89.0, f"need -89 <= --elev-min <= --elev-max <= 89, got {cfg.elev_min}, {cfg.elev_max}"),
         (0.0 <= cfg.scale_jitter < 0.5, f"--scale-jitter must be in [0, 0.5), got {cfg.scale_jitter}"),
+        (0.0 <= cfg.deform < 0.5, f"--deform must be in [0, 0.5), got {cfg.deform}"),
         (0.0 < cfg.fill <= 1.0 and 1.0 < cfg.fov_deg < 120.0, f"fill must be in (0, 1] and fov in (1, 120), got {cfg.fill}, {cfg.fov_deg}"),
         (cfg.orbits >= 0, f"--orbits must be 0 or more, got {cfg.orbits}"),
         (-89.0 <= cfg.orbit_elev <= 89.0, f"--orbit-elev must be in [-89, 89], got {cfg.orbit_elev}"),
