@@ -11,7 +11,9 @@ photo; every variant runs `make_asset` on it and keeps its views:
 - ``cross-frame``: generated views attend to the input only (MIRAGE);
 - ``all-views``: generated views attend to the input and to each other (make-asset's default);
 - ``rounds``: cross-frame + the consistency rounds (generate → reconstruct → render → re-noise → denoise);
-- ``all-views+rounds``: both.
+- ``all-views+rounds``: both;
+- ``tune``: all-views after 100 steps of test-time fine-tuning on the input (``views.tune``).
+``--set views.tune.lr=1e-4`` (repeatable) changes a setting of every variant.
 
 Scores. The discovered poses' azimuths are known only up to a rotation and a reflection: with the input's
 true azimuth φ and the reference pose's azimuth a_ref, generated pose k is placed at φ + s·(a_k − a_ref), s = ±1
@@ -52,6 +54,7 @@ VARIANTS = {
     "all-views": {"views.cross_frame": "all"},
     "rounds": {"views.cross_frame": "concat", "views.consistency.rounds": 2},
     "all-views+rounds": {"views.cross_frame": "all", "views.consistency.rounds": 2},
+    "tune": {"views.cross_frame": "all", "views.tune.steps": 100},
 }
 
 
@@ -141,6 +144,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default="independent,cross-frame,all-views,all-views+rounds")
+    ap.add_argument("--set", action="append", default=[], help="dotted.field=value (JSON value) for every variant, e.g. views.tune.lr=1e-4")
     ap.add_argument("--templates", type=Path, default=Path("../shared/meshes/cars"), help="training meshes for the template baseline")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +159,13 @@ def main() -> None:
         AssetConfig(model=a.model),
         {"views.num_inference_steps": a.steps, "views.device": a.device, "recon.device": a.device, "views.seed": a.seed, "recon.seed": a.seed},
     )
+    overrides = {}  # --set: applied after each variant's own settings
+    for kv in a.set:
+        key, _, val = kv.partition("=")
+        try:
+            overrides[key] = json.loads(val)
+        except json.JSONDecodeError:
+            overrides[key] = val
     score_recon = ReconConfig(seed=0, device=a.device)
     rows = []
     head = "| object | variant | views PSNR | SSIM | mask IoU | consistency dB | Chamfer-L1 | F@1% | F@2% | template F@2% mean / best | views s | recon s |"
@@ -171,7 +182,7 @@ def main() -> None:
             res = make_asset(
                 folder / truth.frames[a.input_frame].file_path,
                 glb,
-                replace_fields(base, VARIANTS[variant]),
+                replace_fields(replace_fields(base, VARIANTS[variant]), overrides),
                 keep_views=a.out / f"{name}_views",
                 overwrite=True,
             )

@@ -30,6 +30,9 @@ def views(
     rounds: int = typer.Option(
         0, "--rounds", help="Consistency rounds (fit, render, re-noise, denoise): views agree better, about 4x the time (docs/views.md)."
     ),
+    tune_steps: int = typer.Option(
+        0, "--tune-steps", help="Fine-tune the model on the input for this many steps first (GPU: 100 measured best; slow on a CPU)."
+    ),
     layers: str = typer.Option("all", "--layers", help="Attention layers with cross-frame attention: all, or down/mid/up joined by '+'."),
     fill: float | None = typer.Option(None, "--fill", help="Object bbox / frame side for the input (default: MODEL/framing.json or 0.85)."),
     no_reframe: bool = typer.Option(False, "--no-reframe", help="The input is already framed like the training renders: only pad and resize."),
@@ -41,7 +44,7 @@ def views(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Generate consistent views of the object in INPUT, with cameras, ready for `mirage3d recon`."""
-    from mirage3d.diffusion.pipeline import ConsistencyConfig
+    from mirage3d.diffusion.pipeline import ConsistencyConfig, TuneConfig
     from mirage3d.diffusion.views import ViewsConfig, generate_views
     from mirage3d.foreground import parse_box
     from mirage3d.io import claim_output
@@ -57,6 +60,7 @@ def views(
         reframe=not no_reframe,
         box=None if box is None else parse_box(box),
         consistency=ConsistencyConfig(rounds=rounds),
+        tune=TuneConfig(steps=tune_steps),
         seed=seed,
         device=device,
     )

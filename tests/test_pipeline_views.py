@@ -141,3 +141,46 @@ def test_rgba_model_reference_includes_alpha() -> None:
     out = p([0], num_inference_steps=2, output_type="np", image=PreparedImage(rgb, mask, (0, 0, 8, 8), "alpha"), reference_pose=1)
     assert out.images.shape == (2, 8, 8, 4)
     np.testing.assert_allclose(out.images[0][..., 3], mask, atol=1e-5)
+
+
+def _loss_on(p: MiragePipeline, x: torch.Tensor, label: int, n: int = 64) -> float:
+    """The v-prediction loss of ``p.unet`` on ``x`` at class ``label`` over fixed draws of noise and timestep."""
+    g = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    eps = torch.randn((n, *x.shape[1:]), generator=g)
+    a = p.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = a.sqrt() * x + (1 - a).sqrt() * eps
+    with torch.no_grad():
+        out = p.unet(xt, t, class_labels=torch.full((n,), label)).sample
+    return float(((out - (a.sqrt() * eps - (1 - a).sqrt() * x)) ** 2).mean())
+
+
+def test_tuning_fits_the_input_keeps_the_prior_and_restores_the_model() -> None:
+    from mirage3d.diffusion.config import TuneConfig
+
+    p = MiragePipeline(tiny_unet(seed=2), DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction"))
+    p.set_progress_bar_config(disable=True)
+    p.mirror = [0, 3, 2, 1]
+    p.unet.requires_grad_(False)  # as a shared pose-model backbone leaves it
+    ref = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    before = {k: v.clone() for k, v in p.unet.state_dict().items()}
+    embedding = p.unet.class_embedding
+    kw = dict(num_inference_steps=4, output_type="np", image=ref, reference_pose=1, cross_frame="all")
+    plain = p([0, 1, 2, 3], generator=gen(), **kw)
+    tune = TuneConfig(steps=200, lr=1e-3, batch=4)
+    tuned = p([0, 1, 2, 3], generator=gen(), tune=tune, **kw)
+    assert p.unet.class_embedding is embedding and p._label_shift == 0
+    for k, v in p.unet.state_dict().items():  # the model is back as it was
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert not any(q.requires_grad for q in p.unet.parameters())
+    assert np.abs(tuned.images[[0, 2, 3]] - plain.images[[0, 2, 3]]).max() > 1e-3  # the tuned model made other views
+    np.testing.assert_allclose(tuned.images[1], (ref[0].permute(1, 2, 0).numpy() + 1) / 2, atol=1e-5)  # still the input
+    # Inside the block the model fits the input (at its pose, as the instance) and its mirror image better.
+    plan = p._plan([0, 1, 2, 3], ref, 1)
+    prior = torch.from_numpy(plain.images).permute(0, 3, 1, 2) * 2 - 1
+    loss0, loss0_m = _loss_on(p, ref, 2), _loss_on(p, ref.flip(-1), 4)
+    with p._tuned(plan, tune, prior, 0):
+        n = p._label_shift
+        assert n == 5
+        loss1, loss1_m = _loss_on(p, ref, 2 + n), _loss_on(p, ref.flip(-1), 4 + n)
+    assert loss1 < 0.75 * loss0 and loss1_m < 0.75 * loss0_m

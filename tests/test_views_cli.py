@@ -163,3 +163,15 @@ def test_bad_inputs(tmp_path: Path, model_dir: Path) -> None:
         r = runner.invoke(app, ["views", *args, "-o", str(out), "--steps", "1", "--device", "cpu"])
         assert message in one_line_error(r), (args, r.output)
         assert not out.exists()  # nothing half-written
+
+
+def test_views_with_test_time_tuning(tmp_path: Path, model_dir: Path) -> None:
+    args = [str(cutout(tmp_path / "in.png")), "--model", str(model_dir), "--pose", "1", "--steps", "2", "--seed", "1", "--device", "cpu"]
+    assert runner.invoke(app, ["views", *args, "-o", str(tmp_path / "a")]).exit_code == 0
+    r = runner.invoke(app, ["views", *args, "-o", str(tmp_path / "b"), "--tune-steps", "3"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["tune"]["steps"] == 3
+    plain, tuned = (np.asarray(Image.open(tmp_path / d / "images" / "pose_00.png")) for d in ("a", "b"))
+    assert np.abs(plain.astype(int) - tuned.astype(int)).max() > 0  # the tuned model made a different view
+    r = runner.invoke(app, ["views", *args, "-o", str(tmp_path / "c"), "--tune-steps", "-1"])
+    assert r.exit_code == 1 and "--tune-steps" in r.output

@@ -32,6 +32,20 @@ class ConsistencyConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Test-time fine-tuning: the UNet is trained for a few steps on the input photo (and its mirror image, at
+    the mirror pose) before the views are made, then restored (DreamBooth's idea with one image and pose labels
+    in place of text), so that the model's samples at the other poses take more of this object."""
+
+    steps: int = 0
+    """Optimizer steps on the input (0 = off)."""
+    lr: float = 2e-5
+    """AdamW learning rate."""
+    batch: int = 8
+    """Images per step (copies of the input and its mirror image, each with its own noise and timestep)."""
+
+
+@dataclass
 class ViewsConfig:
     """Everything that decides the views (saved as ``config.json`` beside them)."""
 
@@ -59,6 +73,8 @@ class ViewsConfig:
     """Generated views' alpha: 0 where the distance from white is below this ..."""
     alpha_high: float = 0.12
     """... 1 above this, linear between (max over RGB of 1 − value)."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Test-time fine-tuning on the input before its views are made (docs/views.md)."""
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     """Generate → reconstruct → render → re-noise → denoise rounds (docs/views.md)."""
     seed: int = 0
@@ -82,6 +98,9 @@ class ViewsConfig:
             raise InputError(f"--fill {self.fill} must be in (0, 1]: the object's box side over the frame side")
         if self.reference_pose is not None and self.reference_pose < 0:
             raise InputError(f"--pose {self.reference_pose} is out of range: poses are numbered from 0")
+        tune = self.tune
+        if not isinstance(tune.steps, int) or isinstance(tune.steps, bool) or tune.steps < 0 or not 0 < tune.lr < 1 or tune.batch < 1:
+            raise InputError(f"--tune-steps must be >= 0, --tune-lr in (0, 1) and the tuning batch >= 1, got {tune.steps}, {tune.lr}, {tune.batch}")
         rounds, strength = self.consistency.rounds, self.consistency.strength
         if rounds < 0 or not 0.0 < strength <= 1.0:
             raise InputError(f"--rounds must be >= 0 and --strength in (0, 1], got {rounds} and {strength}")

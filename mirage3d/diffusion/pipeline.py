@@ -15,7 +15,8 @@ Two ways to call it (design in ``docs/views.md``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 from mirage3d.diffusion.attention import CROSS_FRAME_MODES, cross_frame_attention, select_layers
-from mirage3d.diffusion.config import ConsistencyConfig
+from mirage3d.diffusion.config import ConsistencyConfig, TuneConfig
 from mirage3d.diffusion.inversion import alpha_bar, ddim_invert, ddim_move, ddim_timesteps, next_levels, to_eps
 from mirage3d.diffusion.labels import NULL_CLASS, pose_to_class
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, PreparedImage, prepare_reference
@@ -93,8 +94,10 @@ class MiragePipeline(DiffusionPipeline):
     # from MODEL/poses/. pose_model: has .assign(images (B,3,H,W) in [-1,1], masks) -> (labels, confidence).
     pose_model: Any = None
     cameras: list[Any] | None = None
+    mirror: list[int] | None = None  # pose k's mirror pose (MODEL/poses/poses.json "mirror"), None if unknown
     fill: float = DEFAULT_FILL
     fill_range: tuple[float, float] | None = None  # MODEL/framing.json's 5-95 % bbox fractions (preprocess.fill_for_mask)
+    _label_shift: int = 0  # while tuned: labels + this select "the input object at pose k" (_InstanceEmbedding)
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
@@ -170,6 +173,7 @@ class MiragePipeline(DiffusionPipeline):
         cross_frame: CrossFrameConfig | str | None = None,
         consistency: ConsistencyConfig | None = None,
         render_fn: RenderFn | None = None,
+        tune: TuneConfig | None = None,
     ) -> MiragePipelineOutput | tuple:
         """Sample one view per pose in ``poses`` (default: every pose of the model).
 
@@ -179,6 +183,7 @@ class MiragePipeline(DiffusionPipeline):
         cross_frame: CrossFrameConfig, or "concat" / "reference_only" / "off". Default: on ("concat", all
             layers) when an image is given, off otherwise (plain independent sampling).
         consistency: refinement rounds through ``render_fn`` (:class:`ConsistencyConfig`); views mode only.
+        tune: test-time fine-tuning on the image (:class:`TuneConfig`); the UNet's weights are restored after.
         """
         if poses is None:
             if self.num_poses is None:
@@ -194,7 +199,13 @@ class MiragePipeline(DiffusionPipeline):
 
         cross_frame = cross_frame or CrossFrameConfig()
         plan = self._plan(poses, image, reference_pose)
+        seed = generator.initial_seed() if generator is not None else None
         x = self._views(plan, cross_frame, num_inference_steps, guidance_scale, generator, consistency, render_fn)
+        if tune is not None and tune.steps and plan.reference is not None:
+            # The untuned views are the prior that keeps every pose label's viewpoint while the model learns the input.
+            with self._tuned(plan, tune, x, 0 if seed is None else seed):
+                g2 = None if seed is None else torch.Generator().manual_seed(seed)
+                x = self._views(plan, cross_frame, num_inference_steps, guidance_scale, g2, consistency, render_fn)
         images = self._to_output(x, output_type)
         ref_index = plan.out_poses.index(plan.reference_pose)
         cams = [self.cameras[p] for p in plan.out_poses] if self.cameras is not None else None
@@ -278,7 +289,7 @@ class MiragePipeline(DiffusionPipeline):
         device = self.device
         res, ch = self.resolution, self.unet.config.in_channels
         ref_cls = pose_to_class(plan.reference_pose)
-        labels = torch.as_tensor([ref_cls, *(pose_to_class(p) for p in plan.gen_poses)], device=device)  # (V,)
+        labels = torch.as_tensor([ref_cls, *(pose_to_class(p) for p in plan.gen_poses)], device=device) + self._label_shift  # (V,)
         n_views = len(labels)
         # Position in plan.out_poses → index in the internal order [reference, generated...].
         gen_iter = iter(range(1, n_views))
@@ -309,6 +320,71 @@ class MiragePipeline(DiffusionPipeline):
             x = a**0.5 * x0 + (1 - a) ** 0.5 * noise
             x = self._denoise(x, start, timesteps, labels, ref_latents, cross_frame, guidance_scale).pop()
         return x[order]
+
+    @contextlib.contextmanager
+    def _tuned(self, plan: _Plan, tune: TuneConfig, prior: torch.Tensor, seed: int) -> Iterator[None]:
+        """Inside the block the UNet is fine-tuned on the plan's image (see :meth:`_tune`); then restored."""
+        saved = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
+        base = self.unet.class_embedding
+        self.unet.class_embedding = _InstanceEmbedding(base)
+        try:
+            self._tune(plan, tune, prior, seed)
+            self._label_shift = base.num_embeddings
+            yield
+        finally:
+            self._label_shift = 0
+            self.unet.class_embedding = base
+            self.unet.load_state_dict(saved)
+
+    def _tune(self, plan: _Plan, tune: TuneConfig, prior: torch.Tensor, seed: int) -> None:
+        """``tune.steps`` of the training objective: the input (at its pose) and its mirror image (at the mirror
+        pose) with the instance offset of :class:`_InstanceEmbedding`, and the untuned views ``prior`` (V, C, R, R,
+        ``plan.out_poses`` order) at their poses without it, half of each batch each (DreamBooth's prior
+        preservation: the pose labels keep their viewpoints, the offset takes what is particular to this object).
+
+        Full fine-tuning rather than adapters: the UNet is small (19 M parameters), and no adapter library is a
+        dependency. The draws come from their own generator (``seed``).
+        """
+        device, unet = self.device, self.unet
+        shift = unet.class_embedding.base.num_embeddings
+        x0 = plan.reference.to(device, torch.float32)
+        inst, inst_labels = [x0], [pose_to_class(plan.reference_pose) + shift]
+        if self.mirror is not None:  # the flipped photo is a true view from the mirror pose (training relabels flips so)
+            inst.append(x0.flip(-1))
+            inst_labels.append(pose_to_class(int(self.mirror[plan.reference_pose])) + shift)
+        inst_x, inst_l = torch.cat(inst), torch.as_tensor(inst_labels, device=device)
+        keep = [i for i, p in enumerate(plan.out_poses) if p != plan.reference_pose]
+        prior_x = prior[keep].to(device, torch.float32)
+        prior_l = torch.as_tensor([pose_to_class(plan.out_poses[i]) for i in keep], device=device)
+        half = max(1, tune.batch // 2)
+        ac = self.scheduler.alphas_cumprod.to(device, torch.float32)
+        v_pred = self.scheduler.config.prediction_type == "v_prediction"
+        g = torch.Generator().manual_seed(int(seed) + 0x7E57)
+        params = list(unet.parameters())
+        flags = [q.requires_grad for q in params]  # (a shared pose-model backbone freezes the UNet)
+        delta = unet.class_embedding.delta
+        others = [q for q in params if q is not delta]
+        opt = torch.optim.AdamW([{"params": others}, {"params": [delta], "lr": tune.lr * 50}], lr=tune.lr, weight_decay=0.0)
+        unet.requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                for _ in range(tune.steps):
+                    i = torch.randint(0, len(inst_x), (half,), generator=g).to(device)
+                    j = torch.randint(0, len(prior_x), (half if len(prior_x) else 0,), generator=g).to(device)
+                    xb, lb = torch.cat([inst_x[i], prior_x[j]]), torch.cat([inst_l[i], prior_l[j]])
+                    t = torch.randint(0, len(ac), (len(xb),), generator=g).to(device)
+                    eps = torch.randn(xb.shape, generator=g).to(device)
+                    a = ac[t].view(-1, 1, 1, 1)
+                    xt = a.sqrt() * xb + (1 - a).sqrt() * eps
+                    target = a.sqrt() * eps - (1 - a).sqrt() * xb if v_pred else eps
+                    out = unet(xt.to(unet.dtype), t, class_labels=lb).sample.float()
+                    loss = torch.nn.functional.mse_loss(out, target)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        finally:
+            for q, f in zip(params, flags, strict=True):
+                q.requires_grad_(f)
 
     def _denoiser(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         dtype = self.unet.dtype
@@ -357,3 +433,18 @@ class MiragePipeline(DiffusionPipeline):
         if ref_latents is not None:
             x[0] = ref_latents[-1]
         return [*ref_out, x]
+
+
+class _InstanceEmbedding(torch.nn.Module):
+    """The UNet's class embedding while it is tuned on one input: labels ≥ N (the table's size) are "the
+    input object at pose label − N", embedded as the pose's row plus a learned offset ``delta``."""
+
+    def __init__(self, base: torch.nn.Embedding):
+        super().__init__()
+        self.base = base
+        self.delta = torch.nn.Parameter(torch.zeros(base.embedding_dim, device=base.weight.device, dtype=base.weight.dtype))
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        n = self.base.num_embeddings
+        inst = (labels >= n).to(self.delta.dtype)[:, None]
+        return self.base(labels % n) + inst * self.delta

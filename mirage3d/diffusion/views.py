@@ -57,6 +57,24 @@ class ViewsResult:
     seconds: float = 0.0
 
 
+def load_mirror(model_dir: Path) -> list[int] | None:
+    """Pose k's mirror pose from ``MODEL/poses/poses.json`` (``mirror``), or None if the model has none."""
+    import json
+
+    path = model_dir / "poses" / "poses.json"
+    if not path.exists():
+        return None
+    try:
+        mirror = json.loads(path.read_text()).get("mirror")
+    except (OSError, ValueError, AttributeError):
+        raise ModelError(f"{path} is not readable pose labels; copy or discover the poses again") from None
+    if mirror is None:
+        return None
+    if not isinstance(mirror, list) or sorted(int(m) for m in mirror) != list(range(len(mirror))):
+        raise ModelError(f"{path}: 'mirror' must be a permutation of the poses 0..K-1")
+    return [int(m) for m in mirror]
+
+
 def load_cameras_json(model_dir: Path) -> list[Any] | None:
     """Cameras of ``MODEL/poses`` (PoseCamera list, indexed by pose), or None if the model has none."""
     if not (model_dir / "poses" / "cameras.json").exists():
@@ -122,6 +140,7 @@ def _load_model(model_dir: str | Path, device: str = "auto", need_pose_model: bo
         raise ModelError(f"{model_dir}: the UNet has no pose classes; it is not a MiragePipeline model")
     pipe.to(resolve_device(device))
     pipe.cameras = load_cameras_json(model_dir)
+    pipe.mirror = load_mirror(model_dir)
     framing = load_framing(model_dir)
     pipe.fill = DEFAULT_FILL if framing is None else framing[0]
     pipe.fill_range = None if framing is None else framing[1]
@@ -268,6 +287,7 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
             cross_frame=cross,
             consistency=cfg.consistency,
             render_fn=render_fn,
+            tune=cfg.tune,
         )
     except ValueError as e:  # check_inputs: bad layer names, out-of-range poses
         raise InputError(str(e)) from None
