@@ -159,6 +159,25 @@ def assign(
         console.print(f"wrote {output}")
 
 
+@poses_app.command("label")
+@handle_errors
+def label(
+    collection: Path = typer.Argument(..., help="Collection folder (images/ from `data render` or `data import`)."),
+    poses: Path = typer.Option(..., "--poses", help="Poses folder of a model (e.g. MODEL/poses) whose pose model labels the images."),
+    output: Path = typer.Option(..., "-o", "--output", help="New poses folder for `mirage3d train --poses` (labels of this collection)."),
+    backbone: Path = typer.Option(None, "--backbone", "-b", help="Backbone folder to use instead of the one recorded in the pose model."),
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Label a new collection with an existing model's poses, to fine-tune that model on it (`train --init MODEL --poses OUT`)."""
+    from mirage3d.io import claim_output
+    from mirage3d.poses.assign import label_collection
+
+    with claim_output(output, overwrite, kind="dir"):
+        res = label_collection(collection, poses, output, backbone, device, overwrite=overwrite)
+    console.print(f"labelled {len(res.files)} images with {res.num_poses} poses (per pose: {res.counts.tolist()}); wrote {output}/poses.json")
+
+
 @poses_app.command("refit")
 @handle_errors
 def refit(

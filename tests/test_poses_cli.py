@@ -98,6 +98,18 @@ def test_discover_assign_eval_end_to_end(setup):
     assert [Path(r["file"]).name for r in rows] == ["000001.png", "000002.png"]
     assert rows[0]["azimuth_deg"] == pytest.approx(az[rows[0]["pose"]])
 
+    # poses label: a poses folder for fine-tuning on a collection, from this pose model
+    r = runner.invoke(app, ["poses", "label", str(coll), "--poses", str(out), "-o", str(root / "labelled"), "--device", "cpu"])
+    _ok(r)
+    labelled = json.loads((root / "labelled" / "poses.json").read_text())
+    assert labelled["files"] == poses["files"] and labelled["labels"] == poses["labels"] and labelled["mirror"] == mirror
+    read_pose_labels(root / "labelled", [f"images/{i:06d}.png" for i in range(16)])
+    assert (PoseModel.load(root / "labelled").assign(x, m)[0] == labels).all()  # its pose model still finds its backbone
+    assert load_cameras(root / "labelled")[2].azimuth_deg == cams[2].azimuth_deg
+    (root / "empty" / "images").mkdir(parents=True)
+    r = runner.invoke(app, ["poses", "label", str(root / "empty"), "--poses", str(out), "-o", str(root / "l2"), "--device", "cpu"])
+    assert r.exit_code == 1 and "no images" in r.output and not (root / "l2").exists()
+
     # eval poses
     r = runner.invoke(app, ["eval", "poses", str(out), "--collection", str(coll)])
     _ok(r)
@@ -298,3 +310,8 @@ def test_refit_into_the_model_folder_is_relocatable(setup, tmp_path):
     pm = PoseModel.load(moved / "poses")
     labels, _ = pm.assign(torch.zeros(2, 3, 32, 32), None)
     assert labels.shape == (2,) and set(labels.tolist()) <= set(range(4))
+    # Labelling a collection with the moved model's poses: the new folder's pose model still reads that model.
+    _ok(runner.invoke(app, ["poses", "label", str(coll), "--poses", str(moved / "poses"), "-o", str(tmp_path / "lab"), "--device", "cpu"]))
+    assert json.loads((tmp_path / "lab" / "pose_model.json").read_text())["backbone"]["path"] == str(moved.resolve())
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert (PoseModel.load(tmp_path / "lab").assign(x, None)[0] == pm.assign(x, None)[0]).all()

@@ -146,3 +146,43 @@ def recorded_unet_settings(poses_dir: str | Path) -> dict:
     path = Path(poses_dir) / "pose_model.json"
     ref = json.loads(path.read_text()).get("backbone", {}) if path.exists() else {}
     return unet_settings(ref) if ref.get("kind") == "unet" else {}
+
+
+def label_collection(
+    collection: str | Path,
+    poses_dir: str | Path,
+    out_dir: str | Path,
+    backbone: str | Path | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> PoseSet:
+    """Label every image of ``collection`` with the pose model of ``poses_dir`` and write a poses folder that
+    ``mirage3d train --poses`` takes: ``poses.json`` (these labels and confidences, the mirror map and azimuths
+    of ``poses_dir``) beside a copy of its pose model, cameras and config. For fine-tuning a model on new images of
+    its category (new renders, ``data render --deform``, one's own photos) with the poses it already knows."""
+    from mirage3d.io import list_images
+
+    collection, poses_dir = Path(collection), Path(poses_dir)
+    source = PoseSet.load(poses_dir)
+    files = list_images(collection)
+    if not files:
+        raise InputError(f"{collection} has no images to label")
+    rows = assign_files(files, poses_dir, backbone, device, batch_size=256)
+    names = [str(p.relative_to(collection)).replace("\\", "/") for p in files]
+    labels = np.array([r["pose"] for r in rows], dtype=np.int64)
+    record = {"labelled_by": str(poses_dir.resolve()), "labelled_collection": str(collection.resolve())}
+    result = PoseSet(names, labels, source.mirror.copy(), np.array([r["confidence"] for r in rows]), source.azimuth_deg, record=record)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for p in sorted(poses_dir.iterdir()):
+            if p.is_file() and p.name != "poses.json" and p.suffix in (".json", ".safetensors"):
+                shutil.copy(p, tmp / p.name)
+        ref = tmp / "pose_model.json"
+        if ref.exists() and backbone is None:  # a relative backbone path is relative to the folder: keep pointing at the source's
+            data = json.loads(ref.read_text())
+            bb = data.get("backbone", {})
+            if bb.get("path") and not Path(bb["path"]).is_absolute():
+                bb["path"] = str((poses_dir / bb["path"]).resolve())
+                ref.write_text(json.dumps(data, indent=2) + "\n")
+        result.save(tmp)
+    result.folder = Path(out_dir)
+    return result
