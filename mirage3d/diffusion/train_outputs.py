@@ -122,6 +122,9 @@ def write_framing(output: Path, images: torch.Tensor, max_images: int = 2000) ->
 # --------------------------------------------------------------------------------------------------
 # Exports: pipeline, sample grids, loss curve
 # --------------------------------------------------------------------------------------------------
+EXPORT_SHARD = "15MB"
+
+
 def export_pipeline(output: Path, ema_unet: torch.nn.Module, train_scheduler, save_dtype: str) -> None:
     """Write the MiragePipeline (EMA UNet in ``save_dtype`` + DDIM scheduler) into ``output`` component by component."""
     from mirage3d.diffusion.pipeline import MiragePipeline
@@ -132,7 +135,9 @@ def export_pipeline(output: Path, ema_unet: torch.nn.Module, train_scheduler, sa
     pipe = MiragePipeline(unet=unet, scheduler=sampling_scheduler(train_scheduler))
     tmp = output / ".pipeline.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp, safe_serialization=True)
+    # Shards of at most 15 MB: a model folder then comes back from a GPU machine whose files are capped at
+    # 16 MiB each, and its files stay small in git (the shipped model).
+    pipe.save_pretrained(tmp, safe_serialization=True, max_shard_size=EXPORT_SHARD)
     for name in ("unet", "scheduler"):
         old = output / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
