@@ -1,11 +1,11 @@
 """End-to-end quality of `make-asset` on shapes the model never saw, beside the template baseline (Markdown).
 
-    python3 benchmarks/eval_asset.py --collection C --model MODEL --out OUT [--objects 5] [--input-frame 1]
+    python3 benchmarks/eval_asset.py --collection C --model MODEL --out OUT [--objects 5] [--input-frames 1,2,6]
         [--steps 50] [--device auto] [--seed 0] [--variants independent,cross-frame,all-views,all-views+rounds] [--templates DIR]
 
 C is a collection rendered with ``--orbits`` from meshes the model did not train on (for the shipped car
-model: ``../shared/meshes/cars-more``). For each orbit folder, orbit frame ``--input-frame`` is the input
-photo; every variant runs `make_asset` on it and keeps its views:
+model: ``../shared/meshes/cars-more``). For each orbit folder, each orbit frame of ``--input-frames`` (default 1)
+is an input photo; every variant runs `make_asset` on it and keeps its views (the means are over objects × frames):
 
 - ``independent``: each view sampled on its own (no cross-frame attention), the baseline of the views;
 - ``cross-frame``: generated views attend to the input only (MIRAGE);
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--objects", type=int, default=5)
-    ap.add_argument("--input-frame", type=int, default=1)
+    ap.add_argument("--input-frames", default="1", help="comma-separated orbit frames used as inputs, e.g. 1,2,6")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -148,6 +148,10 @@ def main() -> None:
     ap.add_argument("--templates", type=Path, default=Path("../shared/meshes/cars"), help="training meshes for the template baseline")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
+    try:
+        frames = [int(f) for f in a.input_frames.split(",") if f.strip()]
+    except ValueError:
+        sys.exit(f"--input-frames {a.input_frames!r} must be comma-separated frame numbers like 1,2,6")
     folders = sorted(p.parent for p in (a.collection / "orbits").glob("*/transforms.json"))[: a.objects]
     if not folders:
         sys.exit(f"no orbit folders in {a.collection / 'orbits'}: render with --orbits")
@@ -168,19 +172,22 @@ def main() -> None:
             overrides[key] = val
     score_recon = ReconConfig(seed=0, device=a.device)
     rows = []
-    head = "| object | variant | views PSNR | SSIM | mask IoU | consistency dB | Chamfer-L1 | F@1% | F@2% | template F@2% mean / best | views s | recon s |"
+    head = "| object | frame | variant | views PSNR | SSIM | mask IoU | consistency dB | Chamfer-L1 | F@1% | F@2% | template F@2% mean / best | views s | recon s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for folder in folders:
+    for folder, frame in ((fo, fr) for fo in folders for fr in frames):
         truth = read_transforms(folder)
-        phi = float(azimuths(truth)[a.input_frame])
+        if not 0 <= frame < len(truth.frames):
+            sys.exit(f"--input-frames: {folder} has frames 0..{len(truth.frames) - 1}, not {frame}")
+        phi = float(azimuths(truth)[frame])
         true_mesh = trimesh.load(folder / "mesh.glb", force="mesh")
-        t_mean, t_best = template_scores(templates, true_mesh)
+        if frame == frames[0]:
+            t_mean, t_best = template_scores(templates, true_mesh)
         for variant in variants:
-            name = f"{folder.name}_{variant}"
+            name = f"{folder.name}_f{frame}_{variant}"
             glb = a.out / f"{name}.glb"
             res = make_asset(
-                folder / truth.frames[a.input_frame].file_path,
+                folder / truth.frames[frame].file_path,
                 glb,
                 replace_fields(replace_fields(base, VARIANTS[variant]), overrides),
                 keep_views=a.out / f"{name}_views",
@@ -191,6 +198,7 @@ def main() -> None:
             cons = reprojection(a.out / f"{name}_views", score_recon)
             row = {
                 "object": folder.name,
+                "input_frame": frame,
                 "variant": variant,
                 "input_azimuth": phi,
                 "reference_pose": res.reference_pose,
@@ -208,7 +216,7 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"| {folder.name} | {variant} | {p:.2f} | {q:.3f} | {iou:.3f} | {cons:.2f} | {geo.chamfer_l1:.3f} | {geo.fscore[0.01]:.3f} | "
+                f"| {folder.name} | {frame} | {variant} | {p:.2f} | {q:.3f} | {iou:.3f} | {cons:.2f} | {geo.chamfer_l1:.3f} | {geo.fscore[0.01]:.3f} | "
                 f"{geo.fscore[0.02]:.3f} | {t_mean:.3f} / {t_best:.3f} | {res.timings['views']:.1f} | {res.timings['recon']:.1f} |",
                 flush=True,
             )
@@ -218,7 +226,7 @@ def main() -> None:
         vr = [r for r in rows if r["variant"] == variant]
         m = means[variant] = {k: float(np.mean([r[k] for r in vr])) for k in keys}
         print(
-            f"| **mean of {len(vr)}** | {variant} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mask_iou']:.3f} | {m['consistency_db']:.2f} | "
+            f"| **mean of {len(vr)}** | | {variant} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mask_iou']:.3f} | {m['consistency_db']:.2f} | "
             f"{m['chamfer_l1']:.3f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['template_f2_mean']:.3f} / {m['template_f2_best']:.3f} | "
             f"{m['views_s']:.1f} | {m['recon_s']:.1f} |"
         )

@@ -22,9 +22,7 @@ case "$STAGE" in
   refit)
     mirage3d poses refit "$WORK/poses" --backbone "$WORK/model" --collection "$WORK/cars" -o "$WORK/model/poses" --overwrite ;;
   eval)
-    for f in 1 2 6; do
-      python3 benchmarks/eval_asset.py --collection "$WORK/heldout" --model "$WORK/model" --out "$WORK/eval_$f" --objects 2 --input-frame "$f" \
-        --steps 50 --variants independent,all-views --templates "$MESHES"
-    done ;;
+    python3 benchmarks/eval_asset.py --collection "$WORK/heldout" --model "$WORK/model" --out "$WORK/eval" --objects 2 --input-frames 1,2,6 \
+      --steps 50 --variants independent,all-views --templates "$MESHES" ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
