@@ -56,6 +56,12 @@ def make_asset(
     ),
     token: str | None = typer.Option(None, "--token", envvar="MIRAGE3D_TOKEN", show_envvar=False, help=TOKEN_HELP),
     local: bool = typer.Option(False, "--local", help="Run in this process even when a `mirage3d serve` is running on this machine."),
+    daemon: bool = typer.Option(
+        False,
+        "--daemon/--no-daemon",
+        envvar="MIRAGE3D_DAEMON",
+        help="When no local server is running, start one in the background for this and later photos (it stops after 15 idle minutes).",
+    ),
 ) -> None:
     """Turn one photo of an object into a textured 3D mesh (GLB)."""
     from mirage3d.foreground import parse_box
@@ -72,6 +78,18 @@ def make_asset(
         server = find_local_server(model)  # a running `mirage3d serve` with this model: no imports, no model load here
         if server:
             console.print(f"using the mirage3d server running at {server} (--local to run here)")
+        elif daemon:
+            from mirage3d.serve_client import DAEMON_IDLE_MINUTES, start_local_server
+
+            with console.status("starting a mirage3d server (imports and the model load, once)..."):
+                started = start_local_server(model)
+            if started:
+                server = started[0]
+                console.print(
+                    f"started a mirage3d server at {server} for this and later photos (stops after {DAEMON_IDLE_MINUTES:.0f} idle minutes; log: {started[1]})"
+                )
+            else:
+                console.print("could not start a mirage3d server here; running in this process")
     cfg = replace_fields(
         _D,
         {

@@ -19,6 +19,7 @@ def serve(
     port: int = typer.Option(8765, "--port", help="TCP port (0: any free port, printed at start)."),
     device: str = DEVICE,
     token: str | None = typer.Option(None, "--token", envvar="MIRAGE3D_TOKEN", show_envvar=False, help=TOKEN_HELP),
+    idle_exit: float = typer.Option(0.0, "--idle-exit", help="Stop after this many minutes without a request (0: run until stopped)."),
 ) -> None:
     """Serve make-asset from one loaded model: `mirage3d make-asset IMAGE -o OUT --server http://HOST:PORT`."""
     from mirage3d.serve import serve as run
@@ -40,7 +41,11 @@ def serve(
         )
 
     try:
-        run(model, host, port, device, on_ready=ready, token=token)
+        if idle_exit < 0:
+            from mirage3d.errors import InputError
+
+            raise InputError(f"--idle-exit {idle_exit} must be 0 (never) or a number of minutes")
+        run(model, host, port, device, on_ready=ready, token=token, idle_exit_minutes=idle_exit)
     except KeyboardInterrupt:
         console.print("stopped")
     finally:

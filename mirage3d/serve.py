@@ -34,6 +34,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 import select
 import shutil
@@ -171,6 +172,9 @@ class AssetServer(ThreadingHTTPServer):
         self.token = token or None
         self.num_poses: int | None = None
         self.served = 0
+        self.last_active = time.monotonic()  # for --idle-exit: when a request last started or ended
+        self.active = 0  # requests in progress (under active_lock)
+        self.active_lock = threading.Lock()
         self.lock = threading.Lock()  # one job at a time
         self.slots = threading.BoundedSemaphore(max_requests)  # requests held at once
         try:
@@ -193,6 +197,7 @@ class AssetServer(ThreadingHTTPServer):
             "device": self.device,
             "poses": self.num_poses,
             "served": self.served,
+            "pid": os.getpid(),
         }
 
     def load(self) -> float:
@@ -335,6 +340,9 @@ class AssetHandler(BaseHTTPRequestHandler):
             self._send(503, {"error": f"the server is busy ({MAX_REQUESTS} requests in progress); try again later"})
             return
         work = Path(tempfile.mkdtemp(prefix="mirage3d-serve-"))
+        with self.server.active_lock:
+            self.server.active += 1
+            self.server.last_active = time.monotonic()
         try:
             image = work / "input"
             with image.open("wb") as fh:  # streamed to disk: the body never sits in memory
@@ -359,6 +367,9 @@ class AssetHandler(BaseHTTPRequestHandler):
             log.exception("make-asset failed")
             self._send(500, {"error": f"internal error in the server ({type(e).__name__}); see its log"})
         finally:
+            with self.server.active_lock:
+                self.server.active -= 1
+                self.server.last_active = time.monotonic()
             self.server.slots.release()
             shutil.rmtree(work, ignore_errors=True)
 
@@ -366,16 +377,40 @@ class AssetHandler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8765, device: str = "auto", on_ready: Any = None, token: str | None = None) -> None:
-    """Run the server until interrupted (``on_ready(server, seconds_to_load)`` is called once it listens)."""
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    device: str = "auto",
+    on_ready: Any = None,
+    token: str | None = None,
+    idle_exit_minutes: float = 0.0,
+) -> None:
+    """Run the server until interrupted (``on_ready(server, seconds_to_load)`` is called once it listens), or,
+    with ``idle_exit_minutes`` > 0, until no request has been in progress for that long."""
     server = AssetServer((host, port), model, device, token=token)
     try:
         seconds = server.load()
         if on_ready is not None:
             on_ready(server, seconds)
-        server.serve_forever()
+        if idle_exit_minutes > 0:
+            server.last_active = time.monotonic()  # idle from now, not from before the model loaded
+            threading.Thread(target=_stop_when_idle, args=(server, idle_exit_minutes * 60.0), daemon=True).start()
+        server.serve_forever(poll_interval=0.25)
     finally:
         server.server_close()
+
+
+def _stop_when_idle(server: AssetServer, seconds: float) -> None:
+    """Shut ``server`` down once no request has been in progress for ``seconds`` (a started-on-demand server)."""
+    while True:
+        time.sleep(min(1.0, seconds / 4))
+        with server.active_lock:
+            idle = server.active == 0 and time.monotonic() - server.last_active > seconds
+        if idle:
+            log.info("no request for %.0f s: stopping", seconds)
+            server.shutdown()
+            return
 
 
 __all__ = ["AssetServer", "CLIENT_OPTIONS", "check_name", "options_from_query", "serve"]

@@ -75,6 +75,41 @@ def find_local_server(model: str) -> str | None:
     return url if health.get("status") == "ok" else None
 
 
+DAEMON_IDLE_MINUTES = 15.0  # a server make-asset starts stops after this long without a request
+
+
+def start_local_server(model: str, device: str = "auto", idle_minutes: float | None = None, wait_s: float = 300.0) -> tuple[str, Path] | None:
+    """Start ``mirage3d serve`` for ``model`` in the background at ``MIRAGE3D_LOCAL_SERVER`` (a loopback address,
+    default :data:`LOCAL_SERVER`), detached from this command and stopping itself after ``idle_minutes`` without
+    a request (as build daemons do), and wait until it answers. Returns (URL, its log file), or None when
+    none could be started there (the address is not loopback, or the server stopped or did not answer in
+    ``wait_s``: e.g. another program holds the port); the caller then runs the work itself."""
+    import subprocess
+    import sys
+    import time
+
+    idle_minutes = DAEMON_IDLE_MINUTES if idle_minutes is None else idle_minutes
+    url = os.environ.get("MIRAGE3D_LOCAL_SERVER", LOCAL_SERVER)
+    parts = urllib.parse.urlsplit(url)
+    if not url or parts.hostname not in ("127.0.0.1", "localhost", "::1") or parts.port is None:
+        return None
+    logs = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirage3d"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"serve-{parts.port}.log"
+    cmd = [sys.executable, "-m", "mirage3d.cli", "serve", "--model", model, "--device", device]
+    cmd += ["--host", parts.hostname, "--port", str(parts.port), "--idle-exit", str(idle_minutes)]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if find_local_server(model):  # ours, or one that another command started meanwhile
+            return url, log_path
+        if proc.poll() is not None:  # it stopped (the port is taken...): one more look, then give up
+            return (url, log_path) if find_local_server(model) else None
+        time.sleep(0.25)
+    return None
+
+
 def check_served_model(server: str, health: dict[str, Any], model: str) -> None:
     """Refuse when ``--model`` names another model than the one the server holds (``default``: any)."""
     if model == "default" or model == health.get("model"):

@@ -379,3 +379,39 @@ def test_make_asset_finds_a_running_server(tmp_path: Path, model_dir: Path, serv
     r = runner.invoke(app, ["make-asset", str(image), "-o", str(tmp_path / "b" / "car.glb"), "--model", str(model_dir), "--local", *FAST])
     assert r.exit_code == 0, r.output
     assert srv.served == before + 1 and (tmp_path / "b" / "car.glb").exists()  # --local: done here
+
+
+def test_make_asset_starts_a_server_that_stops_when_idle(tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import socket
+    import time
+
+    from mirage3d import serve_client
+
+    with socket.socket() as s:  # a free port for the server this test starts
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MIRAGE3D_LOCAL_SERVER", url)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(serve_client, "DAEMON_IDLE_MINUTES", 0.25)  # 15 s
+    image = cutout(tmp_path / "in.png")
+    pid = None
+    try:
+        r = runner.invoke(app, ["make-asset", str(image), "-o", str(tmp_path / "a" / "car.glb"), "--model", str(model_dir), "--daemon", *FAST])
+        assert r.exit_code == 0, r.output
+        assert "started a mirage3d server" in r.output and (tmp_path / "a" / "car.glb").exists()
+        health = server_health(url)
+        pid = health["pid"]
+        assert health["served"] == 1 and pid != os.getpid() and (tmp_path / "cache" / "mirage3d" / f"serve-{port}.log").exists()
+        r = runner.invoke(app, ["make-asset", str(image), "-o", str(tmp_path / "b" / "car.glb"), "--model", str(model_dir), *FAST])
+        assert r.exit_code == 0 and "using the mirage3d server" in r.output and server_health(url)["served"] == 2
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and serve_client.find_local_server("default"):
+            time.sleep(0.5)
+        assert serve_client.find_local_server("default") is None  # it stopped by itself once idle
+        pid = None
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
