@@ -64,26 +64,25 @@ def main() -> None:
             true_mesh = normalised_trimesh(load_normalised(truth)).to_geometry()
             tv = views(truth)
 
-            def score(rgba: np.ndarray, name: str, truth: Path = truth, true_mesh: trimesh.Trimesh = true_mesh) -> None:
+            def score(rgba: np.ndarray, name: str, kind: str, truth: Path = truth, true_mesh: trimesh.Trimesh = true_mesh) -> None:
                 out = Path(tmp) / f"{truth.stem}.glb"
                 reconstruct(ViewSet(rgba, c2ws.copy(), intr.K.copy(), reference=0), out, cfg)
                 m = trimesh.load(out, force="mesh")
                 m.apply_transform(np.linalg.inv(WORLD_TO_GLTF))
                 g = geometry_scores(m, true_mesh)
-                kind = name.split(" of ")[0] + (" stretched" if "stretched" in name else "")
                 rows.setdefault(kind, []).append(g.fscore[0.02])
                 print(f"| {truth.stem} | {name} | {g.fscore[0.02]:.3f} | {g.fscore[0.01]:.3f} | {g.chamfer_l1:.3f} |", flush=True)
 
-            score(tv, "8 true views")
+            score(tv, "8 true views", "true car")
             true_box = np.ptp(true_mesh.vertices, axis=0)
             for other in a.others:
                 mix = views(other)
                 mix[0] = tv[0]
-                score(mix, f"input + 7 of {other.stem}")
+                score(mix, f"input + 7 of {other.stem}", "another car")
                 other_box = np.ptp(normalised_trimesh(load_normalised(other)).to_geometry().vertices, axis=0)
                 mix = views(other, scale=true_box / other_box)
                 mix[0] = tv[0]
-                score(mix, f"input + 7 of {other.stem}, stretched to the true box")
+                score(mix, f"input + 7 of {other.stem}, stretched to the true box", "another car, true box")
     print("\nmean F@2% per kind: " + "; ".join(f"{k}: {np.mean(v):.3f} ({len(v)})" for k, v in rows.items()))
 
 

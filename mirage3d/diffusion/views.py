@@ -58,21 +58,13 @@ class ViewsResult:
 
 
 def load_mirror(model_dir: Path) -> list[int] | None:
-    """Pose k's mirror pose from ``MODEL/poses/poses.json`` (``mirror``), or None if the model has none."""
-    import json
+    """Pose k's mirror pose from ``MODEL/poses/poses.json`` (read and checked by ``PoseSet``), or None if the
+    model has no poses.json."""
+    from mirage3d.poses.poseset import PoseSet
 
-    path = model_dir / "poses" / "poses.json"
-    if not path.exists():
+    if not (model_dir / "poses" / "poses.json").exists():
         return None
-    try:
-        mirror = json.loads(path.read_text()).get("mirror")
-    except (OSError, ValueError, AttributeError):
-        raise ModelError(f"{path} is not readable pose labels; copy or discover the poses again") from None
-    if mirror is None:
-        return None
-    if not isinstance(mirror, list) or sorted(int(m) for m in mirror) != list(range(len(mirror))):
-        raise ModelError(f"{path}: 'mirror' must be a permutation of the poses 0..K-1")
-    return [int(m) for m in mirror]
+    return [int(m) for m in PoseSet.load(model_dir / "poses").mirror]
 
 
 def load_cameras_json(model_dir: Path) -> list[Any] | None:

@@ -174,15 +174,11 @@ def label_collection(
     result = PoseSet(names, labels, source.mirror.copy(), np.array([r["confidence"] for r in rows]), source.azimuth_deg, record=record)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for p in sorted(poses_dir.iterdir()):
-            if p.is_file() and p.name != "poses.json" and p.suffix in (".json", ".safetensors"):
+            if p.is_file() and p.suffix in (".json", ".safetensors") and p.name not in ("poses.json", "pose_model.json", "pose_model.safetensors"):
                 shutil.copy(p, tmp / p.name)
-        ref = tmp / "pose_model.json"
-        if ref.exists() and backbone is None:  # a relative backbone path is relative to the folder: keep pointing at the source's
-            data = json.loads(ref.read_text())
-            bb = data.get("backbone", {})
-            if bb.get("path") and not Path(bb["path"]).is_absolute():
-                bb["path"] = str((poses_dir / bb["path"]).resolve())
-                ref.write_text(json.dumps(data, indent=2) + "\n")
+        # Saved again rather than copied: loading resolves a backbone path relative to the source folder (a model's
+        # own UNet, ".."), and saving it elsewhere keeps it absolute, so the copy still reads the source model.
+        PoseModel.load(poses_dir).save(tmp)
         result.save(tmp)
     result.folder = Path(out_dir)
     return result
