@@ -10,6 +10,10 @@ azimuths are held out. Camera errors (``--perturb``, one or more, each run with 
 * ``degD``: every camera rotated D° about a random axis through its own centre and shifted by D·π/180 of
   its distance in a random direction (the older ``--perturb-deg D``).
 
+``--reference``: the first training view keeps its true camera and is the reference view, as the input photo
+is among make-asset's generated views (its camera is the one known exactly; refinement never moves it, and it
+fixes the frame: without it, the cameras' common error moves the whole reconstruction, which no view can reveal).
+
 Prints a Markdown table: mesh, views, perturbation, refinement, seconds per phase, Chamfer-L1, F-score at
 1 % / 2 % of the true bounding-box diagonal, PSNR / SSIM of unlit renders of the GLB at the held-out (true)
 cameras vs the true renders, mean camera rotation error before → after (the errors' common rotation, which
@@ -173,6 +177,11 @@ def main() -> None:
     ap.add_argument("--refine", nargs="+", default=["off"], choices=["off", "on"], help="camera refinement settings to run")
     ap.add_argument("--refine-cameras", action="store_true", help="shorthand for --refine on")
     ap.add_argument("--set", nargs="*", default=[], help="ReconConfig overrides, e.g. iters=300 res=96")
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="the first training view keeps its true camera and is the reference view (as the input photo is in make-asset's views)",
+    )
     ap.add_argument("--warmup", action="store_true", help="run the first reconstruction once untimed (CUDA start-up)")
     ap.add_argument("--keep", type=int, default=1, help="keep this many GLBs per setting (the rest are deleted)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -196,7 +205,10 @@ def main() -> None:
         f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {load:.1f}, "
         f"torch threads {torch.get_num_threads()}, device {dev}" + (f" ({torch.cuda.get_device_name()})" if dev.startswith("cuda") else "")
     )
-    print(f"date {time.strftime('%Y-%m-%d %H:%M')}; settings: {sets or 'defaults'}; perturb {perturbs}; refine {refines}")
+    print(
+        f"date {time.strftime('%Y-%m-%d %H:%M')}; settings: {sets or 'defaults'}; perturb {perturbs}; refine {refines}"
+        + ("; view 0 exact and the reference" if args.reference else "")
+    )
     head = (
         "| mesh | views | cameras | refine | fit s | mesh s | texture s | total s | Chamfer-L1 | F@1% | F@2% | PSNR | SSIM "
         "| cam err ° | watertight | parts |"
@@ -212,6 +224,8 @@ def main() -> None:
             for pmode in perturbs:
                 base = full.subset(train)
                 base.c2w = perturb_cameras(base.c2w, pmode, seed=1000 * mi + v)
+                if args.reference:  # the first training view keeps its true camera and is the reference view
+                    base.c2w[0], base.reference = full.c2w[train[0]], 0
                 err0 = rotation_errors(base.c2w, full.c2w[train]).mean()
                 for ref in refines:
                     cfg = ReconConfig(device=dev, **{**sets, "refine_cameras": ref == "on"})
