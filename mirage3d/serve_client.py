@@ -20,7 +20,7 @@ from typing import Any
 from mirage3d.asset import AssetConfig
 from mirage3d.config import config_fields, get_field
 from mirage3d.errors import InputError
-from mirage3d.serve import _NAME, CLIENT_OPTIONS, _model_id, check_name
+from mirage3d.serve import _NAME, CLIENT_OPTIONS, LOOPBACK_NAMES, _model_id, check_name
 
 
 def _request(url: str, data: bytes | None = None, timeout: float = 3600.0, token: str | None = None) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def start_local_server(model: str, device: str = "auto", idle_minutes: float | N
     idle_minutes = DAEMON_IDLE_MINUTES if idle_minutes is None else idle_minutes
     url = os.environ.get("MIRAGE3D_LOCAL_SERVER", LOCAL_SERVER)
     parts = urllib.parse.urlsplit(url)
-    if not url or parts.hostname not in ("127.0.0.1", "localhost", "::1") or parts.port is None:
+    if not url or parts.hostname not in LOOPBACK_NAMES or parts.port is None:
         return None
     logs = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mirage3d"
     logs.mkdir(parents=True, exist_ok=True)

@@ -162,11 +162,11 @@ class _Renderer:
         """A pyrender mesh of ``nm`` deformed by ``coeffs`` (world coordinates: render it with ``mesh_to_world`` = I)."""
         import trimesh
 
-        m = nm.mesh_to_world
-        bounds = _world_vertices(nm)
+        world = _world_vertices(nm)  # every piece's vertices, in order
+        moved = deform_vertices(world, coeffs, world)
+        ends = np.cumsum([len(piece.vertices) for piece in nm.pieces])
         prims = []
-        for piece in nm.pieces:
-            v = deform_vertices(piece.vertices @ m[:3, :3].T + m[:3, 3], coeffs, bounds)
+        for piece, v in zip(nm.pieces, np.split(moved, ends[:-1]), strict=True):
             normals = trimesh.Trimesh(v, piece.faces, process=False).vertex_normals
             uv = getattr(piece.visual, "uv", None)
             uv = uv if uv is not None and len(uv) == len(piece.vertices) else None
