@@ -28,7 +28,7 @@ def views(
         help="all (views attend to the input and each other), concat (to the input), reference_only, or off (independent views).",
     ),
     rounds: int = typer.Option(
-        0, "--rounds", help="Consistency rounds (fit, render, re-noise, denoise): views agree better, about 4x the time (docs/views.md)."
+        2, "--rounds", help="Consistency rounds (fit, render, re-noise, denoise): views closer to the object, about 4x the time; 0 = off."
     ),
     tune_steps: int = typer.Option(
         0, "--tune-steps", help="Fine-tune the model on the input for this many steps first (GPU: 100 measured best; slow on a CPU)."

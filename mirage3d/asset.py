@@ -18,7 +18,7 @@ import numpy as np
 
 from mirage3d.cameras import circular_difference
 from mirage3d.config import save_config
-from mirage3d.diffusion.config import ViewsConfig
+from mirage3d.diffusion.config import ConsistencyConfig, ViewsConfig
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import check_output_path, check_writable_parent, load_image
 from mirage3d.recon.config import ReconConfig
@@ -54,8 +54,9 @@ def resolve_model(spec: str | Path) -> Path:
 
 def asset_views_config() -> ViewsConfig:
     """make-asset's views settings: :class:`ViewsConfig`'s defaults with 20 DDIM steps instead of 50, which keep
-    a photo on the 2-core CPU under its time target (docs/asset.md; ``--steps 50`` on a GPU)."""
-    return ViewsConfig(num_inference_steps=20)
+    a photo on the 2-core CPU under its time target (docs/asset.md; ``--steps 50`` on a GPU), and no consistency
+    rounds: they make the views better but the mesh worse (F@2% 0.43 → 0.30, docs/views.md)."""
+    return ViewsConfig(num_inference_steps=20, consistency=ConsistencyConfig(rounds=0))
 
 
 @dataclass
@@ -66,7 +67,7 @@ class AssetConfig:
     The CLI's ``--seed`` and ``--device`` set both stages' ``seed`` and ``device``; in the library, set
     ``views.seed`` and ``recon.seed`` (``replace_fields(cfg, {"views.seed": 3, "recon.seed": 3})``,
     :func:`mirage3d.config.replace_fields`). Every default is the stage config's own except the views' 20
-    DDIM steps (:func:`asset_views_config`).
+    DDIM steps and no consistency rounds (:func:`asset_views_config`).
     """
 
     model: str = "default"

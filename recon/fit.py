@@ -207,6 +207,8 @@ def hull_sdf(field: SDFField, views: ViewSet, cfg: ReconConfig) -> torch.Tensor:
 def fit_field(views: ViewSet, cfg: ReconConfig, progress: Progress | None = None) -> FitResult:
     """Fit an :class:`SDFField` (and the cameras, with ``cfg.refine_cameras``) to ``views``."""
     cfg.validate()
+    if views.n < 2:  # one view bounds nothing along its rays: the probe box would have no size
+        raise InputError(f"reconstruction needs at least 2 views, got {views.n}")
     device = resolve_device(cfg.device)
     threads = torch.get_num_threads()
     if device.type == "cpu" and cfg.cpu_threads > 0:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from mirage3d.asset import AssetConfig, check_asset_config, spread_poses
 from mirage3d.cli.main import app
 from mirage3d.config import config_from_dict, load_config, replace_fields, save_config
-from mirage3d.diffusion.config import ViewsConfig
+from mirage3d.diffusion.config import ConsistencyConfig, ViewsConfig
 from mirage3d.errors import InputError
 from mirage3d.recon import ReconConfig
 
@@ -79,7 +79,8 @@ def test_views_option_spreads_poses(tmp_path: Path, model_dir: Path) -> None:
 
 def test_asset_config_composes_the_stage_configs(tmp_path: Path) -> None:
     cfg = AssetConfig()
-    assert replace(cfg.views, num_inference_steps=50) == ViewsConfig() and cfg.recon == ReconConfig()  # only the steps differ
+    # only the steps and the rounds differ
+    assert replace(cfg.views, num_inference_steps=50, consistency=ConsistencyConfig(rounds=2)) == ViewsConfig() and cfg.recon == ReconConfig()
     assert cfg.views.num_inference_steps == 20
     changed = replace_fields(cfg, {"num_views": 4, "views.consistency.rounds": 2, "recon.iters": 30})
     assert changed.views.consistency.rounds == 2 and cfg.views.consistency.rounds == 0  # a copy, nothing shared

@@ -75,6 +75,8 @@ def test_views_from_a_photo_with_a_box(tmp_path: Path, model_dir: Path) -> None:
             "10,12,70,52",
             "--steps",
             "2",
+            "--rounds",
+            "0",
             "--device",
             "cpu",
             "--pose",

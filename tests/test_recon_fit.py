@@ -11,6 +11,7 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from mirage3d.cameras import orbit_c2w
+from mirage3d.errors import InputError
 from mirage3d.recon import ReconConfig, ViewSet, extract_mesh, fit_field, load_views
 from mirage3d.recon.metrics import geometry_scores, psnr, ssim
 from mirage3d.recon.synthetic import toy_car_views, write_sphere_views
@@ -39,6 +40,12 @@ def test_fit_recovers_sphere_radius_and_colour(sphere_fit):
     # The colour grid at the top of the sphere is the analytic colour there (normal +Z → (0.5, 0.5, 0.8)).
     top = torch.tensor([[*CENTRE[:2], 0.49]], dtype=torch.float32)
     np.testing.assert_allclose(fit.field.color(top).detach().numpy()[0], [0.5, 0.5, 0.8], atol=0.1)
+
+
+def test_one_view_is_a_one_line_error(sphere_fit):
+    views, cfg, _ = sphere_fit
+    with pytest.raises(InputError, match="at least 2 views, got 1"):
+        fit_field(views.subset([0]), cfg)
 
 
 def test_fit_result_renders_new_cameras(sphere_fit):

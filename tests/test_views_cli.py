@@ -96,6 +96,8 @@ def test_views_end_to_end(tmp_path: Path, model_dir: Path) -> None:
             "3",
             "--guidance",
             "1.5",
+            "--rounds",
+            "0",
             "--seed",
             "1",
             "--device",
@@ -120,13 +122,28 @@ def test_views_end_to_end(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_views_unconditional_and_plain_background(tmp_path: Path, model_dir: Path) -> None:
-    r = runner.invoke(app, ["views", "--model", str(model_dir), "-o", str(tmp_path / "u"), "--steps", "2", "--device", "cpu"])
+    r = runner.invoke(app, ["views", "--model", str(model_dir), "-o", str(tmp_path / "u"), "--steps", "2", "--rounds", "0", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert len(read_transforms(tmp_path / "u").frames) == NUM_POSES
     grey = cutout(tmp_path / "grey.png", background=(128, 128, 128))
     r = runner.invoke(
         app,
-        ["views", str(grey), "--model", str(model_dir), "-o", str(tmp_path / "g"), "--pose", "0", "--poses", "0", "--steps", "2", "--device", "cpu"],
+        [
+            "views",
+            str(grey),
+            "--model",
+            str(model_dir),
+            "-o",
+            str(tmp_path / "g"),
+            "--pose",
+            "0",
+            "--poses",
+            "0",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+        ],  # one view: no rounds
     )
     assert r.exit_code == 0, r.output
     ref = np.asarray(Image.open(tmp_path / "g" / "images" / "pose_00.png"))
@@ -166,7 +183,21 @@ def test_bad_inputs(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_views_with_test_time_tuning(tmp_path: Path, model_dir: Path) -> None:
-    args = [str(cutout(tmp_path / "in.png")), "--model", str(model_dir), "--pose", "1", "--steps", "2", "--seed", "1", "--device", "cpu"]
+    args = [
+        str(cutout(tmp_path / "in.png")),
+        "--model",
+        str(model_dir),
+        "--pose",
+        "1",
+        "--steps",
+        "2",
+        "--rounds",
+        "0",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+    ]
     assert runner.invoke(app, ["views", *args, "-o", str(tmp_path / "a")]).exit_code == 0
     r = runner.invoke(app, ["views", *args, "-o", str(tmp_path / "b"), "--tune-steps", "3"])
     assert r.exit_code == 0, r.output

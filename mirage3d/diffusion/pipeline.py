@@ -193,7 +193,7 @@ class MiragePipeline(DiffusionPipeline):
         if isinstance(cross_frame, str):
             cross_frame = CrossFrameConfig(enabled=False) if cross_frame == "off" else CrossFrameConfig(mode=cross_frame)
         self.check_inputs(poses, num_inference_steps, guidance_scale, reference_pose, cross_frame, consistency, render_fn)
-        consistency = consistency or ConsistencyConfig()
+        consistency = consistency or ConsistencyConfig(rounds=0)  # rounds need a render_fn: off unless asked
         if image is None and cross_frame is None and consistency.rounds == 0:
             return self._plain(poses, num_inference_steps, guidance_scale, generator, output_type, return_dict)
 
@@ -305,10 +305,11 @@ class MiragePipeline(DiffusionPipeline):
         latents = self._denoise(x, 0, timesteps, labels, ref_latents, cross_frame, guidance_scale)
         x = latents.pop()  # the clean views: (V, C, R, R)
         ref_latents = [*latents, x[0].clone()]  # the reference at every level, clean last
-        consistency = consistency or ConsistencyConfig()
+        consistency = consistency or ConsistencyConfig(rounds=0)  # rounds need a render_fn: off unless asked
         n = len(timesteps)
         start = min(n - 1, max(0, round((1.0 - consistency.strength) * n)))
-        for r in range(consistency.rounds):
+        rounds = consistency.rounds if plan.gen_poses else 0  # the reference alone: nothing to make agree
+        for r in range(rounds):
             views = (x[order].float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
             renders = render_fn(views, list(plan.out_poses), plan.out_poses.index(plan.reference_pose), r)  # (V, H, W, 4)
             r_t = torch.from_numpy(np.asarray(renders, dtype=np.float32)).permute(0, 3, 1, 2)  # (V, 4, R, R)

@@ -8,7 +8,7 @@ Output folder (``docs/views.md``): ``images/pose_KK.png`` (RGBA), ``transforms.j
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,10 @@ def consistency_renderer(pipe: MiragePipeline, cfg: ViewsConfig, recon: Any, ref
     def render(views: np.ndarray, poses: list[int], reference_index: int, round_: int) -> np.ndarray:
         rgba = _as_rgba(views, cfg, reference_index, reference_mask)
         c2w = np.stack([np.asarray(pipe.cameras[p].c2w, dtype=np.float64) for p in poses])
-        vs = ViewSet(np.stack(rgba), c2w, K.copy(), [Path(f"pose_{p:02d}.png") for p in poses], reference_index)
+        # No reference in this fit, so the hull takes the volume rule (a generated silhouette may miss) instead of
+        # make-asset's every-silhouette-carves: carved by every view, the field keeps only what all of them agree
+        # on, and the next round draws that thinner car (measured in docs/views.md).
+        vs = ViewSet(np.stack(rgba), c2w, K.copy(), [Path(f"pose_{p:02d}.png") for p in poses], None)
         with torch.enable_grad():  # the pipeline samples under no_grad; the fit optimises
             fit = fit_field(vs, recon)
         return fit.render(fit.c2w, K, pipe.resolution, pipe.resolution)
@@ -214,10 +217,11 @@ def consistency_renderer(pipe: MiragePipeline, cfg: ViewsConfig, recon: Any, ref
 
 def reprojection_psnr(gen: GeneratedViews, recon: Any) -> float:
     """How well one 3D model explains all the views: mean PSNR (dB, on white) of each view against the render
-    of one reconstruction fitted to all of them (``recon``: its ReconConfig), at the view's fitted camera."""
+    of one reconstruction fitted to all of them (``recon``: its ReconConfig), at the view's fitted camera. The fit
+    is the consistency rounds' own: no reference view, so the hull takes the volume rule."""
     from mirage3d.recon import fit_field
 
-    vs = gen.to_viewset()
+    vs = replace(gen.to_viewset(), reference=None)
     with torch.enable_grad():
         fit = fit_field(vs, recon)
     h, w = vs.hw
