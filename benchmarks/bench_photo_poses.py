@@ -27,7 +27,10 @@ Methods (``--methods``, comma-separated):
 - ``hog-silhouette``: HOG of the silhouettes only (a derived collection: one grey over the object, alpha kept).
 The background is already out of every method: the cut-outs carry alpha, and discovery takes foreground
 patches from alpha. ``--probe`` (on by default) adds, per method, the ARI of a leave-one-car-out linear probe on
-the same features (``probe``; true labels used, an upper bound on the features, not a method). Prints one Markdown table with the machine, load and date; writes
+the same features (``probe``; true labels used, an upper bound on the features, not a method), and the ARI / NMI
+of a label-free baseline on them, ``layout``: k-means (K = 8, the discovery seeds) on the same box-pooled features
+(4 x 4 split of the object's box, PCA to 64 dimensions), no parts, no mirror handling, no ring (so no azimuth
+error). Prints one Markdown table with the machine, load and date; writes
 ``SCRATCH/runs/bench_photo_poses.json``.
 """
 
@@ -174,6 +177,7 @@ def main() -> None:
     boxes, azimuth = write_boxes(args.data, scratch)
     base = imported(args.data, scratch, args.res, boxes)
     rows = []
+    layouts: dict[str, list[tuple[float, float]]] = {}
     for name in methods:
         variant, spec, transform, extra = METHODS[name]
         coll = derived(base, scratch, variant, args.every, azimuth)
@@ -192,6 +196,9 @@ def main() -> None:
         probe_ari = probe(FeatureCache.open(feats), azimuth) if args.probe else float("nan")
         if args.probe:
             print(f"{name}: leave-one-car-out probe ARI {probe_ari:.3f}", flush=True)
+        lay = layout_kmeans(FeatureCache.open(feats), azimuth, seeds)
+        layouts[name] = lay
+        print(f"{name}: layout k-means ARI {pm([a for a, _ in lay], 3)}, NMI {pm([n for _, n in lay], 3)}", flush=True)
         for seed in seeds:
             poses = scratch / "runs" / f"{coll.name}-{name}-seed{seed}"
             t0 = time.perf_counter()
@@ -233,14 +240,18 @@ def main() -> None:
         f"{datetime.date.today()}; {rows[0]['num_images'] if rows else 0} photos at {args.res}² (every {args.every}), K = 8, "
         f"discovery seeds {args.seeds}; mean ± sd over seeds"
     )
-    print("| method | ARI | NMI | median azimuth error (deg) | seconds: features (once) + discovery (per seed) | probe ARI (labels) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| method | ARI | NMI | median azimuth error (deg) | seconds: features (once) + discovery (per seed) | probe ARI (labels) "
+        "| layout k-means ARI / NMI |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name in methods:
         rs = [r for r in rows if r["method"] == name]
         if rs:
             cols = [pm([r[k] for r in rs], d) for k, d in (("ari", 3), ("nmi", 3), ("median_error_deg", 1))]
             print(
-                f"| {name} | {' | '.join(cols)} | {rs[0]['features_s']:.0f} + {np.mean([r['discover_s'] for r in rs]):.0f} | {rs[0]['probe_ari']:.3f} |"
+                f"| {name} | {' | '.join(cols)} | {rs[0]['features_s']:.0f} + {np.mean([r['discover_s'] for r in rs]):.0f} | {rs[0]['probe_ari']:.3f} "
+                f"| {pm([a for a, _ in layouts[name]], 3)} / {pm([n for _, n in layouts[name]], 3)} |"
             )
     (scratch / "runs").mkdir(exist_ok=True)
     (scratch / "runs" / "bench_photo_poses.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -269,6 +280,26 @@ def probe(cache: FeatureCache, azimuth: dict[str, float]) -> float:
         clf = LogisticRegression(C=0.1, max_iter=2000).fit(pca.transform(x[train]), bins[train])
         pred[~train] = clf.predict(pca.transform(x[~train]))
     return float(adjusted_rand_score(bins, pred))
+
+
+def layout_kmeans(cache: FeatureCache, azimuth: dict[str, float], seeds: list[int]) -> list[tuple[float, float]]:
+    """(ARI, NMI) per seed of a label-free baseline: k-means (K = 8) on the box-pooled features (4 x 4 split of the
+    object's box, ``box_pool``), PCA-reduced to 64 dimensions: the image's coarse layout, no parts."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from mirage3d.poses.evaluate import azimuth_bins
+    from mirage3d.poses.facing import box_pool
+
+    x = torch.cat([box_pool(d["feats"].float(), d["fg"].float(), 4).flatten(1) for _, d in cache.iter_shards()]).numpy()
+    bins = azimuth_bins(np.array([azimuth[Path(f).stem] for f in cache.files]), 8)
+    z = PCA(min(64, *x.shape), random_state=0).fit_transform(x)
+    out = []
+    for seed in seeds or [0]:
+        labels = KMeans(8, n_init=10, random_state=seed).fit_predict(z)
+        out.append((float(adjusted_rand_score(bins, labels)), float(normalized_mutual_info_score(bins, labels))))
+    return out
 
 
 def pm(values: list[float], digits: int) -> str:
