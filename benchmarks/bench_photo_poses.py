@@ -24,7 +24,8 @@ Methods (``--methods``, comma-separated):
 - ``unet-gray``: the UNet on grayscale cut-outs (a derived collection: luminance in R = G = B, alpha kept);
 - ``unet-centred``: the UNet features with each image's mean foreground feature subtracted (per image, image
   and mirror image alike) before parts: an image-wide offset (colour, identity) cancels;
-- ``hog-silhouette``: HOG of the silhouettes only (a derived collection: one grey over the object, alpha kept).
+- ``hog-silhouette``: HOG of the silhouettes only (a derived collection: one grey over the object, alpha kept);
+- ``hog-layout``, ``unet-layout``: ``hog`` and ``unet`` with the layout block in the descriptor (``--w-layout 1``).
 The background is already out of every method: the cut-outs carry alpha, and discovery takes foreground
 patches from alpha. ``--probe`` (on by default) adds, per method, the ARI of a leave-one-car-out linear probe on
 the same features (``probe``; true labels used, an upper bound on the features, not a method), and the ARI / NMI
@@ -66,6 +67,8 @@ METHODS = {
     "unet-gray": ("gray", "model", None, []),
     "unet-centred": ("cutout", "model", "centred", []),
     "hog-silhouette": ("silhouette", "hog", None, []),
+    "hog-layout": ("cutout", "hog", None, ["--w-layout", "1"]),
+    "unet-layout": ("cutout", "model", None, ["--w-layout", "1"]),
 }
 
 

@@ -20,7 +20,7 @@ from mirage3d.cli._options import (
     progress_bar,
 )
 from mirage3d.errors import InputError
-from mirage3d.poses.config import CameraConfig, DiscoverConfig, FacingConfig, PartsConfig
+from mirage3d.poses.config import CameraConfig, DescriptorConfig, DiscoverConfig, FacingConfig, PartsConfig
 
 poses_app = typer.Typer(help="Discover poses (labels + cameras) in an unlabeled collection and assign them to images.", no_args_is_help=True)
 
@@ -50,6 +50,9 @@ def discover(
     w_front: float = typer.Option(
         FacingConfig.w_front, help="Weight of the front/back score that splits the pose pair holding front and back views (0 = off; docs/poses.md)."
     ),
+    w_layout: float = typer.Option(
+        DescriptorConfig.w_layout, help="Weight of the layout block: features pooled over a 4 x 4 split of the object's box (0 = off; docs/poses.md)."
+    ),
     spacing: str = typer.Option(CameraConfig.spacing, help="Azimuth spacing: uniform or sizes."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = DEVICE,
@@ -66,6 +69,7 @@ def discover(
     cfg = DiscoverConfig(
         num_poses=num_poses,
         parts=PartsConfig(num_parts=num_parts),
+        descriptor=DescriptorConfig(w_layout=w_layout),
         facing=FacingConfig(w_facing=w_facing, component=None if facing_component == "auto" else int(facing_component), w_front=w_front),
         cameras=CameraConfig(spacing=spacing),
         device=device,

@@ -138,7 +138,7 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     image its discovered pose."""
     coll, unet = make_mirror_collection(tmp_path / "coll"), make_unet_folder(tmp_path / "bb")
     out = tmp_path / "poses"
-    args = tiny_discover(coll, out, unet, "--w-facing", "1", features=tmp_path / "feats")
+    args = tiny_discover(coll, out, unet, "--w-facing", "1", "--w-layout", "1", features=tmp_path / "feats")
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     poses = json.loads((out / "poses.json").read_text())
@@ -148,9 +148,12 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     a, fa, b, fb = groups[:, 0]
     assert mirror[a] == fa and mirror[fa] == a and mirror[b] == fb and mirror[fb] == b
     assert poses["facing_used"] and len(poses["facing_eta2"]) >= 1 and all(0 <= e <= 1 for e in poses["facing_eta2"])
-    assert json.loads((out / "pose_model.json").read_text())["facing_grid"] == 2
+    meta = json.loads((out / "pose_model.json").read_text())
+    assert meta["facing_grid"] == 2 and meta["layout_grid"] == 4
     model = PoseModel.load(out)
-    assert model.descriptor.facing is not None and model.centres.shape[1] == 3 * 4 + 1 + 1  # parts block + box + facing
+    layout = model.descriptor.layout
+    assert model.descriptor.facing is not None and layout is not None and layout.components.shape[1] == 32  # 16 images + flips
+    assert model.centres.shape[1] == 3 * 4 + 1 + 32 + 1  # parts block + box + layout + facing
     assert (_assigned(model, coll, 16) == labels).all()
     # Without mirror features there is no facing score: one line, exit 1, nothing written.
     bad = tmp_path / "bad"
@@ -188,7 +191,8 @@ def test_discover_with_facing_saves_it_and_assign_reproduces_labels(tmp_path):
     )
     assert r.exit_code == 0, r.output
     refit = PoseModel.load(tmp_path / "refit")
-    assert refit.descriptor.front is not None and refit.centres.shape[1] == 3 * 4 + 1 + 2
+    assert refit.descriptor.front is not None
+    assert refit.centres.shape[1] == 3 * 4 + 1 + refit.descriptor.layout_dims + 2  # parts, box, layout, facing, front
     assert json.loads((tmp_path / "refit" / "poses.json").read_text())["labels"] == fposes["labels"]
     # The descriptor path with a front model, through save and load: the score is appended to image and flip alike.
     dm = model.descriptor
@@ -219,7 +223,10 @@ def test_front_split_through_the_cli_keeps_its_invariants(tmp_path):
         assert poses["front_used"] == (model.descriptor.front is not None)
         assert 0 < poses["assign_agreement"] <= 1
         if poses["front_used"]:
-            assert model.centres.shape[1] == 3 * 4 + 1 + 2 and json.loads((tmp_path / name / "pose_model.json").read_text())["front_k"] == 10
+            assert (
+                model.centres.shape[1] == 3 * 4 + 1 + model.descriptor.layout_dims + 2
+                and json.loads((tmp_path / name / "pose_model.json").read_text())["front_k"] == 10
+            )
 
 
 def test_refine_axis_moves_a_rough_axis_onto_the_facing():

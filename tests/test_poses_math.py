@@ -15,6 +15,8 @@ from mirage3d.poses.cameras import CameraConfig, load_cameras, make_cameras, wri
 from mirage3d.poses.cluster import best_involution, mirror_kmeans
 from mirage3d.poses.descriptors import DescriptorConfig, fit_block_scales, part_descriptors
 from mirage3d.poses.evaluate import azimuth_bins, best_alignment
+from mirage3d.poses.facing import box_pool
+from mirage3d.poses.model import LayoutModel
 from mirage3d.poses.parts import fit_foreground_axis, fit_parts, fit_pca, kmeans
 from mirage3d.poses.ring import cyclic_order, mirror_axis, ring_azimuths, tour_length
 
@@ -75,6 +77,20 @@ def test_block_scales_balance_blocks():
     assert float(var[:2].sum()) == pytest.approx(1.0, rel=1e-3)
     assert float(var[2:6].sum()) == pytest.approx(4.0, rel=1e-3)
     assert float(var[6:].sum()) == pytest.approx(0.25, rel=1e-3)
+
+
+def test_layout_block_is_scaled_and_projects_on_principal_components():
+    rng = np.random.default_rng(1)
+    raw = torch.as_tensor(rng.normal(size=(400, 10)) * np.array([1, 1, 1, 1, 1, 1, 1, 50, 5, 0.5]), dtype=torch.float32)
+    z = raw * fit_block_scales(raw, 2, DescriptorConfig(w_layout=2.0), layout_dims=3)
+    assert float(z[:, 7:].double().var(0, unbiased=False).sum()) == pytest.approx(4.0, rel=1e-3)  # weight², whatever the spread
+    pooled = torch.as_tensor(rng.normal(size=(60, 12)) * np.linspace(3, 0.1, 12), dtype=torch.float32)
+    lm = LayoutModel.fit(pooled, 3, grid=2)
+    torch.testing.assert_close(lm.components.T @ lm.components, torch.eye(3), atol=1e-5, rtol=0)
+    # the first component is the direction of the largest spread (the first coordinate here)
+    assert abs(float(lm.components[0, 0])) > 0.9
+    feats, fg = torch.randn(3, 4, 4, 3), torch.ones(3, 4, 4)
+    torch.testing.assert_close(lm.project(feats, fg), (box_pool(feats, fg, 2) - lm.mean) @ lm.components)
 
 
 def _synthetic_patches(n=40, h=6, w=6, c=16, seed=0):

@@ -6,7 +6,10 @@ For P parts the descriptor has three blocks:
 - **location** (2P): each part's centroid relative to the object's bounding box, x and y in [-1, 1]
   (box centre = 0), multiplied by sqrt(visibility) so a part that is barely seen contributes little and an
   unseen part contributes 0 instead of an arbitrary position;
-- **box** (1): log aspect ratio (width / height) of the foreground's bounding box.
+- **box** (1): log aspect ratio (width / height) of the foreground's bounding box;
+- **layout** (``LAYOUT_DIMS``, when ``w_layout`` > 0): the unit patch features pooled over a ``LAYOUT_GRID`` x
+  ``LAYOUT_GRID`` split of the object's box (``mirage3d.poses.facing.box_pool``), projected on their first
+  principal components (``mirage3d.poses.model.LayoutModel``): where in the box which features lie, with no parts.
 
 Each block is scaled by one number so that its total variance over the collection is 1, then multiplied by
 its weight (``DescriptorConfig``); Euclidean distance between descriptors then weighs the blocks as asked.
@@ -19,7 +22,9 @@ import torch.nn.functional as F
 
 from mirage3d.poses.config import DescriptorConfig
 
-BLOCKS = ("visibility", "location", "box")
+BLOCKS = ("visibility", "location", "box", "layout")
+LAYOUT_GRID = 4
+LAYOUT_DIMS = 64
 
 
 def part_descriptors(parts: torch.Tensor, fg: torch.Tensor, num_parts: int, fg_threshold: float = 0.5) -> torch.Tensor:
@@ -51,16 +56,19 @@ def part_descriptors(parts: torch.Tensor, fg: torch.Tensor, num_parts: int, fg_t
     return torch.cat([vis, loc, box], dim=1)
 
 
-def block_slices(num_parts: int) -> dict[str, slice]:
+def block_slices(num_parts: int, layout_dims: int = 0) -> dict[str, slice]:
     p = num_parts
-    return {"visibility": slice(0, p), "location": slice(p, 3 * p), "box": slice(3 * p, 3 * p + 1)}
+    out = {"visibility": slice(0, p), "location": slice(p, 3 * p), "box": slice(3 * p, 3 * p + 1)}
+    if layout_dims:
+        out["layout"] = slice(3 * p + 1, 3 * p + 1 + layout_dims)
+    return out
 
 
-def fit_block_scales(raw: torch.Tensor, num_parts: int, cfg: DescriptorConfig) -> torch.Tensor:
+def fit_block_scales(raw: torch.Tensor, num_parts: int, cfg: DescriptorConfig, layout_dims: int = 0) -> torch.Tensor:
     """Per-dimension multipliers (D,) = weight / sqrt(total variance of its block) over ``raw`` (N, D)."""
     var = raw.double().var(0, unbiased=False)
     scales = torch.zeros(raw.shape[1], dtype=torch.float64)
-    weights = {"visibility": cfg.w_visibility, "location": cfg.w_location, "box": cfg.w_box}
-    for name, sl in block_slices(num_parts).items():
+    weights = {"visibility": cfg.w_visibility, "location": cfg.w_location, "box": cfg.w_box, "layout": cfg.w_layout}
+    for name, sl in block_slices(num_parts, layout_dims).items():
         scales[sl] = weights[name] / float(var[sl].sum().clamp_min(1e-12).sqrt())
     return scales.float()

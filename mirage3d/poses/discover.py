@@ -20,9 +20,10 @@ from mirage3d.io import atomic_dir
 from mirage3d.poses.cameras import make_cameras, write_cameras
 from mirage3d.poses.cluster import MirrorClusters, clusters_from_labels, confidence_from_cost, mirror_kmeans
 from mirage3d.poses.config import DiscoverConfig
-from mirage3d.poses.descriptors import fit_block_scales
+from mirage3d.poses.descriptors import LAYOUT_DIMS, LAYOUT_GRID, fit_block_scales
 from mirage3d.poses.extract import FeatureCache, sample_indices
-from mirage3d.poses.model import DescriptorModel, PoseModel
+from mirage3d.poses.facing import box_pool
+from mirage3d.poses.model import DescriptorModel, LayoutModel, PoseModel
 from mirage3d.poses.parts import fit_parts
 from mirage3d.poses.poseset import PoseSet
 from mirage3d.poses.ring import ring_azimuths, score_order
@@ -67,7 +68,16 @@ def fit_descriptor_model(cache: FeatureCache, cfg: DiscoverConfig, device: torch
         pc.max_patches,
         pc.inits,
     )
-    return DescriptorModel(pm, cfg.descriptor.fg_threshold)
+    dm = DescriptorModel(pm, cfg.descriptor.fg_threshold)
+    if cfg.descriptor.w_layout > 0:  # principal components of the sample's box-pooled features (and of its flips)
+        feats = sample["feats"].to(device).float()
+        fg = dm.foreground(feats, sample["fg"].to(device).float(), sample["has_mask"].bool().to(device))
+        pooled = [box_pool(feats, fg, LAYOUT_GRID)]
+        if "feats_flip" in sample:
+            pooled.append(box_pool(sample["feats_flip"].to(device).float(), fg.flip(-1), LAYOUT_GRID))
+        pooled_all = torch.cat(pooled).cpu()
+        dm.layout = LayoutModel.fit(pooled_all, min(LAYOUT_DIMS, *pooled_all.shape), LAYOUT_GRID)
+    return dm
 
 
 def compute_descriptors(
@@ -95,7 +105,7 @@ def fit_normalisation(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Ten
     # The facing and front scores, when present, are the last columns (in that order), each its own block.
     extra = [w for w, m in ((cfg.facing.w_facing, dm.facing), (cfg.facing.w_front, dm.front)) if m is not None]
     base = both[:, : both.shape[1] - len(extra)]
-    scale = fit_block_scales(base, dm.parts.num_parts, cfg.descriptor)
+    scale = fit_block_scales(base, dm.parts.num_parts, cfg.descriptor, dm.layout_dims)
     for j, w in enumerate(extra):  # unit variance times its weight
         col = both[:, base.shape[1] + j]
         scale = torch.cat([scale, torch.tensor([w / float(col.std().clamp_min(1e-12))])])
@@ -104,8 +114,6 @@ def fit_normalisation(dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Ten
 
 def pooled_pairs(cache: FeatureCache, dm: DescriptorModel, device: torch.device, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Box-pooled features b(x) and b(flip x) (N, C·grid²) of every cached image (mirage3d.poses.facing)."""
-    from mirage3d.poses.facing import box_pool
-
     bs, bfs = [], []
     dm = dm.to(device)
     for _, data in cache.iter_shards():

@@ -28,8 +28,34 @@ from mirage3d.poses.parts import PartModel
 
 
 @dataclass
+class LayoutModel:
+    """The layout block of the descriptor: box-pooled features (``box_pool`` on a ``grid`` x ``grid`` split of the
+    object's box) minus their mean, projected on principal components fitted at discovery."""
+
+    mean: torch.Tensor  # (F,) F = channels · grid²
+    components: torch.Tensor  # (F, L)
+    grid: int
+
+    @classmethod
+    def fit(cls, pooled: torch.Tensor, dims: int, grid: int) -> LayoutModel:
+        """Principal components of ``pooled`` (N, F) by an exact SVD (deterministic, unlike randomized PCA)."""
+        x = pooled.double()
+        mean = x.mean(0)
+        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        return cls(mean.float(), vh[:dims].T.contiguous().float(), grid)
+
+    def project(self, feats: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
+        """(N, L) layout descriptors of features (N, h, w, C) with foreground weights (N, h, w)."""
+        b = box_pool(feats, fg, self.grid)
+        return (b - self.mean.to(b.device)) @ self.components.to(b.device)
+
+    def to(self, device: torch.device | str) -> LayoutModel:
+        return LayoutModel(self.mean.to(device), self.components.to(device), self.grid)
+
+
+@dataclass
 class DescriptorModel:
-    """Maps features of a batch to normalised descriptors (N, D): part descriptors, then the scores."""
+    """Maps features of a batch to normalised descriptors (N, D): part descriptors, the layout block, then the scores."""
 
     parts: PartModel
     fg_threshold: float = 0.5
@@ -37,6 +63,11 @@ class DescriptorModel:
     desc_scale: torch.Tensor | None = None  # (D,)
     facing: FacingModel | None = None  # appends the facing score (image) and its negative (flip)
     front: FrontModel | None = None  # then appends the front score (the same for image and flip)
+    layout: LayoutModel | None = None  # the layout block, right after the part descriptors
+
+    @property
+    def layout_dims(self) -> int:
+        return 0 if self.layout is None else int(self.layout.components.shape[1])
 
     def raw(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """Unnormalised descriptors (N, D) of features (N, h, w, C) with alpha coverage (N, h, w)."""
@@ -44,7 +75,8 @@ class DescriptorModel:
 
     def _raw(self, feats: torch.Tensor, fg: torch.Tensor) -> torch.Tensor:
         """:meth:`raw` given the foreground weights from :meth:`foreground`."""
-        return part_descriptors(self.parts.assign(feats), fg, self.parts.num_parts, self.fg_threshold)
+        d = part_descriptors(self.parts.assign(feats), fg, self.parts.num_parts, self.fg_threshold)
+        return d if self.layout is None else torch.cat([d, self.layout.project(feats, fg)], 1)
 
     def foreground(self, feats: torch.Tensor, fg_alpha: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """The foreground weights the descriptor uses (N, h, w)."""
@@ -86,6 +118,8 @@ class DescriptorModel:
             t["facing_axis"] = self.facing.axis
         if self.front is not None:
             t.update(self.front.tensors())
+        if self.layout is not None:
+            t["layout_mean"], t["layout_components"] = self.layout.mean, self.layout.components
         return t
 
     def to(self, device: torch.device | str) -> DescriptorModel:
@@ -97,6 +131,7 @@ class DescriptorModel:
             mv(self.desc_scale),
             None if self.facing is None else self.facing.to(device),
             None if self.front is None else self.front.to(device),
+            None if self.layout is None else self.layout.to(device),
         )
 
 
@@ -186,6 +221,7 @@ class PoseModel:
             "descriptor_fg_threshold": self.descriptor.fg_threshold,
             "feature_fg_threshold": self.descriptor.parts.fg_threshold,
             "facing_grid": None if self.descriptor.facing is None else self.descriptor.facing.grid,
+            "layout_grid": None if self.descriptor.layout is None else self.descriptor.layout.grid,
             **({} if self.descriptor.front is None else {"front_k": self.descriptor.front.k, "front_grid": self.descriptor.front.grid}),
             **self.extra,
         }
@@ -211,7 +247,10 @@ class PoseModel:
             parts = PartModel.from_tensors(t, meta.get("feature_fg_threshold", 0.0))
             facing = FacingModel(t["facing_axis"].float(), int(meta["facing_grid"])) if "facing_axis" in t else None
             front = FrontModel.from_tensors(t, int(meta["front_k"]), int(meta["front_grid"])) if "front_refs" in t else None
-            dm = DescriptorModel(parts, float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"], facing, front)
+            layout = (
+                LayoutModel(t["layout_mean"].float(), t["layout_components"].float(), int(meta["layout_grid"])) if "layout_components" in t else None
+            )
+            dm = DescriptorModel(parts, float(meta.get("descriptor_fg_threshold", 0.5)), t["desc_mean"], t["desc_scale"], facing, front, layout)
             known = {
                 "format",
                 "backbone",
@@ -224,6 +263,7 @@ class PoseModel:
                 "descriptor_fg_threshold",
                 "feature_fg_threshold",
                 "facing_grid",
+                "layout_grid",
                 "front_k",
                 "front_grid",
                 "flat_grid",
