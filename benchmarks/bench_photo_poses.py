@@ -196,10 +196,12 @@ def main() -> None:
             t0 = time.perf_counter()
             feats = centred_cache(FeatureCache.open(feats), feats.with_name(feats.name + "-centred"))
             t_feat += time.perf_counter() - t0
-        probe_ari = probe(FeatureCache.open(feats), azimuth) if args.probe else float("nan")
+        cache = FeatureCache.open(feats)
+        pooled = box_pooled(cache)  # read once: the probe and the layout baseline share it
+        probe_ari = probe(pooled, cache, azimuth) if args.probe else float("nan")
         if args.probe:
             print(f"{name}: leave-one-car-out probe ARI {probe_ari:.3f}", flush=True)
-        lay = layout_kmeans(FeatureCache.open(feats), azimuth, seeds)
+        lay = layout_kmeans(pooled, cache, azimuth, seeds)
         layouts[name] = lay
         print(f"{name}: layout k-means ARI {pm([a for a, _ in lay], 3)}, NMI {pm([n for _, n in lay], 3)}", flush=True)
         for seed in seeds:
@@ -260,19 +262,24 @@ def main() -> None:
     (scratch / "runs" / "bench_photo_poses.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def probe(cache: FeatureCache, azimuth: dict[str, float]) -> float:
+def box_pooled(cache: FeatureCache) -> np.ndarray:
+    """(N, 16 C) every cached image's features pooled over a 4 x 4 split of the object's box (``box_pool``)."""
+    from mirage3d.poses.facing import box_pool
+
+    return torch.cat([box_pool(d["feats"].float(), d["fg"].float(), 4).flatten(1) for _, d in cache.iter_shards()]).numpy()
+
+
+def probe(x: np.ndarray, cache: FeatureCache, azimuth: dict[str, float]) -> float:
     """ARI of a leave-one-car-out linear probe: a logistic regression on the true azimuth bins (K = 8) of the other
     cars, applied to the held-out car. Labels are used: it is an upper bound on what the features tell about the
-    viewpoint of an unseen car, not a discovery method. Features are pooled over a 4 x 4 split of the object's box
-    (``mirage3d.poses.facing.box_pool``) and PCA-reduced to 256 dimensions on the training cars."""
+    viewpoint of an unseen car, not a discovery method. ``x``: the box-pooled features (:func:`box_pooled`),
+    PCA-reduced to 256 dimensions on the training cars."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import adjusted_rand_score
 
     from mirage3d.poses.evaluate import azimuth_bins
-    from mirage3d.poses.facing import box_pool
 
-    x = torch.cat([box_pool(d["feats"].float(), d["fg"].float(), 4).flatten(1) for _, d in cache.iter_shards()]).numpy()  # (N, 16 C)
     stems = [Path(f).stem for f in cache.files]
     car = np.array([s.rsplit("_", 1)[0] for s in stems])  # tripod_seq_SS_FFF → one car per sequence
     bins = azimuth_bins(np.array([azimuth[s] for s in stems]), 8)
@@ -285,17 +292,15 @@ def probe(cache: FeatureCache, azimuth: dict[str, float]) -> float:
     return float(adjusted_rand_score(bins, pred))
 
 
-def layout_kmeans(cache: FeatureCache, azimuth: dict[str, float], seeds: list[int]) -> list[tuple[float, float]]:
-    """(ARI, NMI) per seed of a label-free baseline: k-means (K = 8) on the box-pooled features (4 x 4 split of the
-    object's box, ``box_pool``), PCA-reduced to 64 dimensions: the image's coarse layout, no parts."""
+def layout_kmeans(x: np.ndarray, cache: FeatureCache, azimuth: dict[str, float], seeds: list[int]) -> list[tuple[float, float]]:
+    """(ARI, NMI) per seed of a label-free baseline: k-means (K = 8) on the box-pooled features ``x``
+    (:func:`box_pooled`), PCA-reduced to 64 dimensions: the image's coarse layout, no parts."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     from mirage3d.poses.evaluate import azimuth_bins
-    from mirage3d.poses.facing import box_pool
 
-    x = torch.cat([box_pool(d["feats"].float(), d["fg"].float(), 4).flatten(1) for _, d in cache.iter_shards()]).numpy()
     bins = azimuth_bins(np.array([azimuth[Path(f).stem] for f in cache.files]), 8)
     z = PCA(min(64, *x.shape), random_state=0).fit_transform(x)
     out = []

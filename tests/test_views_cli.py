@@ -19,6 +19,7 @@ from mirage3d.io import read_transforms
 
 runner = CliRunner()
 NUM_POSES = 4
+NO_ROUNDS_CPU = ["--rounds", "0", "--seed", "1", "--device", "cpu"]  # the rounds are tested in test_consistency.py
 
 
 def make_tiny_model(
@@ -96,12 +97,7 @@ def test_views_end_to_end(tmp_path: Path, model_dir: Path) -> None:
             "3",
             "--guidance",
             "1.5",
-            "--rounds",
-            "0",
-            "--seed",
-            "1",
-            "--device",
-            "cpu",
+            *NO_ROUNDS_CPU,
         ],
     )
     assert r.exit_code == 0, r.output
@@ -191,12 +187,7 @@ def test_views_with_test_time_tuning(tmp_path: Path, model_dir: Path) -> None:
         "1",
         "--steps",
         "2",
-        "--rounds",
-        "0",
-        "--seed",
-        "1",
-        "--device",
-        "cpu",
+        *NO_ROUNDS_CPU,
     ]
     assert runner.invoke(app, ["views", *args, "-o", str(tmp_path / "a")]).exit_code == 0
     r = runner.invoke(app, ["views", *args, "-o", str(tmp_path / "b"), "--tune-steps", "3"])
