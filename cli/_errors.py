@@ -31,7 +31,7 @@ from typer._click import exceptions as click_exc
 from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
-from mirage3d.errors import TERMINATED, InputError, MirageError, Terminated, one_line
+from mirage3d.errors import INTERRUPTED, TERMINATED, InputError, MirageError, Terminated, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,21 +100,18 @@ def handle_errors(fn: F | None = None, *, hold_warnings: bool = True) -> Any:
                 return result
             except typer.Exit:
                 raise
-            except Terminated:
-                err_console.print("[red]terminated[/red]: outputs already written are complete; partial ones were removed")
-                raise typer.Exit(143) from None
-            except KeyboardInterrupt:
-                err_console.print("[red]interrupted[/red]: outputs already written are complete; partial ones were removed")
-                raise typer.Exit(130) from None
-            except _EXPECTED as e:
-                if debug_enabled():
-                    raise
-                print_error(one_line(e))
-                raise typer.Exit(1) from None
-            except MemoryError:
-                if debug_enabled():
-                    raise
-                print_error("out of memory; lower --batch-size or --res")
+            except BaseException as e:
+                # A signal's exception may arrive wrapped (ctypes.ArgumentError when it lands inside a ctypes
+                # call's argument conversion): the handlers' flags say a signal stopped the run, whatever the type.
+                if isinstance(e, Terminated) or TERMINATED.is_set():
+                    err_console.print("[red]terminated[/red]: outputs already written are complete; partial ones were removed")
+                    raise typer.Exit(143) from None
+                if isinstance(e, KeyboardInterrupt) or INTERRUPTED.is_set():
+                    err_console.print("[red]interrupted[/red]: outputs already written are complete; partial ones were removed")
+                    raise typer.Exit(130) from None
+                if debug_enabled() or not isinstance(e, (*_EXPECTED, MemoryError)):
+                    raise  # a bug (or debugging): the traceback
+                print_error(one_line(e) if isinstance(e, _EXPECTED) else "out of memory; lower --batch-size or --res")
                 raise typer.Exit(1) from None
             finally:
                 if held is not None:
@@ -135,6 +132,11 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    INTERRUPTED.set()
+    raise KeyboardInterrupt()
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     if os.getpid() != _MAIN_PID[0]:  # a forked child (a data loader worker): die as SIGTERM means
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -153,10 +155,14 @@ class MirageGroup(TyperGroup):
     def main(
         self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None, standalone_mode: bool = True, **extra: Any
     ) -> Any:
-        previous = None
+        previous = previous_int = None
         if threading.current_thread() is threading.main_thread():
             _MAIN_PID[0] = os.getpid()
+            TERMINATED.clear()
+            INTERRUPTED.clear()
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where SIGINT is ignored)
+                previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
         try:
             try:
                 rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -174,6 +180,8 @@ class MirageGroup(TyperGroup):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
         code = rv if isinstance(rv, int) else 0
         if not standalone_mode:
             return code

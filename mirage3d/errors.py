@@ -39,6 +39,11 @@ raised while a ``__del__`` or a weakref callback runs), so the atomic writers al
 rename a finished output into place."""
 
 
+INTERRUPTED = threading.Event()
+"""Set by the CLI's SIGINT handler, for the same reason: a signal's exception raised inside a ctypes argument
+conversion (PyOpenGL's, while rendering) reaches the caller as ``ctypes.ArgumentError``, not as itself."""
+
+
 def raise_if_terminated() -> None:
     if TERMINATED.is_set():
         raise Terminated()

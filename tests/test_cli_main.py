@@ -57,3 +57,45 @@ def test_console_script_entry_point_runs():
     # `python -m mirage3d.cli` is what `accelerate launch -m mirage3d.cli` uses.
     out = subprocess.run([sys.executable, "-m", "mirage3d.cli", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and __version__ in out.stdout
+
+
+_WRAPPED_SIGNAL = r"""
+import ctypes, os, signal, sys, time
+import typer
+from mirage3d.cli._errors import MirageGroup, handle_errors
+
+class Arg:  # a ctypes argument converter, as PyOpenGL's: the signal lands while it runs
+    @classmethod
+    def from_param(cls, value):
+        os.kill(os.getpid(), getattr(signal, sys.argv[-1]))
+        time.sleep(5)  # (the handler runs here and raises; ctypes re-raises it as ArgumentError)
+        return ctypes.c_int(value)
+
+app = typer.Typer(cls=MirageGroup)
+
+@app.command()
+@handle_errors
+def run(sig: str) -> None:
+    f = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x)
+    f.argtypes = [Arg]
+    f(1)
+
+@app.command()
+def other() -> None: ...
+
+app()
+"""
+
+
+def test_a_signal_inside_a_ctypes_call_still_exits_as_that_signal():
+    # The CI machine once saw SIGTERM land inside PyOpenGL's argument conversion: exit 1 and a traceback.
+    for sig, code, word in (("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")):
+        out = subprocess.run(
+            [sys.executable, "-c", _WRAPPED_SIGNAL, "run", sig],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**__import__("os").environ, "MIRAGE3D_DEBUG": "0"},
+        )
+        assert out.returncode == code, out.stderr
+        assert "Traceback" not in out.stderr and word in out.stderr
