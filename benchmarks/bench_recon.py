@@ -17,11 +17,8 @@ fixes the frame: without it, the cameras' common error moves the whole reconstru
 Prints a Markdown table: mesh, views, perturbation, refinement, seconds per phase, Chamfer-L1, F-score at
 1 % / 2 % of the true bounding-box diagonal, PSNR / SSIM of unlit renders of the GLB at the held-out (true)
 cameras vs the true renders, mean camera rotation error before → after (the errors' common rotation, which
-no reconstruction can see without a reference view, removed), then the means per setting. "Aligned" scores
-are of the mesh moved by the similarity that best maps the cameras it was made with onto the true ones
-(``metrics.camera_similarity``): without a reference view, the cameras' common error (a rotation, shift and
-scale of the whole set) moves the reconstruction by an amount no view can show, and pose-refinement papers
-score after this alignment (BARF). Writes only under --out.
+no reconstruction can see without a reference view, removed), then the means per setting. Writes only
+under --out.
 
     python3 benchmarks/bench_recon.py --meshes ../shared/meshes/cars --limit 2 --out /tmp/bench_recon
     python3 benchmarks/bench_recon.py --collection C --views 16 --perturb none az10+3 deg5 --refine off on --out /tmp/br
@@ -50,7 +47,7 @@ from mirage3d.errors import InputError
 from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array
 from mirage3d.recon import ReconConfig, load_views, reconstruct
 from mirage3d.recon.mesh import WORLD_TO_GLTF
-from mirage3d.recon.metrics import camera_similarity, geometry_scores, psnr, ssim
+from mirage3d.recon.metrics import geometry_scores, psnr, ssim
 from mirage3d.recon.render import render_mesh
 
 
@@ -123,21 +120,16 @@ def rotation_errors(c2w: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.rad2deg((rel.mean().inv() * rel).magnitude())
 
 
-def evaluate(glb: Path, orbit: Path, t, held: list[int], align: np.ndarray) -> dict[str, float]:
-    """Scores of a GLB against the true mesh and renders; ``align``: the similarity from the cameras the
-    reconstruction used to the true ones (the ``f1a`` / ``f2a`` scores are of the mesh moved by it)."""
+def evaluate(glb: Path, orbit: Path, t, held: list[int]) -> dict[str, float]:
     pred = trimesh.load(glb, force="mesh")
     pred.apply_transform(np.linalg.inv(WORLD_TO_GLTF))  # file (+Y up) → world (+Z up)
     true = trimesh.load(orbit / "mesh.glb", force="mesh")
     g = geometry_scores(pred, true)
-    ga = geometry_scores(pred.copy().apply_transform(align), true)
     pred.merge_vertices(merge_tex=True, merge_norm=True)  # the GLB splits vertices along UV seams
     out = {
         "chamfer": g.chamfer_l1,
         "f1": g.fscore[0.01],
         "f2": g.fscore[0.02],
-        "f1a": ga.fscore[0.01],
-        "f2a": ga.fscore[0.02],
         "psnr": float("nan"),
         "ssim": float("nan"),
         "watertight": float(pred.is_watertight),
@@ -218,8 +210,8 @@ def main() -> None:
         + ("; view 0 exact and the reference" if args.reference else "")
     )
     head = (
-        "| mesh | views | cameras | refine | fit s | mesh s | texture s | total s | Chamfer-L1 | F@1% | F@2% | F@2% aligned | PSNR "
-        "| SSIM | cam err ° | watertight | parts |"
+        "| mesh | views | cameras | refine | fit s | mesh s | texture s | total s | Chamfer-L1 | F@1% | F@2% | PSNR | SSIM "
+        "| cam err ° | watertight | parts |"
     )
     print("\n" + head + "\n" + "|---" * (head.count("|") - 1) + "|", flush=True)
     rows = []
@@ -251,20 +243,20 @@ def main() -> None:
                                 float("nan"),
                                 {
                                     k: (0.0 if k in ("f1", "f2") else float("nan"))
-                                    for k in ("chamfer", "f1", "f2", "f1a", "f2a", "psnr", "ssim", "watertight", "components")
+                                    for k in ("chamfer", "f1", "f2", "psnr", "ssim", "watertight", "components")
                                 },
                                 err0,
                                 float("nan"),
                             )
                         )
                         continue
-                    m = evaluate(glb, orbit, t, held, camera_similarity(res.fit.c2w, full.c2w[train]))
+                    m = evaluate(glb, orbit, t, held)
                     err1 = rotation_errors(res.fit.c2w, full.c2w[train]).mean()
                     tm = res.timings
                     rows.append(((v, pmode, ref), tm["total"], m, err0, err1))
                     print(
                         f"| {orbit.name} | {v} | {pmode} | {ref} | {tm['fit']:.2f} | {tm['mesh']:.2f} | {tm['texture']:.2f} | "
-                        f"{tm['total']:.2f} | {m['chamfer']:.4f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['f2a']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
+                        f"{tm['total']:.2f} | {m['chamfer']:.4f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
                         f"{err0:.2f} → {err1:.2f} | {m['watertight']:.0f} | {m['components']:.0f} |",
                         flush=True,
                     )
@@ -272,10 +264,8 @@ def main() -> None:
                         for f in res.files:
                             f.unlink(missing_ok=True)
     print("\nmeans per setting:\n")
-    print(
-        "| views | cameras | refine | objects | total s | Chamfer-L1 | F@1% | F@2% | F@1% aligned | F@2% aligned | PSNR | SSIM | cam err ° | watertight |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| views | cameras | refine | objects | total s | Chamfer-L1 | F@1% | F@2% | PSNR | SSIM | cam err ° | watertight |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in dict.fromkeys(r[0] for r in rows):
         sel = [r for r in rows if r[0] == key]
         mean = {k: float(np.nanmean([r[2][k] for r in sel])) for k in sel[0][2]}
@@ -283,7 +273,7 @@ def main() -> None:
         print(
             f"| {key[0]} | {key[1]} | {key[2]} | {len(sel)}{f' ({failed} failed, F = 0)' if failed else ''} | "
             f"{np.nanmean([r[1] for r in sel]):.2f} | {mean['chamfer']:.4f} | "
-            f"{mean['f1']:.3f} | {mean['f2']:.3f} | {mean['f1a']:.3f} | {mean['f2a']:.3f} | {mean['psnr']:.2f} | {mean['ssim']:.3f} | "
+            f"{mean['f1']:.3f} | {mean['f2']:.3f} | {mean['psnr']:.2f} | {mean['ssim']:.3f} | "
             f"{np.mean([r[3] for r in sel]):.2f} → {np.nanmean([r[4] for r in sel]):.2f} | {mean['watertight']:.2f} |",
             flush=True,
         )

@@ -85,33 +85,3 @@ def ssim(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5) -> 
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
     return float(s.mean())
-
-
-def camera_similarity(c2w: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """The similarity (4, 4) that best maps cameras ``c2w`` (N, 4, 4) onto the ``true`` ones (least squares).
-
-    Cameras recovered from images alone are known up to one rotation, translation and scale of the whole set
-    (moving every camera and the object together changes no image), so reconstructions from refined or
-    perturbed cameras are scored after this transform, as pose-refinement methods align estimated
-    trajectories before scoring them (BARF, Lin et al. 2021). Each camera contributes its centre and the points
-    along its three axes (as far as it is from the cameras' mean centre: the points move with the scale too), so
-    the rotation is determined even when the centres are coplanar (a ring).
-    Umeyama's (1991) closed form: an SVD of the cross-covariance, with the reflection removed.
-    """
-
-    def points(m: np.ndarray) -> np.ndarray:
-        c = m[:, :3, 3]
-        r = np.linalg.norm(c - c.mean(0), axis=1, keepdims=True)
-        return np.concatenate([c, *(c + r * m[:, :3, k] for k in range(3))])
-
-    x, y = points(np.asarray(c2w, np.float64)), points(np.asarray(true, np.float64))
-    mx, my = x.mean(0), y.mean(0)
-    xc, yc = x - mx, y - my
-    U, S, Vt = np.linalg.svd(yc.T @ xc / len(x))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0])
-    R = U @ D @ Vt
-    s = float(np.trace(np.diag(S) @ D) / (xc**2).sum(1).mean())
-    out = np.eye(4)
-    out[:3, :3] = s * R
-    out[:3, 3] = my - s * R @ mx
-    return out
