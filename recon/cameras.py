@@ -20,11 +20,14 @@ over the views are held at zero after every step (the gauge: moving every camera
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mirage3d.recon.views import ViewSet
+from mirage3d.recon.views import ViewSet, generate_rays, pixel_centres, ray_aabb
 
 
 def so3_exp(w: torch.Tensor) -> torch.Tensor:
@@ -186,3 +189,84 @@ def aim_at_silhouettes(views: ViewSet, min_deg: float = 3.0) -> np.ndarray:
             R = so3_exp(torch.from_numpy(axis / np.linalg.norm(axis) * ang)[None])[0].numpy()
             c2w[i, :3, :3] = R @ c2w[i, :3, :3]
     return c2w
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W) images (zero padding)."""
+    r = int(math.ceil(3 * sigma))
+    g = torch.exp(-((torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    img = F.conv2d(img, g.view(1, 1, 1, -1), padding=(0, r))
+    return F.conv2d(img, g.view(1, 1, -1, 1), padding=(r, 0))
+
+
+def silhouette_coherence(
+    views: ViewSet,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    iters: int = 300,
+    lr: float = 1e-2,
+    scale: float = 0.5,
+    batch_rays: int = 1024,
+    samples: int = 32,
+    blur_px: tuple[float, float] = (2.0, 0.5),
+    shared_elevation: bool = True,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Cameras (N, 4, 4) refined so that the visual hull of the other views projects onto each view's mask.
+
+    Silhouette coherence (Hernández, Schmitt and Cipolla 2007): with exact cameras, the hull carved by the
+    other views covers each silhouette exactly where the silhouette is (a little more where few views carve),
+    and a wrong camera makes the hull miss part of every mask it disagrees with. For a batch of pixels near
+    the silhouettes, a ray of view i is sampled inside the box (lo, hi); a sample's occupancy is the smallest
+    (Gaussian-blurred, bilinear) alpha of the other views at its projections; the ray's coverage is its
+    largest occupancy, fitted to view i's own alpha (squared error). The masks are all it uses: no field is
+    fitted, so there is nothing that can bend to explain a wrong camera, which is where the joint fit of
+    field and cameras stalls (``docs/recon.md``). The blur shrinks coarse to fine (``blur_px``, in pixels of
+    the images at ``scale``, at least 64 pixels) for a wide basin. The corrections are those of :class:`CameraModel` (rotation
+    about the box's centre, shift and distance, the shared elevation), with its gauge and reference view.
+    """
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    n, (h, w) = views.n, views.hw
+    cams = CameraModel(views.c2w, views.K, 0.5 * (lo + hi), views.reference, shared_elevation, False).to(device)
+    opt = GroupAdam(cams.parameters_to_learn(), lr=lr)
+    hs, ws = (min(x, max(64, int(round(x * scale)))) for x in (h, w))  # coarser than 64 px lost the toy scene's views
+    alpha = F.interpolate(torch.from_numpy(views.rgba[..., 3]).float()[:, None], size=(hs, ws), mode="area").to(device)
+    near_mask = F.max_pool2d(alpha, 9, stride=1, padding=4).reshape(n, -1) > 0.01  # inside or within 4 px of a mask
+    view_idx, pix_idx = (t.to(device) for t in torch.nonzero(near_mask.cpu(), as_tuple=True))
+    uv = pixel_centres(hs, ws).to(device)
+    lo_t, hi_t = (torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device) for x in (lo, hi))
+    to_pixels = torch.tensor([[ws / w], [hs / h], [1.0]], device=device)
+    flip = torch.tensor([1.0, -1.0, -1.0], device=device)  # OpenGL → OpenCV camera axes
+    steps = (torch.arange(samples, dtype=torch.float32) + 0.5).to(device) / samples
+    for it in range(iters):
+        frac = it / max(1, iters - 1)
+        a = _gaussian_blur(alpha, blur_px[0] ** (1 - frac) * blur_px[1] ** frac)
+        c2w, K = cams()
+        Ks = K * to_pixels
+        pick = torch.randint(0, view_idx.shape[0], (batch_rays,), generator=gen).to(device)
+        vi, pix = view_idx[pick], pix_idx[pick]
+        o, d = generate_rays(c2w[vi], uv[pix], Ks)
+        near, far = ray_aabb(o, d, lo_t, hi_t)
+        t = near[:, None] + (far - near).clamp_min(0)[:, None] * steps[None]
+        x = (o[:, None] + t[..., None] * d[:, None]).reshape(-1, 3)  # (B·S, 3)
+        P = Ks @ (flip[:, None] * torch.linalg.inv(c2w)[:, :3])  # (N, 3, 4) world → pixels
+        q = torch.einsum("mk,nik->nmi", x, P[:, :, :3]) + P[:, None, :, 3]  # (N, B·S, 3)
+        z = q[..., 2:].clamp_min(1e-6)
+        grid = (q[..., :2] / z) / torch.tensor([ws, hs], device=device) * 2 - 1
+        occ = F.grid_sample(a, grid[:, :, None], mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0]
+        occ = occ.reshape(n, batch_rays, samples)
+        own = F.one_hot(vi, n).T.bool()[:, :, None]  # a ray's own view does not carve it
+        occ = torch.where(own, torch.ones_like(occ), occ).amin(0)  # (B, S): the hull of the other views
+        cover = occ.amax(1)
+        loss = (cover - a.reshape(n, -1)[vi, pix]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for g in opt.param_groups:
+            g["lr"] = lr * g["scale"] * 0.1**frac
+        opt.step()
+        cams.fix_gauge()
+    with torch.no_grad():
+        return cams()[0].cpu().double().numpy()

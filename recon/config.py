@@ -88,6 +88,9 @@ class ReconConfig:
     aim_cameras: bool = True
     """With ``refine_cameras``: first turn each camera whose silhouette centre disagrees with the others' by
     more than 3° so that it agrees (``cameras.aim_at_silhouettes``; large image offsets)."""
+    coherence_iters: int = 300
+    """With ``refine_cameras``: steps of silhouette coherence (``cameras.silhouette_coherence``: each view's mask
+    covered by the visual hull of the others) after the aim and before the pose stage."""
     shared_elevation: bool = True
     """With ``refine_cameras``: also learn one elevation offset shared by all views (pose-cluster cameras)."""
     shared_focal: bool = False
@@ -150,7 +153,7 @@ class ReconConfig:
             (0.05 <= self.step_ratio <= 4.0, f"step_ratio {self.step_ratio} must be in [0.05, 4]"),
             (2 <= self.n_samples <= 1024, f"n_samples {self.n_samples} must be in [2, 1024]"),
             (0.0 < self.pose_res <= 1.0 and 0.0 < self.pose_image_scale <= 1.0, "pose_res and pose_image_scale must be in (0, 1]"),
-            (self.pose_iters >= 0, f"pose_iters {self.pose_iters} must be >= 0"),
+            (self.pose_iters >= 0 and self.coherence_iters >= 0, "pose_iters and coherence_iters must be >= 0"),
             (self.width_start > 0 and self.width_end > 0, "width_start and width_end must be > 0"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"--device {self.device!r} must be auto, cpu or cuda"),
             (self.hull_misses >= -1 and self.hull_dilate_px >= 0, "hull_misses must be >= -1 and hull_dilate_px >= 0"),

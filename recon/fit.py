@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError
-from mirage3d.recon.cameras import CameraModel, GroupAdam, aim_at_silhouettes
+from mirage3d.recon.cameras import CameraModel, GroupAdam, aim_at_silhouettes, silhouette_coherence
 from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.field import SDFField
 from mirage3d.recon.views import ViewSet, generate_rays, pixel_centres, ray_aabb
@@ -321,6 +321,14 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
     if cfg.refine_cameras and cfg.aim_cameras:
         views = replace(views, c2w=aim_at_silhouettes(views))
     plan = stages(cfg, views.n, views.hw)
+    if cfg.refine_cameras and cfg.coherence_iters > 0:
+        lo, hi = scene_box(
+            views,
+            replace(cfg, hull_dilate_px=cfg.hull_dilate_px + cfg.pose_dilate_px, hull_misses=int(cfg.pose_misses * views.n)),
+            margin=cfg.box_margin,
+        )
+        c2w = silhouette_coherence(views, lo, hi, cfg.coherence_iters, shared_elevation=cfg.shared_elevation, seed=cfg.seed, device=device)
+        views = replace(views, c2w=c2w)
     lo, hi = scene_box(views, replace(cfg, hull_dilate_px=plan[0].hull_dilate_px, hull_misses=plan[0].hull_misses), margin=cfg.box_margin)
     extent = hi - lo
     cams = CameraModel(

@@ -117,10 +117,27 @@ def test_auto_hull_misses_is_zero_for_generated_views():
     assert torch.equal(generated, exact & only_cut)  # a reference: no misses, view 2's cut carves
 
 
+def test_silhouette_coherence_turns_cameras_back():
+    """16 views of the toy car on one ring, every camera but the reference turned up to 8° about the object
+    (and 2° about a tilted axis): the masks alone bring the mean error from 5.4° under half of it (1.4° here)."""
+    from mirage3d.recon.cameras import silhouette_coherence
+    from mirage3d.recon.fit import scene_box
+
+    views = toy_car_views(n_views=16, res=96, elevations=(20.0,))
+    rng = np.random.default_rng(0)
+    bad = np.stack([m if i == 0 else _turned(m, rng.uniform(-8, 8), 2.0) for i, m in enumerate(views.c2w)])
+    moved = ViewSet(views.rgba, bad, views.K, reference=0)
+    lo, hi = scene_box(moved, ReconConfig(hull_misses=4, hull_dilate_px=1), margin=0.05)
+    got = silhouette_coherence(moved, lo, hi, iters=150, shared_elevation=False)
+    before, after = _rot_err(bad, views.c2w), _rot_err(got, views.c2w)
+    assert before.mean() > 5.0 and after.mean() < 0.5 * before.mean(), (before.mean(), after)
+    np.testing.assert_allclose(got[0], views.c2w[0], atol=1e-6)  # the reference does not move
+
+
 def test_refinement_in_the_fit_reduces_a_camera_error():
-    """Joint refinement (``refine_cameras``) with one view turned 4.5° about the object: that error more
-    than halves and no view ends beyond 1.5° (the joint fit is weaker than ``align``: the field partly
-    bends to fit the wrong view; docs/recon.md)."""
+    """The joint stage of refinement (the pose stage, without the silhouette coherence before it) with one
+    view turned 4.5° about the object: that error more than halves and no view ends beyond 1.5° (the joint
+    fit is weaker than ``align``: the field partly bends to fit the wrong view; docs/recon.md)."""
     views = toy_car_views(n_views=12, res=64)
     true = views.c2w.copy()
     views.c2w = views.c2w.copy()
@@ -134,6 +151,7 @@ def test_refinement_in_the_fit_reduces_a_camera_error():
         pose_batch_rays=2048,
         refine_cameras=True,
         pose_iters=120,
+        coherence_iters=0,
         seed=0,
         shared_elevation=False,
         shared_focal=False,
