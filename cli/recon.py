@@ -28,7 +28,9 @@ def recon(
     texture_size: int = typer.Option(512, "--texture-size", help="Side of the base-colour texture in pixels (e.g. 1024 for 256² views)."),
     fmt: str = typer.Option(None, "--format", help="glb, obj or ply (default: from the output suffix)."),
     refine_cameras: bool = typer.Option(
-        False, "--refine-cameras", help="Correct approximate cameras (per view, plus a shared elevation and focal length) before fitting the surface."
+        False,
+        "--refine-cameras",
+        help="Correct approximate cameras (per view, plus a shared elevation): silhouette coherence, then jointly with the surface.",
     ),
     hull_misses: int = typer.Option(
         None,
