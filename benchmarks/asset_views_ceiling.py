@@ -31,7 +31,8 @@ import trimesh
 from mirage3d.cameras import Intrinsics, orbit_c2w
 from mirage3d.data import render as R
 from mirage3d.data.meshes import load_normalised, normalised_trimesh
-from mirage3d.recon import ReconConfig, reconstruct
+from mirage3d.recon import reconstruct
+from mirage3d.recon.config import generated_views_config
 from mirage3d.recon.mesh import WORLD_TO_GLTF
 from mirage3d.recon.metrics import geometry_scores
 from mirage3d.recon.views import ViewSet
@@ -51,7 +52,7 @@ def main() -> None:
     c0 = json.loads(a.cameras.read_text())["cameras"][0]
     intr = Intrinsics(c0["fl_x"], c0["fl_y"], c0["cx"], c0["cy"], c0["w"], c0["h"])
     c2ws = np.stack([orbit_c2w(a.input_azimuth + 45.0 * k, c0["elevation_deg"], c0["radius"]) for k in range(8)])
-    cfg = ReconConfig(device=a.device, seed=0)
+    cfg = generated_views_config(device=a.device, seed=0)
 
     def views(mesh: Path, scale: np.ndarray | None = None) -> np.ndarray:
         return np.stack([im.astype(np.float32) / 255 for im in R.render_views(mesh, c2ws, intr, scale=scale)])

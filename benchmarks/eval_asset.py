@@ -44,6 +44,7 @@ from mirage3d.config import replace_fields
 from mirage3d.data.meshes import find_meshes, load_normalised, normalised_trimesh
 from mirage3d.io import composite_on_white, load_image, read_transforms, rgba_to_array
 from mirage3d.recon import ReconConfig, load_views
+from mirage3d.recon.config import generated_views_config
 from mirage3d.recon.fit import fit_field
 from mirage3d.recon.mesh import WORLD_TO_GLTF
 from mirage3d.recon.metrics import geometry_scores, psnr, ssim
@@ -170,7 +171,7 @@ def main() -> None:
             overrides[key] = json.loads(val)
         except json.JSONDecodeError:
             overrides[key] = val
-    score_recon = ReconConfig(seed=0, device=a.device)
+    score_recon = generated_views_config(seed=0, device=a.device)
     rows = []
     head = "| object | frame | variant | views PSNR | SSIM | mask IoU | consistency dB | Chamfer-L1 | F@1% | F@2% | template F@2% mean / best | views s | recon s |"
     print(head)

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from mirage3d.cli._errors import console, fail, handle_errors
 from mirage3d.cli._options import DEVICE, OVERWRITE
+from mirage3d.recon.config import ReconConfig  # (light: no torch)
 
 BACKENDS = ("voxel", "nerfstudio")
 
@@ -22,8 +23,8 @@ def register(app: typer.Typer) -> None:
 def recon(
     views: Path = typer.Argument(..., help="Views folder: transforms.json (nerfstudio) + RGBA images (alpha = object mask)."),
     output: Path = typer.Option(..., "-o", "--output", help="Mesh file to write: .glb (default choice), .obj or .ply."),
-    iters: int = typer.Option(None, "--iters", help="Steps of the surface fit (default: 300 voxel, 5000 nerfstudio)."),
-    res: int = typer.Option(128, "--res", help="Voxels along the longest side of the object's box."),
+    iters: int = typer.Option(None, "--iters", help=f"Steps of the surface fit (default: {ReconConfig.iters} voxel, 5000 nerfstudio)."),
+    res: int = typer.Option(ReconConfig.res, "--res", help="Voxels along the longest side of the object's box."),
     faces: int = typer.Option(20000, "--faces", help="Target face count after decimation."),
     texture_size: int = typer.Option(512, "--texture-size", help="Side of the base-colour texture in pixels (e.g. 1024 for 256² views)."),
     fmt: str = typer.Option(None, "--format", help="glb, obj or ply (default: from the output suffix)."),
@@ -46,7 +47,7 @@ def recon(
 ) -> None:
     """Fit a radiance field to views with known cameras and export a textured mesh."""
     from mirage3d.io import claim_output
-    from mirage3d.recon import ReconConfig, reconstruct
+    from mirage3d.recon import reconstruct
     from mirage3d.recon.nerfstudio import NerfstudioConfig, reconstruct_nerfstudio
 
     if backend not in BACKENDS:

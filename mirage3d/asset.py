@@ -21,7 +21,7 @@ from mirage3d.config import save_config
 from mirage3d.diffusion.config import ConsistencyConfig, ViewsConfig
 from mirage3d.errors import InputError, ModelError
 from mirage3d.io import check_output_path, check_writable_parent, load_image
-from mirage3d.recon.config import ReconConfig
+from mirage3d.recon.config import ReconConfig, generated_views_config
 
 # The shipped default model (a diffusers folder with poses/) lives in the repository's assets/.
 # MIRAGE3D_MODELS overrides the folder that holds named models (for wheel installs or other locations).
@@ -78,9 +78,10 @@ class AssetConfig:
     views: ViewsConfig = field(default_factory=asset_views_config)
     """The views stage (mirage3d.diffusion.views): steps, guidance, cross-frame attention, consistency rounds,
     the input's pose and box, seed, device."""
-    recon: ReconConfig = field(default_factory=ReconConfig)
-    """The reconstruction (mirage3d.recon): surface-fit steps, grid resolution, faces, texture size, previews,
-    seed, device. The consistency rounds' fits use it too, without the previews."""
+    recon: ReconConfig = field(default_factory=generated_views_config)
+    """The reconstruction (mirage3d.recon): surface-fit steps, grid resolution (128 for generated views:
+    ``recon.config.GENERATED_VIEWS_RES``), faces, texture size, previews, seed, device. The consistency rounds'
+    fits use it too, without the previews."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ from mirage3d.config import config_from_dict, load_config, replace_fields, save_
 from mirage3d.diffusion.config import ConsistencyConfig, ViewsConfig
 from mirage3d.errors import InputError
 from mirage3d.recon import ReconConfig
+from mirage3d.recon.config import GENERATED_VIEWS_RES, generated_views_config
 
 runner = CliRunner()
 NUM_POSES = 4
@@ -61,7 +62,7 @@ def test_make_asset_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     assert record["views"]["device"] == record["recon"]["device"] == "cpu" and record["views"]["seed"] == record["recon"]["seed"] == 0
     loaded = load_config(AssetConfig, tmp_path / "out" / "car.glb.make-asset.json")  # the record's extra keys are ignored
     assert loaded.model == str(model_dir) and loaded.views.num_inference_steps == 2
-    assert loaded.recon == replace(ReconConfig(), device="cpu", faces=2000)
+    assert loaded.recon == replace(generated_views_config(), device="cpu", faces=2000)
     assert set(record["timings"]) >= {"views", "recon", "total"}
     views = json.loads((tmp_path / "views" / "transforms.json").read_text())
     assert len(views["frames"]) == NUM_POSES
@@ -79,8 +80,9 @@ def test_views_option_spreads_poses(tmp_path: Path, model_dir: Path) -> None:
 
 def test_asset_config_composes_the_stage_configs(tmp_path: Path) -> None:
     cfg = AssetConfig()
-    # only the steps and the rounds differ
-    assert replace(cfg.views, num_inference_steps=50, consistency=ConsistencyConfig(rounds=2)) == ViewsConfig() and cfg.recon == ReconConfig()
+    # only the steps and the rounds differ, and the reconstruction's grid (finer for generated views)
+    assert replace(cfg.views, num_inference_steps=50, consistency=ConsistencyConfig(rounds=2)) == ViewsConfig()
+    assert replace(cfg.recon, res=ReconConfig().res) == ReconConfig() and cfg.recon.res == GENERATED_VIEWS_RES != ReconConfig().res
     assert cfg.views.num_inference_steps == 20
     changed = replace_fields(cfg, {"num_views": 4, "views.consistency.rounds": 2, "recon.iters": 30})
     assert changed.views.consistency.rounds == 2 and cfg.views.consistency.rounds == 0  # a copy, nothing shared

@@ -234,7 +234,7 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     """Views of the object in ``input_path`` (None: unconditional) with cameras, in memory.
 
     ``recon``: the :class:`mirage3d.recon.ReconConfig` of the fits inside the consistency rounds (default:
-    ReconConfig's defaults on ``cfg.device`` with ``cfg.seed``).
+    ``recon.config.generated_views_config`` on ``cfg.device`` with ``cfg.seed``: the grid for generated views).
     """
     cfg = cfg or ViewsConfig()
     model_dir = Path(model_dir)
@@ -262,9 +262,9 @@ def make_views(input_path: str | Path | None, model_dir: str | Path, cfg: ViewsC
     render_fn = None
     if cfg.consistency.rounds:
         if recon is None:
-            from mirage3d.recon import ReconConfig
+            from mirage3d.recon.config import generated_views_config
 
-            recon = ReconConfig(seed=cfg.seed, device=cfg.device)
+            recon = generated_views_config(seed=cfg.seed, device=cfg.device)
         render_fn = consistency_renderer(pipe, cfg, recon, None if prepared is None else prepared.mask)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(cfg.seed)
