@@ -265,7 +265,7 @@ def test_bad_views_same_error_as_voxel_and_nothing_launched(views, tmp_path, fak
         (["--backend", "mesh"], "--backend 'mesh' must be one of voxel, nerfstudio"),
         (["--method", "nerfacto"], "--method applies only to --backend nerfstudio"),
         (["--backend", "nerfstudio", "--method", "splatfacto"], "--method 'splatfacto' must be one of"),
-        (["--backend", "nerfstudio", "--res", "64"], "--res applies only to --backend voxel"),
+        (["--backend", "nerfstudio", "--res", "96"], "--res applies only to --backend voxel"),
         (["--backend", "nerfstudio", "--device", "cpu"], "--device applies only to --backend voxel"),
         (["--backend", "nerfstudio", "--iters", "0"], "--iters 0 must be between"),
     ],
