@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mirage3d.recon.raster import project
 from mirage3d.recon.views import ViewSet, generate_rays, pixel_centres, ray_aabb
 
 
@@ -239,7 +240,7 @@ def silhouette_coherence(
     uv = pixel_centres(hs, ws).to(device)
     lo_t, hi_t = (torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device) for x in (lo, hi))
     to_pixels = torch.tensor([[ws / w], [hs / h], [1.0]], device=device)
-    flip = torch.tensor([1.0, -1.0, -1.0], device=device)  # OpenGL → OpenCV camera axes
+    to_grid = torch.tensor([2.0 / ws, 2.0 / hs], device=device)  # pixels → grid_sample's [-1, 1]
     steps = (torch.arange(samples, dtype=torch.float32) + 0.5).to(device) / samples
     for it in range(iters):
         frac = it / max(1, iters - 1)
@@ -252,10 +253,7 @@ def silhouette_coherence(
         near, far = ray_aabb(o, d, lo_t, hi_t)
         t = near[:, None] + (far - near).clamp_min(0)[:, None] * steps[None]
         x = (o[:, None] + t[..., None] * d[:, None]).reshape(-1, 3)  # (B·S, 3)
-        P = Ks @ (flip[:, None] * torch.linalg.inv(c2w)[:, :3])  # (N, 3, 4) world → pixels
-        q = torch.einsum("mk,nik->nmi", x, P[:, :, :3]) + P[:, None, :, 3]  # (N, B·S, 3)
-        z = q[..., 2:].clamp_min(1e-6)
-        grid = (q[..., :2] / z) / torch.tensor([ws, hs], device=device) * 2 - 1
+        grid = project(x, c2w, Ks)[0] * to_grid - 1  # (N, B·S, 2): every sample in every view
         occ = F.grid_sample(a, grid[:, :, None], mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0]
         occ = occ.reshape(n, batch_rays, samples)
         own = F.one_hot(vi, n).T.bool()[:, :, None]  # a ray's own view does not carve it

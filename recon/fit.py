@@ -280,6 +280,11 @@ class Stage:
     width_end: float
 
 
+def loose_hull(cfg: ReconConfig, n_views: int) -> tuple[int, int]:
+    """(dilation px, misses) of the hull that camera refinement starts from: wide enough for wrong cameras."""
+    return cfg.hull_dilate_px + cfg.pose_dilate_px, max(cfg.hull_misses, int(cfg.pose_misses * n_views))
+
+
 def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
     """The pose stage (with ``refine_cameras``) then the surface stage."""
     out = []
@@ -293,8 +298,7 @@ def stages(cfg: ReconConfig, n_views: int, hw: tuple[int, int]) -> list[Stage]:
                 cfg.pose_iters,
                 cfg.pose_batch_rays,
                 levels,
-                cfg.hull_dilate_px + cfg.pose_dilate_px,
-                max(cfg.hull_misses, int(cfg.pose_misses * n_views)),
+                *loose_hull(cfg, n_views),
                 cfg.lr_camera,
                 cfg.width_start,
                 cfg.pose_width_end,
@@ -322,11 +326,8 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
         views = replace(views, c2w=aim_at_silhouettes(views))
     plan = stages(cfg, views.n, views.hw)
     if cfg.refine_cameras and cfg.coherence_iters > 0:
-        lo, hi = scene_box(
-            views,
-            replace(cfg, hull_dilate_px=cfg.hull_dilate_px + cfg.pose_dilate_px, hull_misses=int(cfg.pose_misses * views.n)),
-            margin=cfg.box_margin,
-        )
+        dilate, misses = loose_hull(cfg, views.n)
+        lo, hi = scene_box(views, replace(cfg, hull_dilate_px=dilate, hull_misses=misses), margin=cfg.box_margin)
         c2w = silhouette_coherence(views, lo, hi, cfg.coherence_iters, shared_elevation=cfg.shared_elevation, seed=cfg.seed, device=device)
         views = replace(views, c2w=c2w)
     lo, hi = scene_box(views, replace(cfg, hull_dilate_px=plan[0].hull_dilate_px, hull_misses=plan[0].hull_misses), margin=cfg.box_margin)

@@ -44,13 +44,14 @@ def _covered(tri: torch.Tensor, h: int, w: int, max_candidates: int = 1 << 26) -
 
 def project(points: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """World points (P, 3) → pixel coordinates (P, 2) (x right, y down, centres at +0.5) and depth (P,)
-    along the optical axis, for one camera (OpenGL axes: it looks down its -Z)."""
-    R, t = c2w[:3, :3], c2w[:3, 3]
-    cam = (points - t) @ R  # (P, 3) = Rᵀ (p - t)
-    depth = -cam[:, 2]
+    along the optical axis, for one camera (OpenGL axes: it looks down its -Z). With cameras ``c2w`` (N, 4, 4)
+    the results are (N, P, 2) and (N, P), one row per camera."""
+    R, t = c2w[..., :3, :3], c2w[..., :3, 3]
+    cam = (points - t[..., None, :]) @ R  # (P, 3) or (N, P, 3) = Rᵀ (p - t)
+    depth = -cam[..., 2]
     z = depth.clamp_min(1e-9)
-    u = K[0, 0] * cam[:, 0] / z + K[0, 2]
-    v = -K[1, 1] * cam[:, 1] / z + K[1, 2]
+    u = K[0, 0] * cam[..., 0] / z + K[0, 2]
+    v = -K[1, 1] * cam[..., 1] / z + K[1, 2]
     return torch.stack([u, v], -1), depth
 
 
