@@ -268,3 +268,48 @@ def silhouette_coherence(
         cams.fix_gauge()
     with torch.no_grad():
         return cams()[0].cpu().double().numpy()
+
+
+@torch.no_grad()
+def silhouette_agreement(
+    views: ViewSet, lo: np.ndarray, hi: np.ndarray, scale: float = 0.5, samples: int = 32, chunk: int = 4096, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """(N,) per view: the share of its mask (alpha > 0.5) that the visual hull of the *other* views covers.
+
+    With exact cameras the hull of the other views contains the object, so it covers every mask whatever the
+    number of views (it may cover more where few views carve, which this share ignores); a wrong camera, or a
+    view of a different shape, leaves part of the masks uncovered. The measure :func:`silhouette_coherence`
+    optimises, hard-thresholded: a pixel is covered when one of
+    ``samples`` points of its ray inside the box (lo, hi) projects inside every other view's mask. Images at
+    ``scale`` (at least 64 px); only pixels within 4 px of the mask are cast (the hull of the others, carved
+    by views of the same object, does not reach further). Consistent views score about 0.97 (16 exact views of five cars at 128²), cameras
+    turned by up to ±10° plus 3° 0.85-0.91, make-asset's generated views 0.67-0.72 (docs/recon.md).
+    """
+    device = torch.device(device)
+    n, (h, w) = views.n, views.hw
+    hs, ws = (min(x, max(64, int(round(x * scale)))) for x in (h, w))
+    alpha = F.interpolate(torch.from_numpy(views.rgba[..., 3]).float()[:, None], size=(hs, ws), mode="area").to(device)
+    c2w = torch.from_numpy(views.c2w).float().to(device)
+    Ks = torch.from_numpy(views.K).float().to(device) * torch.tensor([[ws / w], [hs / h], [1.0]], device=device)
+    uv = pixel_centres(hs, ws).to(device)
+    lo_t, hi_t = (torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device) for x in (lo, hi))
+    to_grid = torch.tensor([2.0 / ws, 2.0 / hs], device=device)
+    steps = (torch.arange(samples, dtype=torch.float32, device=device) + 0.5) / samples
+    near_mask = F.max_pool2d(alpha, 9, stride=1, padding=4).reshape(n, -1) > 0.01  # where the other views' hull can be
+    out = np.zeros(n)
+    for i in range(n):
+        pix = torch.nonzero(near_mask[i]).squeeze(1)
+        cover = torch.zeros(pix.shape[0], dtype=torch.bool, device=device)
+        for s in range(0, pix.shape[0], chunk):
+            px = uv[pix[s : s + chunk]]
+            o, d = generate_rays(c2w[i].expand(px.shape[0], 4, 4), px, Ks)
+            near, far = ray_aabb(o, d, lo_t, hi_t)
+            t = near[:, None] + (far - near).clamp_min(0)[:, None] * steps[None]
+            x = (o[:, None] + t[..., None] * d[:, None]).reshape(-1, 3)
+            grid = project(x, c2w, Ks)[0] * to_grid - 1  # (N, B·S, 2)
+            inside = F.grid_sample(alpha, grid[:, :, None], mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0] > 0.5
+            inside[i] = True  # a view does not carve its own rays
+            cover[s : s + chunk] = inside.reshape(n, -1, samples).all(0).any(1) & (far > near)
+        mask = alpha[i, 0].reshape(-1)[pix] > 0.5
+        out[i] = float((cover & mask).sum() / mask.sum().clamp_min(1))
+    return out

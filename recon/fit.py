@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from mirage3d.devices import resolve_device
 from mirage3d.errors import InputError
-from mirage3d.recon.cameras import CameraModel, GroupAdam, aim_at_silhouettes, silhouette_coherence
+from mirage3d.recon.cameras import CameraModel, GroupAdam, aim_at_silhouettes, silhouette_agreement, silhouette_coherence
 from mirage3d.recon.config import ReconConfig
 from mirage3d.recon.field import SDFField
 from mirage3d.recon.views import ViewSet, generate_rays, pixel_centres, ray_aabb
@@ -367,6 +367,11 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
                             replace(views, c2w=c2w_now, K=K_now),
                             replace(cfg, hull_dilate_px=st.hull_dilate_px, hull_misses=st.hull_misses),
                         )
+                        w_lap = cfg.w_laplacian
+                        if st is plan[-1] and cfg.w_laplacian_disagree != cfg.w_laplacian:
+                            # Views that disagree (cameras off, generated views) get the stronger smoothing.
+                            agree = silhouette_agreement(replace(views, c2w=c2w_now, K=K_now), lo, hi, device=device)
+                            w_lap = cfg.w_laplacian if agree.mean() >= cfg.agreement else cfg.w_laplacian_disagree
                     fld = SDFField(lo, voxel, shape, hull).to(device)
                 else:
                     fld = fld.resample(voxel)
@@ -380,7 +385,9 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
             inv_s = 1.0 / ((st.width_start * level_voxel(extent, cfg.res, st.levels[0][0])) ** (1 - fr) * (st.width_end * fld.voxel) ** fr)
             if it % 10 == 0:
                 fld.update_band(cfg.reg_band * fld.voxel)
-            loss, mse = _step(fld, opt, cams, cam_opt, pool, views, cfg, st.batch_rays, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr)
+            loss, mse = _step(
+                fld, opt, cams, cam_opt, pool, views, cfg, st.batch_rays, inv_s, gen, view_err, it >= cfg.camera_start * st.iters, fr, w_lap
+            )
             done += 1
             if it % 20 == 0 or it == st.iters - 1:
                 rec = {"step": float(done), "loss": float(loss), "psnr": -10.0 * math.log10(max(float(mse), 1e-10))}
@@ -419,8 +426,10 @@ def _step(
     view_err: torch.Tensor,
     cameras_learn: bool,
     frac: float,
+    w_lap: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on a random batch of pixels; returns (loss, colour MSE), detached."""
+    """One optimisation step on a random batch of pixels (``w_lap``: this stage's Laplacian weight); returns
+    (loss, colour MSE), detached."""
     device = fld.lo.device
     idx = pool.sample(batch_rays, gen)
     vi = pool.view[idx]
@@ -446,7 +455,7 @@ def _step(
             cnt = torch.bincount(vi, minlength=views.n).clamp_min(1)
             view_err.mul_(0.9).add_(0.1 * e / cnt)
     eik, lap, tv = fld.regularisers()
-    loss = data + cfg.w_eikonal * eik + cfg.w_laplacian * lap + cfg.w_tv_color * tv
+    loss = data + cfg.w_eikonal * eik + w_lap * lap + cfg.w_tv_color * tv
     opt.zero_grad(set_to_none=True)
     if cam_opt is not None:
         cam_opt.zero_grad(set_to_none=True)

@@ -80,10 +80,10 @@ def test_views_option_spreads_poses(tmp_path: Path, model_dir: Path) -> None:
 
 def test_asset_config_composes_the_stage_configs(tmp_path: Path) -> None:
     cfg = AssetConfig()
-    # only the steps and the rounds differ, and the reconstruction's grid (finer for generated views) and smoothing
+    # only the steps and the rounds differ, and the reconstruction's grid (finer for generated views)
     assert replace(cfg.views, num_inference_steps=50, consistency=ConsistencyConfig(rounds=2)) == ViewsConfig()
     d = ReconConfig()
-    assert replace(cfg.recon, res=d.res, w_laplacian=d.w_laplacian) == d and cfg.recon.res == GENERATED_VIEWS_RES != d.res
+    assert replace(cfg.recon, res=d.res) == d and cfg.recon.res == GENERATED_VIEWS_RES != d.res
     assert cfg.views.num_inference_steps == 20
     changed = replace_fields(cfg, {"num_views": 4, "views.consistency.rounds": 2, "recon.iters": 30})
     assert changed.views.consistency.rounds == 2 and cfg.views.consistency.rounds == 0  # a copy, nothing shared

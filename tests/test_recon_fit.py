@@ -134,6 +134,25 @@ def test_silhouette_coherence_turns_cameras_back():
     np.testing.assert_allclose(got[0], views.c2w[0], atol=1e-6)  # the reference does not move
 
 
+def test_silhouette_agreement_separates_exact_from_turned_cameras():
+    """The share of each mask covered by the hull of the other views: (almost) all of it with exact cameras,
+    for 6 or 16 views alike; with 16 views, cameras turned by up to ±10° leave part of the masks uncovered
+    (with 6, the hull of the other five is loose enough to cover most of a turned view's mask)."""
+    from mirage3d.recon.cameras import silhouette_agreement
+    from mirage3d.recon.fit import scene_box
+
+    for n in (6, 16):
+        views = toy_car_views(n_views=n, res=64, elevations=(20.0,))
+        rng = np.random.default_rng(1)
+        bad = np.stack([_turned(m, rng.uniform(-10, 10), 3.0) for m in views.c2w])
+        lo, hi = scene_box(views, ReconConfig(hull_misses=0), margin=0.05)
+        exact = silhouette_agreement(views, lo, hi)
+        turned = silhouette_agreement(ViewSet(views.rgba, bad, views.K), lo, hi)
+        assert exact.shape == (n,) and exact.min() > 0.97, exact
+        if n == 16:
+            assert turned.mean() < exact.mean() - 0.03 and turned.mean() < ReconConfig().agreement, turned
+
+
 def test_refinement_in_the_fit_reduces_a_camera_error():
     """The joint stage of refinement (the pose stage, without the silhouette coherence before it) with one
     view turned 4.5° about the object: that error more than halves and no view ends beyond 1.5° (the joint

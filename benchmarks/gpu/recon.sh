@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reconstruction figures of docs/recon.md on the GPU machine, in one call of < 8 minutes (LIMIT=3: about 6):
+# Reconstruction figures of docs/recon.md on the GPU machine, in one call of < 9 minutes (LIMIT=3: about 7):
 #   source scripts/device_env.sh && bash benchmarks/gpu/recon.sh OUT
 # Renders 32-view orbits (128²) of the shared cars (.carry/meshes/cars and .carry/meshes/cars-more, LIMIT
 # of them, default 4; the perturbation rows use the first 3) on the device, then benchmarks/bench_recon.py (16 or 8 of the 32 views for training,
@@ -11,14 +11,14 @@
 #   res256.md   16 views rendered at 256² (texture 1024²), one car, refinement off;
 #   turntable.png / turntable.gif  the textured GLB of the first car from 16 exact views (unlit);
 #   summary.md  the per-setting means of the three tables.
-# Each step has a timeout (the whole script stays under 8 minutes; a step cut short keeps its rows so far).
+# Each step has a timeout (the whole script stays under 9 minutes; a step cut short keeps its rows so far).
 # Environment: LIMIT (cars), W (scratch, default /tmp/recon_gpu), SMOKE=1 (a tiny CPU check of this script:
 # 1 car, 32-view orbits at 64², few steps; the numbers mean nothing).
 set -uo pipefail
 OUT=${1:?usage: bash benchmarks/gpu/recon.sh OUT}
 W=${W:-/tmp/recon_gpu}
 LIMIT=${LIMIT:-4}
-DEV=cuda ORBITS=32 RES=128 SET="" T1=180 T2=200 T3=50
+DEV=cuda ORBITS=32 RES=128 SET="" T1=170 T2=280 T3=50
 if [ "${SMOKE:-0}" = 1 ]; then
   DEV=cpu LIMIT=1 ORBITS=32 RES=64 T1=900 T2=900 T3=900
   SET="--set iters=8 pose_iters=8 res=32 faces=2000 texture_size=128"
