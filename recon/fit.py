@@ -329,7 +329,11 @@ def _fit(views: ViewSet, cfg: ReconConfig, device: torch.device, progress: Progr
         dilate, misses = loose_hull(cfg, views.n)
         lo, hi = scene_box(views, replace(cfg, hull_dilate_px=dilate, hull_misses=misses), margin=cfg.box_margin)
         c2w = silhouette_coherence(views, lo, hi, cfg.coherence_iters, shared_elevation=cfg.shared_elevation, seed=cfg.seed, device=device)
-        views = replace(views, c2w=c2w)
+        # Kept only if the masks agree better with the new cameras: with few views that already agree, the
+        # loose hull of the others biases the coherence loss and it moves exact cameras (docs/recon.md).
+        before = silhouette_agreement(views, lo, hi, device=device).mean()
+        if silhouette_agreement(replace(views, c2w=c2w), lo, hi, device=device).mean() > before:
+            views = replace(views, c2w=c2w)
     lo, hi = scene_box(views, replace(cfg, hull_dilate_px=plan[0].hull_dilate_px, hull_misses=plan[0].hull_misses), margin=cfg.box_margin)
     extent = hi - lo
     cams = CameraModel(
