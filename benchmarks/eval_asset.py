@@ -1,11 +1,11 @@
 """End-to-end quality of `make-asset` on shapes the model never saw, beside the template baseline (Markdown).
 
     python3 benchmarks/eval_asset.py --collection C --model MODEL --out OUT [--objects 5] [--input-frames 1,2,6]
-        [--steps 50] [--device auto] [--seed 0] [--variants independent,cross-frame,all-views,all-views+rounds] [--templates DIR]
+        [--steps 50] [--device auto] [--seeds 0] [--variants independent,cross-frame,all-views,all-views+rounds] [--templates DIR]
 
 C is a collection rendered with ``--orbits`` from meshes the model did not train on (for the shipped car
 model: ``../shared/meshes/cars-more``). For each orbit folder, each orbit frame of ``--input-frames`` (default 1)
-is an input photo; every variant runs `make_asset` on it and keeps its views (the means are over objects × frames):
+is an input photo; every variant runs `make_asset` on it and keeps its views (the means are over objects × frames × seeds):
 
 - ``independent``: each view sampled on its own (no cross-frame attention), the baseline of the views;
 - ``cross-frame``: generated views attend to the input only (MIRAGE);
@@ -143,7 +143,9 @@ def main() -> None:
     ap.add_argument("--input-frames", default="1", help="comma-separated orbit frames used as inputs, e.g. 1,2,6")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seeds", default="0", help="comma-separated seeds of the views and the reconstruction, e.g. 0,1,2 (one's mesh F@2%% varies by about ±0.04)"
+    )
     ap.add_argument("--variants", default="independent,cross-frame,all-views,all-views+rounds")
     ap.add_argument("--set", action="append", default=[], help="dotted.field=value (JSON value) for every variant, e.g. views.tune.lr=1e-4")
     ap.add_argument("--templates", type=Path, default=Path("../shared/meshes/cars"), help="training meshes for the template baseline")
@@ -153,6 +155,10 @@ def main() -> None:
         frames = [int(f) for f in a.input_frames.split(",") if f.strip()]
     except ValueError:
         sys.exit(f"--input-frames {a.input_frames!r} must be comma-separated frame numbers like 1,2,6")
+    try:
+        seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    except ValueError:
+        sys.exit(f"--seeds {a.seeds!r} must be comma-separated integers like 0,1,2")
     folders = sorted(p.parent for p in (a.collection / "orbits").glob("*/transforms.json"))[: a.objects]
     if not folders:
         sys.exit(f"no orbit folders in {a.collection / 'orbits'}: render with --orbits")
@@ -162,7 +168,11 @@ def main() -> None:
     templates = [normalised_trimesh(load_normalised(p)).to_geometry() for p in find_meshes(a.templates)]
     base = replace_fields(
         AssetConfig(model=a.model),
-        {"views.num_inference_steps": a.steps, "views.device": a.device, "recon.device": a.device, "views.seed": a.seed, "recon.seed": a.seed},
+        {
+            "views.num_inference_steps": a.steps,
+            "views.device": a.device,
+            "recon.device": a.device,
+        },
     )
     overrides = {}  # --set: applied after each variant's own settings
     for kv in a.set:
@@ -173,24 +183,24 @@ def main() -> None:
             overrides[key] = val
     score_recon = generated_views_config(seed=0, device=a.device)
     rows = []
-    head = "| object | frame | variant | views PSNR | SSIM | mask IoU | consistency dB | Chamfer-L1 | F@1% | F@2% | template F@2% mean / best | views s | recon s |"
+    head = "| object | frame | seed | variant | views PSNR | SSIM | mask IoU | consistency dB | Chamfer-L1 | F@1% | F@2% | template F@2% mean / best | views s | recon s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for folder, frame in ((fo, fr) for fo in folders for fr in frames):
+    for folder, frame, seed in ((fo, fr, sd) for fo in folders for fr in frames for sd in seeds):
         truth = read_transforms(folder)
         if not 0 <= frame < len(truth.frames):
             sys.exit(f"--input-frames: {folder} has frames 0..{len(truth.frames) - 1}, not {frame}")
         phi = float(azimuths(truth)[frame])
         true_mesh = trimesh.load(folder / "mesh.glb", force="mesh")
-        if frame == frames[0]:
+        if frame == frames[0] and seed == seeds[0]:
             t_mean, t_best = template_scores(templates, true_mesh)
         for variant in variants:
-            name = f"{folder.name}_f{frame}_{variant}"
+            name = f"{folder.name}_f{frame}_s{seed}_{variant}"
             glb = a.out / f"{name}.glb"
             res = make_asset(
                 folder / truth.frames[frame].file_path,
                 glb,
-                replace_fields(replace_fields(base, VARIANTS[variant]), overrides),
+                replace_fields(replace_fields(base, {**VARIANTS[variant], "views.seed": seed, "recon.seed": seed}), overrides),
                 keep_views=a.out / f"{name}_views",
                 overwrite=True,
             )
@@ -200,6 +210,7 @@ def main() -> None:
             row = {
                 "object": folder.name,
                 "input_frame": frame,
+                "seed": seed,
                 "variant": variant,
                 "input_azimuth": phi,
                 "reference_pose": res.reference_pose,
@@ -217,7 +228,7 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"| {folder.name} | {frame} | {variant} | {p:.2f} | {q:.3f} | {iou:.3f} | {cons:.2f} | {geo.chamfer_l1:.3f} | {geo.fscore[0.01]:.3f} | "
+                f"| {folder.name} | {frame} | {seed} | {variant} | {p:.2f} | {q:.3f} | {iou:.3f} | {cons:.2f} | {geo.chamfer_l1:.3f} | {geo.fscore[0.01]:.3f} | "
                 f"{geo.fscore[0.02]:.3f} | {t_mean:.3f} / {t_best:.3f} | {res.timings['views']:.1f} | {res.timings['recon']:.1f} |",
                 flush=True,
             )
@@ -227,7 +238,7 @@ def main() -> None:
         vr = [r for r in rows if r["variant"] == variant]
         m = means[variant] = {k: float(np.mean([r[k] for r in vr])) for k in keys}
         print(
-            f"| **mean of {len(vr)}** | | {variant} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mask_iou']:.3f} | {m['consistency_db']:.2f} | "
+            f"| **mean of {len(vr)}** | | | {variant} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mask_iou']:.3f} | {m['consistency_db']:.2f} | "
             f"{m['chamfer_l1']:.3f} | {m['f1']:.3f} | {m['f2']:.3f} | {m['template_f2_mean']:.3f} / {m['template_f2_best']:.3f} | "
             f"{m['views_s']:.1f} | {m['recon_s']:.1f} |"
         )
