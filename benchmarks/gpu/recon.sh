@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Reconstruction figures of docs/recon.md on the GPU machine, in one call of < 9 minutes (LIMIT=3: about 7):
 #   source scripts/device_env.sh && bash benchmarks/gpu/recon.sh OUT
+# (carry .whl, .gl and .carry/meshes; the recon needs no diffusers, so when the tree is too large to travel,
+# carry a copy of .whl without the diffusers wheel under another name and rename it to .whl on the device)
 # Renders 32-view orbits (128²) of the shared cars (.carry/meshes/cars and .carry/meshes/cars-more, LIMIT
 # of them, default 4; the perturbation rows use the first 3) on the device, then benchmarks/bench_recon.py (16 or 8 of the 32 views for training,
 # the views half-way between them held out):
