@@ -168,11 +168,7 @@ def main() -> None:
     templates = [normalised_trimesh(load_normalised(p)).to_geometry() for p in find_meshes(a.templates)]
     base = replace_fields(
         AssetConfig(model=a.model),
-        {
-            "views.num_inference_steps": a.steps,
-            "views.device": a.device,
-            "recon.device": a.device,
-        },
+        {"views.num_inference_steps": a.steps, "views.device": a.device, "recon.device": a.device},
     )
     overrides = {}  # --set: applied after each variant's own settings
     for kv in a.set:
