@@ -31,7 +31,7 @@ from typer._click import exceptions as click_exc
 from typer._click.globals import get_current_context
 from typer.core import TyperGroup
 
-from mirage3d.errors import INTERRUPTED, TERMINATED, InputError, MirageError, Terminated, one_line
+from mirage3d.errors import INTERRUPTED, TERMINATED, InputError, MirageError, Terminated, one_line, raise_if_terminated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,8 +94,7 @@ def handle_errors(fn: F | None = None, *, hold_warnings: bool = True) -> Any:
             try:
                 _check_finite(kwargs)
                 result = fn(*args, **kwargs)
-                if TERMINATED.is_set():  # the handler's exception was swallowed somewhere: still a terminated run
-                    raise Terminated()
+                raise_if_terminated()  # a handler's exception was swallowed somewhere: still a stopped run
                 ok = True
                 return result
             except typer.Exit:

@@ -45,8 +45,12 @@ conversion (PyOpenGL's, while rendering) reaches the caller as ``ctypes.Argument
 
 
 def raise_if_terminated() -> None:
+    """Raise the signal's exception again if the CLI's SIGTERM or SIGINT handler ran and its own exception was
+    swallowed on the way (atomic writers call this before they rename an output into place; long loops too)."""
     if TERMINATED.is_set():
         raise Terminated()
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt()
 
 
 def _first_line(e: BaseException) -> str:

@@ -87,6 +87,46 @@ app()
 """
 
 
+_SWALLOWED_SIGNAL = r"""
+import ctypes, os, signal, sys, time
+import typer
+from mirage3d.cli._errors import MirageGroup, handle_errors
+from mirage3d.io import atomic_write_text
+
+app = typer.Typer(cls=MirageGroup)
+
+@app.command()
+@handle_errors
+def run(sig: str, out: str) -> None:
+    def callback():  # the handler raises in here, and ctypes prints and drops exceptions of callbacks
+        os.kill(os.getpid(), getattr(signal, sig))
+        time.sleep(5)
+    ctypes.CFUNCTYPE(None)(callback)()
+    atomic_write_text(out, "finished")
+
+@app.command()
+def other() -> None: ...
+
+app()
+"""
+
+
+def test_a_swallowed_signal_still_stops_the_run_and_its_output(tmp_path):
+    # The CI machine once saw SIGINT during a render exit 0 with its output written: the handler's exception
+    # was dropped inside the renderer, and only SIGTERM's flag was checked afterwards.
+    for sig, code in (("SIGTERM", 143), ("SIGINT", 130)):
+        out = tmp_path / f"{sig}.txt"
+        r = subprocess.run(
+            [sys.executable, "-c", _SWALLOWED_SIGNAL, "run", sig, str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**__import__("os").environ, "MIRAGE3D_DEBUG": "0"},
+        )
+        assert r.returncode == code, r.stderr
+        assert not out.exists() and "partial ones were removed" in r.stderr
+
+
 def test_a_signal_inside_a_ctypes_call_still_exits_as_that_signal():
     # The CI machine once saw SIGTERM land inside PyOpenGL's argument conversion: exit 1 and a traceback.
     for sig, code, word in (("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")):

@@ -30,7 +30,7 @@ from PIL import Image
 from mirage3d.cameras import Intrinsics, fit_radius_for_sphere, focal_from_fov, fov_from_focal, look_at, orbit_c2w, spherical_to_position
 from mirage3d.config import save_config
 from mirage3d.data import meshes as M
-from mirage3d.errors import InputError
+from mirage3d.errors import InputError, raise_if_terminated
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_write_text, write_transforms
 
 
@@ -318,6 +318,7 @@ def _render_chunk(job: tuple[str, str, list[int], RenderConfig, str]) -> list[di
     wv = _world_vertices(nm)
     records = []
     for i in indices:
+        raise_if_terminated()  # a signal's exception can be swallowed inside the renderer's ctypes calls
         rec = sample_view(cfg, i, wv)
         intr = Intrinsics(rec["fl_x"], rec["fl_y"], rec["cx"], rec["cy"], cfg.res, cfg.res)
         deform = np.array(rec["deform"]) if "deform" in rec else None
