@@ -25,6 +25,9 @@ def render(
     elev_max: float = typer.Option(35.0, help="Highest camera elevation (degrees)."),
     scale_jitter: float = typer.Option(0.1, help="Per-axis non-uniform scaling 1 ± this (0 = off)."),
     deform: float = typer.Option(0.0, help="Random smooth, left-right symmetric shape deformations: coefficients in ± this (0 = off; docs/data.md)."),
+    views_per_object: int = typer.Option(
+        1, help="Images per drawn object (same paint, shape and light, other cameras; listed in objects.json for train --reference)."
+    ),
     orbits: int = typer.Option(0, help="Also write an orbit of this many views per mesh to orbits/<mesh_id>/ (0 = none)."),
     orbit_elev: float = typer.Option(20.0, help="Elevation of the orbit views (degrees)."),
     supersample: int = typer.Option(1, help="Render at this multiple of --res and filter down (slower, smoother edges)."),
@@ -43,6 +46,7 @@ def render(
         elev_max=elev_max,
         scale_jitter=scale_jitter,
         deform=deform,
+        views_per_object=views_per_object,
         orbits=orbits,
         orbit_elev=orbit_elev,
         supersample=supersample,

@@ -30,6 +30,7 @@ from PIL import Image
 from mirage3d.cameras import Intrinsics, fit_radius_for_sphere, focal_from_fov, fov_from_focal, look_at, orbit_c2w, spherical_to_position
 from mirage3d.config import save_config
 from mirage3d.data import meshes as M
+from mirage3d.data.objects import write_objects
 from mirage3d.errors import InputError, raise_if_terminated
 from mirage3d.io import Frame, Transforms, atomic_dir, atomic_write_text, write_transforms
 
@@ -59,6 +60,11 @@ class RenderConfig:
     deform: float = 0.0
     """Random smooth shape deformations, left-right symmetric (:func:`deform_vertices`): each of their 7
     coefficients uniform in ± this (0 = off; 0.15 makes visibly different bodies that stay car-like)."""
+    views_per_object: int = 1
+    """Images per drawn object: consecutive groups of this many images of a mesh share the paint, the
+    per-axis scale, the deformation and the light (fixed in the world), and differ only in the camera; the
+    groups are listed in ``objects.json`` (what ``train --reference`` pairs views by). 1 = every image its
+    own object. Must divide ``n_per_mesh``."""
     paint_prob: float = 0.8
     """Probability that an image's appearance repaints the mesh's main colour."""
     hue_jitter_deg: float = 15.0
@@ -269,7 +275,18 @@ def deform_vertices(v: np.ndarray, coeffs: np.ndarray, bounds_of: np.ndarray) ->
 
 
 def sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> dict[str, Any]:
-    """All random draws of image ``index`` (from (seed, index) only) → its ground-truth record (no file)."""
+    """All random draws of image ``index`` → its ground-truth record (no file). The camera comes from (seed,
+    index); the object (paint, scale, deformation, light) from (seed, first image of its group), so with
+    ``views_per_object`` 1 everything comes from (seed, index)."""
+    rec = _sample_view(cfg, index, world_vertices)
+    first = index - index % cfg.views_per_object
+    if first != index:
+        obj = _sample_view(cfg, first, world_vertices)
+        rec.update({k: obj[k] for k in ("appearance_seed", "scale", "light", "deform") if k in obj})
+    return rec
+
+
+def _sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> dict[str, Any]:
     rng = np.random.default_rng([cfg.seed, index])
     az = float(rng.uniform(0.0, 360.0))
     el = float(rng.uniform(cfg.elev_min, cfg.elev_max))
@@ -379,6 +396,10 @@ def check_config(cfg: RenderConfig) -> None:
     """Reject out-of-range options with a one-line message naming the option."""
     checks = [
         (cfg.n_per_mesh >= 1, f"--n-per-mesh must be at least 1, got {cfg.n_per_mesh}"),
+        (
+            cfg.views_per_object >= 1 and cfg.n_per_mesh % cfg.views_per_object == 0,
+            f"--views-per-object must be at least 1 and divide --n-per-mesh ({cfg.n_per_mesh}), got {cfg.views_per_object}",
+        ),
         (16 <= cfg.res <= 2048, f"--res must be between 16 and 2048, got {cfg.res}"),
         (-89.0 <= cfg.elev_min <= cfg.elev_max <= 89.0, f"need -89 <= --elev-min <= --elev-max <= 89, got {cfg.elev_min}, {cfg.elev_max}"),
         (0.0 <= cfg.scale_jitter < 0.5, f"--scale-jitter must be in [0, 0.5), got {cfg.scale_jitter}"),
@@ -454,6 +475,9 @@ def render_collection(
                 pool.join()
         records.sort(key=lambda r: r["index"])
         atomic_write_text(tmp / "ground_truth.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        if cfg.views_per_object > 1:
+            groups = [[r["file"] for r in records[k : k + cfg.views_per_object]] for k in range(0, len(records), cfg.views_per_object)]
+            write_objects(tmp, groups)
         n_sheet = min(cfg.contact_sheet, len(records))
         pick = np.linspace(0, len(records) - 1, n_sheet).round().astype(int) if n_sheet else []
         contact_sheet(tmp, [records[i]["file"] for i in pick], cfg.res).save(tmp / "contact_sheet.png")

@@ -34,6 +34,8 @@ class UNetConfig:
     """GroupNorm groups; must divide every entry of ``block_out_channels``."""
     channels: int = 3
     """Image channels the model sees and makes: 3 = RGB composited on white, 4 = RGB + alpha."""
+    reference: bool = False
+    """Also take a clean reference view of the object (``in_channels`` = 2 × channels; ``reference.py``)."""
     max_poses: int = DEFAULT_MAX_POSES
     """Size of the pose vocabulary; the class table has max_poses + 1 rows (row 0 = no pose)."""
     time_scale_shift: str = "scale_shift"
@@ -96,7 +98,7 @@ def build_unet(cfg: UNetConfig) -> UNet2DModel:
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
     return UNet2DModel(
         sample_size=cfg.res,
-        in_channels=cfg.channels,
+        in_channels=cfg.channels * (2 if cfg.reference else 1),
         out_channels=cfg.channels,
         block_out_channels=tuple(cfg.block_out_channels),
         down_block_types=down,
@@ -121,7 +123,8 @@ def unet_config_of(unet: UNet2DModel) -> UNetConfig:
         layers_per_block=int(c.layers_per_block),
         attention_head_dim=int(c.attention_head_dim or 8),
         norm_num_groups=int(c.norm_num_groups),
-        channels=int(c.in_channels),
+        channels=int(c.out_channels),
+        reference=int(c.in_channels) == 2 * int(c.out_channels),
         max_poses=int(c.num_class_embeds or 1) - 1,
         time_scale_shift=str(c.resnet_time_scale_shift),
         dropout=float(c.dropout),

@@ -32,6 +32,7 @@ from mirage3d.diffusion.config import ConsistencyConfig, TuneConfig
 from mirage3d.diffusion.inversion import alpha_bar, ddim_invert, ddim_move, ddim_timesteps, next_levels, to_eps
 from mirage3d.diffusion.labels import NULL_CLASS, pose_to_class
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, PreparedImage, prepare_reference
+from mirage3d.diffusion.reference import ensure_reference_hook, reference_image
 
 
 @dataclass
@@ -102,6 +103,7 @@ class MiragePipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        ensure_reference_hook(unet)  # a reference-conditioned UNet gets the input view appended to every call
 
     @property
     def num_poses(self) -> int | None:
@@ -200,12 +202,13 @@ class MiragePipeline(DiffusionPipeline):
         cross_frame = cross_frame or CrossFrameConfig()
         plan = self._plan(poses, image, reference_pose)
         seed = generator.initial_seed() if generator is not None else None
-        x = self._views(plan, cross_frame, num_inference_steps, guidance_scale, generator, consistency, render_fn)
-        if tune is not None and tune.steps and plan.reference is not None:
-            # The untuned views are the prior that keeps every pose label's viewpoint while the model learns the input.
-            with self._tuned(plan, tune, x, 0 if seed is None else seed):
-                g2 = None if seed is None else torch.Generator().manual_seed(seed)
-                x = self._views(plan, cross_frame, num_inference_steps, guidance_scale, g2, consistency, render_fn)
+        with reference_image(self.unet, plan.reference):  # a reference-conditioned UNet sees the input in every call
+            x = self._views(plan, cross_frame, num_inference_steps, guidance_scale, generator, consistency, render_fn)
+            if tune is not None and tune.steps and plan.reference is not None:
+                # The untuned views are the prior that keeps every pose label's viewpoint while the model learns the input.
+                with self._tuned(plan, tune, x, 0 if seed is None else seed):
+                    g2 = None if seed is None else torch.Generator().manual_seed(seed)
+                    x = self._views(plan, cross_frame, num_inference_steps, guidance_scale, g2, consistency, render_fn)
         images = self._to_output(x, output_type)
         ref_index = plan.out_poses.index(plan.reference_pose)
         cams = [self.cameras[p] for p in plan.out_poses] if self.cameras is not None else None
@@ -228,7 +231,7 @@ class MiragePipeline(DiffusionPipeline):
     def _plain(self, poses, num_inference_steps, guidance_scale, generator, output_type, return_dict):
         res = self.resolution
         b = len(poses)
-        x = torch.randn((b, self.unet.config.in_channels, res, res), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        x = torch.randn((b, self.unet.config.out_channels, res, res), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         x = x.to(self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
         labels = torch.as_tensor([pose_to_class(int(p)) for p in poses], device=self.device)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
@@ -245,14 +248,14 @@ class MiragePipeline(DiffusionPipeline):
         res = self.resolution
         if isinstance(image, torch.Tensor):
             ref = image if image.ndim == 4 else image[None]
-            if ref.shape[0] != 1 or ref.shape[1] != self.unet.config.in_channels or tuple(ref.shape[2:]) != (res, res):
-                raise ValueError(f"image tensor must be (1, {self.unet.config.in_channels}, {res}, {res}) in [-1, 1], got {tuple(image.shape)}")
+            if ref.shape[0] != 1 or ref.shape[1] != self.unet.config.out_channels or tuple(ref.shape[2:]) != (res, res):
+                raise ValueError(f"image tensor must be (1, {self.unet.config.out_channels}, {res}, {res}) in [-1, 1], got {tuple(image.shape)}")
             return ref.float(), None
         prepared = image if isinstance(image, PreparedImage) else prepare_reference(image, res, fill=self.fill, fill_range=self.fill_range)
         if prepared.image.shape[:2] != (res, res):
             raise ValueError(f"prepared image is {prepared.image.shape[:2]}, the model expects {res}x{res}")
         ref = prepared.to_tensor()
-        if self.unet.config.in_channels == 4:  # RGB on white + alpha, all in [-1, 1]
+        if self.unet.config.out_channels == 4:  # RGB on white + alpha, all in [-1, 1]
             ref = torch.cat([ref, torch.from_numpy(prepared.mask)[None, None].float() * 2 - 1], dim=1)
         return ref, prepared.mask
 
@@ -287,7 +290,7 @@ class MiragePipeline(DiffusionPipeline):
         """Joint DDIM over [reference, generated views...] (then the consistency rounds); returns the views in
         ``plan.out_poses`` order."""
         device = self.device
-        res, ch = self.resolution, self.unet.config.in_channels
+        res, ch = self.resolution, self.unet.config.out_channels
         ref_cls = pose_to_class(plan.reference_pose)
         labels = torch.as_tensor([ref_cls, *(pose_to_class(p) for p in plan.gen_poses)], device=device) + self._label_shift  # (V,)
         n_views = len(labels)

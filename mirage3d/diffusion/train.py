@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from mirage3d.config import config_to_dict
 from mirage3d.data.collection import load_uint8_images
+from mirage3d.data.objects import read_objects
 from mirage3d.diffusion.ema import EMA
 from mirage3d.diffusion.labels import DEFAULT_MAX_POSES
 from mirage3d.diffusion.model import build_unet, count_parameters, unet_config_from_preset, unet_config_of
@@ -84,6 +85,11 @@ class TrainConfig:
     """Diffusion steps of the training schedule."""
     p_uncond: float = 0.1
     """Probability of replacing a pose label by class 0 (classifier-free guidance); no effect in phase 1."""
+    reference: bool = False
+    """Train a reference-conditioned model (``reference.py``): each image is denoised beside another view of its
+    object, from the collection's ``objects.json``. With ``init`` a plain model gains the reference input."""
+    p_no_reference: float = 0.1
+    """With ``reference``: probability of giving no reference (zeros), so the model also works without one."""
     flip: bool = True
     """Random horizontal flips, with pose k relabelled mirror[k]."""
     ema_max_decay: float = 0.9999
@@ -162,6 +168,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.max_steps >= 1, f"max steps must be >= 1, got {cfg.max_steps}"),
         (cfg.minutes is None or cfg.minutes > 0, f"minutes must be > 0, got {cfg.minutes}"),
         (0.0 <= cfg.p_uncond < 1.0, f"p_uncond must be in [0, 1), got {cfg.p_uncond}"),
+        (0.0 <= cfg.p_no_reference < 1.0, f"p_no_reference must be in [0, 1), got {cfg.p_no_reference}"),
         (cfg.prediction_type in ("epsilon", "v_prediction"), f"prediction type must be epsilon or v_prediction, got {cfg.prediction_type!r}"),
         (cfg.beta_schedule in ("squaredcos_cap_v2", "linear"), f"beta schedule must be squaredcos_cap_v2 or linear, got {cfg.beta_schedule!r}"),
         (cfg.num_train_timesteps >= 2, f"num_train_timesteps must be >= 2, got {cfg.num_train_timesteps}"),
@@ -241,11 +248,18 @@ def train(
 
     init_unet = _load_init(Path(init)) if init is not None else None
     if init_unet is not None:
+        if cfg.reference:
+            from mirage3d.diffusion.reference import with_reference_input
+
+            init_unet = with_reference_input(init_unet)
         ucfg = unet_config_of(init_unet)
         if cfg.res is not None and cfg.res != ucfg.res:
             raise InputError(f"--res {cfg.res} differs from the --init model's resolution {ucfg.res}; drop --res")
     else:
-        ucfg = unet_config_from_preset(cfg.model, res=cfg.res, channels=cfg.channels, max_poses=cfg.max_poses)
+        ucfg = unet_config_from_preset(cfg.model, res=cfg.res, channels=cfg.channels, max_poses=cfg.max_poses, reference=cfg.reference or None)
+    if ucfg.reference and not cfg.reference:
+        raise InputError("the --init model is reference-conditioned; add --reference to go on training it")
+    objects = read_objects(collection, names) if cfg.reference else None
     num_classes = ucfg.max_poses + 1
     classes, mirror_cls = class_tables(len(files), pose_labels, num_classes)
 
@@ -286,7 +300,7 @@ def train(
     record["unet"]["attention"] = list(ucfg.attention)
     # Data: this process's shard, decoded once into uint8 (n, 4, res, res), on the GPU when it fits. Decoded
     # before the output folder is touched, so a bad image in the collection leaves no train_config.json behind.
-    shard = list(range(rank, len(files), world))
+    shard = list(range(rank, len(files), world)) if objects is None else [i for i in range(len(files)) if objects[i] % world == rank]
     images = load_uint8_images([files[i] for i in shard], ucfg.res, cfg.workers)
     if main:
         prepare_output(output, record, overwrite)
@@ -310,6 +324,8 @@ def train(
         p_uncond=cfg.p_uncond if pose_labels is not None else 0.0,
         seed=cfg.seed,
         rank=rank,
+        objects=None if objects is None else torch.from_numpy(objects[shard]),
+        p_no_reference=cfg.p_no_reference,
     )
 
     # Model, EMA, optimizer.
@@ -389,11 +405,13 @@ def train(
         for micro in range(accum):
             counter = step * accum + micro
             gen = source.generator(counter, device)
-            x0, cls = source.batch(counter, device, gen)  # (B, C, res, res) in [-1, 1], (B,)
+            x0, cls = source.batch(counter, device, gen)  # (B, C, res, res) in [-1, 1], (B,); (B, 2C, ...) with a reference
+            x0, ref = (x0[:, : ucfg.channels], x0[:, ucfg.channels :]) if ucfg.reference else (x0, None)
             noise = torch.randn(x0.shape, generator=gen, device=device)
             t = torch.randint(0, T, (x0.shape[0],), generator=gen, device=device)
             a, s = sqrt_a[t].view(-1, 1, 1, 1), sqrt_1ma[t].view(-1, 1, 1, 1)
-            noisy = (a * x0 + s * noise).contiguous(memory_format=memfmt)
+            noisy = a * x0 + s * noise
+            noisy = (noisy if ref is None else torch.cat([noisy, ref], dim=1)).contiguous(memory_format=memfmt)
             target = noise if cfg.prediction_type == "epsilon" else a * noise - s * x0
             sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             with sync:

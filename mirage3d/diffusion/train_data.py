@@ -78,6 +78,8 @@ class BatchSource:
         p_uncond: float,
         seed: int,
         rank: int,
+        objects: torch.Tensor | None = None,
+        p_no_reference: float = 0.1,
     ):
         self.images = images  # (n, 4, res, res) uint8, on the training device or pinned CPU memory
         self.device = images.device
@@ -86,6 +88,20 @@ class BatchSource:
         self.batch_size, self.channels, self.flip, self.p_uncond = batch_size, channels, flip, p_uncond
         self.seed, self.rank = seed, rank
         self._perms: dict[int, torch.Tensor] = {}
+        self.p_no_reference = p_no_reference
+        self.objects = None
+        if objects is not None:  # (n,) object id per image: batches carry a random other view of the same object
+            objects = torch.as_tensor(objects, dtype=torch.long)
+            order = torch.sort(objects, stable=True).indices  # images grouped by object
+            ids, sizes = torch.unique_consecutive(objects[order], return_counts=True)
+            if len(ids) != len(torch.unique(objects)) or int(sizes.min()) < 2:
+                raise InputError("every object needs at least two views in this process's share of the collection")
+            starts = torch.cumsum(sizes, 0) - sizes
+            rank_of = torch.empty_like(order)
+            rank_of[order] = torch.arange(len(order))
+            group = torch.repeat_interleave(torch.arange(len(ids)), sizes)[rank_of]  # group of each image
+            dev = images.device
+            self.objects = (order.to(dev), starts[group].to(dev), sizes[group].to(dev), (rank_of - starts[group]).to(dev))
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
@@ -107,12 +123,22 @@ class BatchSource:
         return torch.Generator(device=device).manual_seed(step_seed(self.seed, self.rank, counter))
 
     def batch(self, counter: int, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (B, C, res, res) float in [-1, 1] and classes (B,) for micro-step ``counter``, on ``device``."""
+        """Images (B, C, res, res) float in [-1, 1] and classes (B,) for micro-step ``counter``, on ``device``.
+
+        With ``objects``: (B, 2C, res, res), each image followed by another view of its object (the same flip;
+        zeros, "no reference", with probability ``p_no_reference``)."""
         idx = self.indices(counter)
         x = self.images[idx].to(device, non_blocking=True)  # (B, 4, res, res) uint8
         cls = self.classes[idx].to(device)
         x = x[:, : self.channels].float().mul_(2.0 / 255.0).sub_(1.0)
         b = x.shape[0]
+        if self.objects is not None:
+            order, start, size, pos = self.objects
+            step = 1 + (torch.rand(b, generator=gen, device=device) * (size[idx].to(device) - 1)).long().clamp_max(size[idx].to(device) - 2)
+            partner = order[(start[idx] + (pos[idx] + step.to(pos.device)) % size[idx])]
+            ref = self.images[partner].to(device, non_blocking=True)[:, : self.channels].float().mul_(2.0 / 255.0).sub_(1.0)
+            keep = torch.rand(b, generator=gen, device=device) >= self.p_no_reference
+            x = torch.cat([x, ref * keep[:, None, None, None]], dim=1)
         if self.flip:
             flipped = torch.rand(b, generator=gen, device=device) < 0.5
             x = torch.where(flipped[:, None, None, None], x.flip(-1), x)

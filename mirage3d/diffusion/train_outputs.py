@@ -167,7 +167,7 @@ def sample_grid(
             rows = num_poses
         else:  # class 0: the pipeline's __call__ takes pose labels only, so run its loop with the null class
             rows, device, res = 4, unet.device, unet.config.sample_size
-            x = torch.randn((rows * cols, unet.config.in_channels, res, res), generator=g).to(device)
+            x = torch.randn((rows * cols, unet.config.out_channels, res, res), generator=g).to(device)
             labels = torch.full((rows * cols,), NULL_CLASS, device=device)
             pipe.scheduler.set_timesteps(steps, device=device)
             for t in pipe.scheduler.timesteps:

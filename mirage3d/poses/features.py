@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mirage3d.diffusion.reference import ensure_reference_hook
 from mirage3d.errors import DependencyError, InputError, ModelError
 from mirage3d.poses.config import DEFAULT_TIMESTEP
 
@@ -113,13 +114,14 @@ class UNetBackbone(Backbone):
         if not 0 <= self.timestep < n_t:
             raise InputError(f"timestep {timestep} is out of range; use 0..{n_t - 1}")
         self.register_buffer("alpha_bar", alphas_cumprod[self.timestep].float().clone(), persistent=False)
-        if unet.config.in_channels not in (3, 4):
-            raise ModelError(f"the UNet takes {unet.config.in_channels} channels; a feature backbone needs 3 (RGB) or 4 (RGB + alpha)")
+        if unet.config.out_channels not in (3, 4):
+            raise ModelError(f"the UNet makes {unet.config.out_channels} channels; a feature backbone needs 3 (RGB) or 4 (RGB + alpha)")
+        ensure_reference_hook(unet)  # a reference-conditioned UNet is read without a reference (zeros)
         size = unet.config.sample_size
         self.image_size = int(size if isinstance(size, int) else size[0])
         # One fixed noise map shared by every image: features do not depend on batch composition or image order.
         g = torch.Generator().manual_seed(self.seed)
-        self.register_buffer("noise", torch.randn((1, unet.config.in_channels, self.image_size, self.image_size), generator=g), persistent=False)
+        self.register_buffer("noise", torch.randn((1, unet.config.out_channels, self.image_size, self.image_size), generator=g), persistent=False)
         self._modules_by_name = {b: self._resolve(b) for b in self.blocks}
 
     def _resolve(self, name: str) -> torch.nn.Module:
