@@ -58,8 +58,7 @@ class ViewsConfig:
     num_inference_steps: int = 50
     """DDIM steps (η = 0), also used for the inversion of the input."""
     guidance_scale: float = 1.0
-    """Classifier-free guidance (1 = off): against the "no pose" class, or for a reference-conditioned model
-    against the same pose without the reference (``reference.py``)."""
+    """Classifier-free guidance against the "no pose" class (1 = off)."""
     cross_frame: str = "all"
     """"concat" (own + input), "reference_only", "all" (every view) or "off" (independent sampling)."""
     cross_frame_layers: str = "all"

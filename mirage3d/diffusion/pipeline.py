@@ -32,7 +32,7 @@ from mirage3d.diffusion.config import ConsistencyConfig, TuneConfig
 from mirage3d.diffusion.inversion import alpha_bar, ddim_invert, ddim_move, ddim_timesteps, next_levels, to_eps
 from mirage3d.diffusion.labels import NULL_CLASS, pose_to_class
 from mirage3d.diffusion.preprocess import DEFAULT_FILL, PreparedImage, prepare_reference
-from mirage3d.diffusion.reference import ensure_reference_hook, guidance_references, reference_image
+from mirage3d.diffusion.reference import ensure_reference_hook, reference_image
 
 
 @dataclass
@@ -416,15 +416,12 @@ class MiragePipeline(DiffusionPipeline):
         levels = next_levels(timesteps)
         clip = bool(self.scheduler.config.get("clip_sample", False))
         use_cfg = guidance_scale != 1.0
-        # Batch groups: conditional, then "no pose" with classifier-free guidance; each holds all V views. A
-        # reference-conditioned model's second group keeps the pose and drops the reference instead.
-        refs = guidance_references(self.unet, n_views) if use_cfg else None
-        batch_labels = torch.cat([labels, labels if refs is not None else torch.full_like(labels, NULL_CLASS)]) if use_cfg else labels
+        # Batch groups: conditional, then "no pose" with classifier-free guidance; each holds all V views.
+        batch_labels = torch.cat([labels, torch.full_like(labels, NULL_CLASS)]) if use_cfg else labels
         n_groups = 2 if use_cfg else 1
         ref_out = list(ref_latents[:start]) if ref_latents is not None else []
         x = x.clone()
-        guided = reference_image(self.unet, refs) if refs is not None else contextlib.nullcontext()
-        with guided, cross_frame_attention(self.unet, cross_frame.layers if cross_frame.enabled else "none") as state:
+        with cross_frame_attention(self.unet, cross_frame.layers if cross_frame.enabled else "none") as state:
             state.views_per_group, state.mode = n_views, cross_frame.mode
             for i in self.progress_bar(range(start, len(timesteps))):
                 t = int(timesteps[i])

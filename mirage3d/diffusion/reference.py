@@ -75,17 +75,6 @@ def reference_image(unet: torch.nn.Module, image: torch.Tensor | None) -> Iterat
         setattr(unet, _ATTR, before)
 
 
-def guidance_references(unet: torch.nn.Module, n: int) -> torch.Tensor | None:
-    """References for a batch of two groups of ``n``: the current reference, then none (zeros); None when no
-    reference is set. Classifier-free guidance of a reference-conditioned model contrasts the two (the pose
-    label stays), so the views lean towards the reference."""
-    ref = getattr(unet, _ATTR, None) if is_reference_unet(unet) else None
-    if ref is None:
-        return None
-    ref = ref.expand(n, *ref.shape[1:]) if ref.shape[0] != n else ref
-    return torch.cat([ref, torch.zeros_like(ref)])
-
-
 def with_reference_input(unet: torch.nn.Module) -> torch.nn.Module:
     """A copy of plain ``unet`` that also takes a reference: ``conv_in`` gets zero weights for the reference's
     channels, so the new model computes exactly what ``unet`` did until it is trained."""
