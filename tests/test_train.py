@@ -275,9 +275,17 @@ def test_cli_end_to_end_and_bad_input(collection: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.environ.get("MIRAGE3D_TEST_MULTIPROC", "1") == "0", reason="multi-process test disabled")
-def test_two_process_cpu_training(collection: Path, tmp_path: Path) -> None:
-    """torchrun (what `accelerate launch` uses) with 2 gloo CPU processes: shards differ, one checkpoint per step."""
+@pytest.mark.parametrize("reference", [False, True])
+def test_two_process_cpu_training(collection: Path, tmp_path: Path, reference: bool) -> None:
+    """torchrun (what `accelerate launch` uses) with 2 gloo CPU processes: shards differ, one checkpoint per step.
+    With --reference the processes share the objects of objects.json (each object's views in one process)."""
     out = tmp_path / "ddp"
+    if reference:
+        from mirage3d.data.objects import write_objects
+
+        collection = make_collection(tmp_path / "coll")
+        names = [f"images/{i:06d}.png" for i in range(N_IMAGES)]
+        write_objects(collection, [names[k : k + 2] for k in range(0, N_IMAGES, 2)])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -304,6 +312,7 @@ def test_two_process_cpu_training(collection: Path, tmp_path: Path) -> None:
         "1",
         "--device",
         "cpu",
+        *(["--reference"] if reference else []),
     ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -311,6 +320,7 @@ def test_two_process_cpu_training(collection: Path, tmp_path: Path) -> None:
     ck = out / "checkpoints" / "checkpoint-2"
     assert (ck / "random_states_0.pkl").exists() and (ck / "random_states_1.pkl").exists()
     assert p.stdout.count("trained") == 1  # only rank 0 reports
+    assert json.loads((out / "unet" / "config.json").read_text())["in_channels"] == (6 if reference else 3)
 
 
 def test_export_shards_the_unet_and_reloads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
