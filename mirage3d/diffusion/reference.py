@@ -29,11 +29,6 @@ def is_reference_unet(unet: Any) -> bool:
     return int(c.in_channels) == 2 * int(c.out_channels)
 
 
-def image_channels(unet: Any) -> int:
-    """Channels of the images the UNet denoises (3 RGB on white, 4 with alpha)."""
-    return int(unet.config.out_channels)
-
-
 def _append_reference(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
     sample = args[0] if args else kwargs["sample"]
     if sample.shape[1] == module.config.in_channels:
