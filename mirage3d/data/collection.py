@@ -1,9 +1,9 @@
 """Reading an image collection for the unsupervised stages (training, features, pose discovery).
 
 A collection is a folder of images (``COLLECTION/images/*.png`` as written by ``mirage3d data render``,
-or any folder of PNG/JPEG files). Only the pixels are read here, and ``objects.json`` where a collection has
-one (which images show the same object: views of one drawn object in a render, one turntable of photos; no
-pose or 3D information). ``ground_truth.jsonl`` is for evaluation and is never opened by this module.
+or any folder of PNG/JPEG files). Only the pixels are read here: ``ground_truth.jsonl`` is for evaluation
+and is never opened by this module (``objects.json``, which images show one object, is read by
+``mirage3d.data.objects``).
 """
 
 from __future__ import annotations

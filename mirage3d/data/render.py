@@ -278,15 +278,16 @@ def sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> di
     """All random draws of image ``index`` → its ground-truth record (no file). The camera comes from (seed,
     index); the object (paint, scale, deformation, light) from (seed, first image of its group), so with
     ``views_per_object`` 1 everything comes from (seed, index)."""
-    rec = _sample_view(cfg, index, world_vertices)
     first = index - index % cfg.views_per_object
+    rec = _sample_view(cfg, index, world_vertices, shape=first == index)
     if first != index:
         obj = _sample_view(cfg, first, world_vertices)
         rec.update({k: obj[k] for k in ("appearance_seed", "scale", "light", "deform") if k in obj})
     return rec
 
 
-def _sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> dict[str, Any]:
+def _sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray, shape: bool = True) -> dict[str, Any]:
+    """The draws of (seed, index); ``shape`` False skips normalising the scale (the caller takes the object's)."""
     rng = np.random.default_rng([cfg.seed, index])
     az = float(rng.uniform(0.0, 360.0))
     el = float(rng.uniform(cfg.elev_min, cfg.elev_max))
@@ -294,13 +295,15 @@ def _sample_view(cfg: RenderConfig, index: int, world_vertices: np.ndarray) -> d
     dist = fit_radius_for_sphere(1.0, fov_from_focal(f, cfg.res), cfg.fill) * (1.0 + rng.uniform(-cfg.distance_jitter, cfg.distance_jitter))
     appearance_seed = int(rng.integers(1, 2**31 - 1))
     s_raw = 1.0 + rng.uniform(-cfg.scale_jitter, cfg.scale_jitter, size=3)
-    s = s_raw / np.linalg.norm(world_vertices * s_raw, axis=1).max()  # keep the bounding radius at 1 (framing)
     light_dir = spherical_to_position(az + rng.uniform(-90.0, 90.0), rng.uniform(15.0, 75.0), 1.0)
     light = Lighting(tuple(float(x) for x in light_dir), float(rng.uniform(*cfg.light_intensity)), float(rng.uniform(*cfg.ambient)))
     deform = None
     if cfg.deform > 0:  # drawn last, so the other draws (and images with deform 0) stay as they were
         deform = rng.uniform(-cfg.deform, cfg.deform, size=N_DEFORM)
-        s = s_raw / np.linalg.norm(deform_vertices(world_vertices, deform, world_vertices) * s_raw, axis=1).max()  # radius 1 again
+    s = s_raw
+    if shape:  # keep the bounding radius at 1 (framing), deformed or not
+        v = world_vertices if deform is None else deform_vertices(world_vertices, deform, world_vertices)
+        s = s_raw / np.linalg.norm(v * s_raw, axis=1).max()
     c = cfg.res / 2.0
     return {
         "azimuth_deg": az,

@@ -122,21 +122,25 @@ class BatchSource:
     def generator(self, counter: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(step_seed(self.seed, self.rank, counter))
 
+    def _pixels(self, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Images ``idx`` as (B, C, res, res) float in [-1, 1] on ``device``."""
+        x = self.images[idx].to(device, non_blocking=True)  # (B, 4, res, res) uint8
+        return x[:, : self.channels].float().mul_(2.0 / 255.0).sub_(1.0)
+
     def batch(self, counter: int, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, res, res) float in [-1, 1] and classes (B,) for micro-step ``counter``, on ``device``.
 
         With ``objects``: (B, 2C, res, res), each image followed by another view of its object (the same flip;
         zeros, "no reference", with probability ``p_no_reference``)."""
         idx = self.indices(counter)
-        x = self.images[idx].to(device, non_blocking=True)  # (B, 4, res, res) uint8
+        x = self._pixels(idx, device)
         cls = self.classes[idx].to(device)
-        x = x[:, : self.channels].float().mul_(2.0 / 255.0).sub_(1.0)
         b = x.shape[0]
         if self.objects is not None:
             order, start, size, pos = self.objects
-            step = 1 + (torch.rand(b, generator=gen, device=device) * (size[idx].to(device) - 1)).long().clamp_max(size[idx].to(device) - 2)
-            partner = order[(start[idx] + (pos[idx] + step.to(pos.device)) % size[idx])]
-            ref = self.images[partner].to(device, non_blocking=True)[:, : self.channels].float().mul_(2.0 / 255.0).sub_(1.0)
+            n = size[idx]  # views of each image's object; step 1..n-1 through them picks another view
+            step = 1 + (torch.rand(b, generator=gen, device=device) * (n.to(device) - 1)).long().clamp_max(n.to(device) - 2)
+            ref = self._pixels(order[start[idx] + (pos[idx] + step.to(pos.device)) % n], device)
             keep = torch.rand(b, generator=gen, device=device) >= self.p_no_reference
             x = torch.cat([x, ref * keep[:, None, None, None]], dim=1)
         if self.flip:
