@@ -25,7 +25,10 @@ Methods (``--methods``, comma-separated):
 - ``unet-centred``: the UNet features with each image's mean foreground feature subtracted (per image, image
   and mirror image alike) before parts: an image-wide offset (colour, identity) cancels;
 - ``hog-silhouette``: HOG of the silhouettes only (a derived collection: one grey over the object, alpha kept);
-- ``hog-layout``, ``unet-layout``: ``hog`` and ``unet`` with the layout block in the descriptor (``--w-layout 1``).
+- ``hog-layout``, ``unet-layout``: ``hog`` and ``unet`` with the layout block in the descriptor (``--w-layout 1``);
+- ``hog-by-object``, ``unet-by-object``: ``poses discover --by-object``: the poses of each car's ring of views
+  (``mirage3d.poses.rings``), from ``objects.json`` (one object per turntable sequence, written beside the
+  ground truth; no pose information); the backbone only makes the pose model, so the two differ only in it.
 The background is already out of every method: the cut-outs carry alpha, and discovery takes foreground
 patches from alpha. ``--probe`` (on by default) adds, per method, the ARI of a leave-one-car-out linear probe on
 the same features (``probe``; true labels used, an upper bound on the features, not a method), and the ARI / NMI
@@ -54,6 +57,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from mirage3d.cli.main import app
+from mirage3d.data.objects import write_objects
 from mirage3d.data.photos import ImportConfig, import_photos
 from mirage3d.io import atomic_path, atomic_write_json, atomic_write_text
 from mirage3d.poses.extract import MANIFEST, FeatureCache, default_cache_dir
@@ -69,6 +73,8 @@ METHODS = {
     "hog-silhouette": ("silhouette", "hog", None, []),
     "hog-layout": ("cutout", "hog", None, ["--w-layout", "1"]),
     "unet-layout": ("cutout", "model", None, ["--w-layout", "1"]),
+    "hog-by-object": ("cutout", "hog", None, ["--by-object"]),
+    "unet-by-object": ("cutout", "model", None, ["--by-object"]),
 }
 
 
@@ -78,7 +84,8 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 def write_boxes(data: Path, scratch: Path) -> tuple[Path, dict[str, float]]:
-    """``boxes.csv`` for ``data import --boxes`` and the true azimuth of each photo stem."""
+    """``boxes.csv`` for ``data import --boxes`` and the true azimuth of each photo stem (evaluation only); fills
+    ``SEQUENCE`` (stem → turntable sequence: which photos show one car, for ``objects.json``)."""
     boxes, azimuth = scratch / "boxes.csv", {}
     with (data / "azimuth_per_image.csv").open(newline="") as fh, boxes.open("w", newline="") as out:
         w = csv.writer(out)
@@ -86,7 +93,22 @@ def write_boxes(data: Path, scratch: Path) -> tuple[Path, dict[str, float]]:
         for r in csv.DictReader(fh):
             w.writerow([r["file"], *r["bbox"].split(",")])
             azimuth[Path(r["file"]).stem] = float(r["azimuth_deg"])
+            SEQUENCE[Path(r["file"]).stem] = int(r["seq"])
     return boxes, azimuth
+
+
+SEQUENCE: dict[str, int] = {}
+
+
+def write_truth(folder: Path, images: list[Path], azimuth: dict[str, float]) -> None:
+    """``ground_truth.jsonl`` (evaluation only) and ``objects.json`` (one object per turntable: no pose information,
+    what ``poses discover --by-object`` reads) of a collection holding ``images``."""
+    lines = [json.dumps({"file": f"images/{p.name}", "azimuth_deg": azimuth[p.stem]}) + "\n" for p in images]
+    atomic_write_text(folder / "ground_truth.jsonl", "".join(lines))
+    groups: dict[int, list[str]] = {}
+    for p in images:
+        groups.setdefault(SEQUENCE[p.stem], []).append(f"images/{p.name}")
+    write_objects(folder, list(groups.values()))
 
 
 def imported(data: Path, scratch: Path, res: int, boxes: Path) -> Path:
@@ -96,7 +118,7 @@ def imported(data: Path, scratch: Path, res: int, boxes: Path) -> Path:
         return out
     t0 = time.perf_counter()
     result = import_photos(data / "images", out, ImportConfig(res=res, workers=os.cpu_count() or 1), boxes=boxes, overwrite=True)
-    print(f"imported {len(result.files)} photos ({len(result.skipped)} skipped) to {out} in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"imported {result.n_images} photos ({len(result.skipped)} skipped) to {out} in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
@@ -104,8 +126,7 @@ def derived(base: Path, scratch: Path, variant: str, every: int, azimuth: dict[s
     """The collection of one input variant: cut-outs as imported, grayscale or silhouettes; every N-th image."""
     images = sorted((base / "images").glob("*.png"))[::every]
     if variant == "cutout" and every == 1:  # the import itself (its feature caches live in it)
-        lines = [json.dumps({"file": f"images/{p.name}", "azimuth_deg": azimuth[p.stem]}) + "\n" for p in images]
-        atomic_write_text(base / "ground_truth.jsonl", "".join(lines))
+        write_truth(base, images, azimuth)
         return base
     out = scratch / f"{variant}-{base.name}-every{every}"
     if not (out / "ground_truth.jsonl").exists():
@@ -125,8 +146,7 @@ def derived(base: Path, scratch: Path, variant: str, every: int, azimuth: dict[s
                 grey = np.full(rgb.shape[:2], 96.0, dtype=np.float32)
             rgb = np.repeat(grey[..., None], 3, -1).round().astype(np.uint8)
             Image.fromarray(np.concatenate([rgb, rgba[..., 3:]], -1), "RGBA").save(dst)
-        lines = [json.dumps({"file": f"images/{p.name}", "azimuth_deg": azimuth[p.stem]}) + "\n" for p in images]
-        (tmp / "ground_truth.jsonl").write_text("".join(lines))
+        write_truth(tmp, images, azimuth)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out

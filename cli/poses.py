@@ -54,6 +54,9 @@ def discover(
         DescriptorConfig.w_layout, help="Weight of the layout block: features pooled over a 4 x 4 split of the object's box (0 = off; docs/poses.md)."
     ),
     spacing: str = typer.Option(CameraConfig.spacing, help="Azimuth spacing: uniform or sizes."),
+    by_object: bool = typer.Option(
+        False, "--by-object", help="Poses from each object's ring of views (the collection's objects.json: turntables, orbits; docs/poses.md)."
+    ),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = DEVICE,
     workers: int = typer.Option(2, help="Image-decoding workers."),
@@ -72,10 +75,15 @@ def discover(
         descriptor=DescriptorConfig(w_layout=w_layout),
         facing=FacingConfig(w_facing=w_facing, component=None if facing_component == "auto" else int(facing_component), w_front=w_front),
         cameras=CameraConfig(spacing=spacing),
+        by_object=by_object,
         device=device,
         seed=seed,
     )
     check_discovery_input(len(list_images(collection)), cfg, flip)
+    if by_object:  # objects.json read and checked before any work
+        from mirage3d.data.objects import read_objects
+
+        read_objects(collection, [p.relative_to(collection).as_posix() for p in list_images(collection)])
     with claim_output(output, overwrite, kind="dir"):
         result, cache = _discover(
             collection,

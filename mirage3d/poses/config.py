@@ -144,6 +144,9 @@ class DiscoverConfig:
     """the camera of each pose"""
     n_init: int = 8
     """pose clusterings from different seeds; the lowest objective is kept"""
+    by_object: bool = False
+    """poses from each object's ring of views (``objects.json``: which images show one object; mirage3d.poses.rings)
+    instead of clustering the images' descriptors; the descriptors then only make the pose model"""
     sheet_per_pose: int = 12
     """images per pose on the contact sheet"""
     device: str = "auto"

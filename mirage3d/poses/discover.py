@@ -26,7 +26,7 @@ from mirage3d.poses.facing import box_pool
 from mirage3d.poses.model import DescriptorModel, LayoutModel, PoseModel
 from mirage3d.poses.parts import fit_parts
 from mirage3d.poses.poseset import PoseSet
-from mirage3d.poses.ring import ring_azimuths, score_order
+from mirage3d.poses.ring import Ring, ring_azimuths, score_order
 from mirage3d.poses.visual import parts_sheet, pose_sheet
 
 MIN_IMAGES = 8
@@ -257,6 +257,32 @@ def cluster_poses(
     return Clustering(dm, mc, facing_eta2, ring_order)
 
 
+def poses_by_object(
+    cache: FeatureCache, collection: Path, dm: DescriptorModel, d_raw: torch.Tensor, f_raw: torch.Tensor | None, cfg: DiscoverConfig
+) -> tuple[Clustering, Ring, dict]:
+    """The poses of each object's ring of views (``mirage3d.poses.rings``); the descriptors of the images only make
+    the pose centres (the pose model). Returns the clustering, the ring and what to record."""
+    from PIL import Image
+
+    from mirage3d.data.objects import read_objects
+    from mirage3d.poses.rings import ring_poses, view_descriptors
+
+    obj = read_objects(collection, list(cache.files))
+
+    def images():
+        for name in cache.files:
+            with Image.open(collection / name) as im:
+                yield np.asarray(im.convert("RGBA"))
+
+    rp = ring_poses(*view_descriptors(images()), obj, cfg.num_poses)
+    fit_normalisation(dm, d_raw, f_raw, cfg)
+    d = dm.normalise(d_raw)
+    mc = clusters_from_labels(d, dm.normalise(f_raw) if f_raw is not None else d, rp.labels, rp.mirror)
+    ring = Ring(list(range(cfg.num_poses)), rp.azimuth_deg, 0.0, 0.0)
+    record = {"by_object": {"objects": len(rp.choices), "angle_deg": [round(float(a), 2) for a in rp.angle_deg]}}
+    return Clustering(dm, mc, None, ring.order), ring, record
+
+
 def discover_poses(
     cache: FeatureCache,
     collection: str | Path,
@@ -275,12 +301,16 @@ def discover_poses(
     torch.manual_seed(cfg.seed)
     dm = fit_descriptor_model(cache, cfg, device)
     d_raw, f_raw = compute_descriptors(cache, dm, device, progress)
-    run = cluster_poses(dm, d_raw, f_raw, lambda: pooled_pairs(cache, dm, device, cfg.facing.grid), cfg)
-    dm, mc = run.dm, run.mc
     k = cfg.num_poses
-    counts = np.bincount(mc.labels.numpy(), minlength=k)
-    dist = torch.cdist(mc.centres.double(), mc.centres.double()).numpy()
-    ring = ring_azimuths(dist, mc.mirror, counts if cfg.cameras.spacing == "sizes" else None, order=run.ring_order)
+    if cfg.by_object:
+        run, ring, by_object = poses_by_object(cache, collection, dm, d_raw, f_raw, cfg)
+    else:
+        run = cluster_poses(dm, d_raw, f_raw, lambda: pooled_pairs(cache, dm, device, cfg.facing.grid), cfg)
+        counts = np.bincount(run.mc.labels.numpy(), minlength=k)
+        dist = torch.cdist(run.mc.centres.double(), run.mc.centres.double()).numpy()
+        ring = ring_azimuths(dist, run.mc.mirror, counts if cfg.cameras.spacing == "sizes" else None, order=run.ring_order)
+        by_object = {}
+    dm, mc = run.dm, run.mc
 
     # Renumber poses by azimuth (pose 0 nearest azimuth 0, then counter-clockwise).
     perm = np.argsort(ring.azimuth_deg, kind="stable")  # new → old
@@ -304,6 +334,7 @@ def discover_poses(
         "objective": mc.objective,
         **({} if run.facing_eta2 is None else {"facing_eta2": [round(x, 5) for x in run.facing_eta2], "facing_used": dm.facing is not None}),
         **({} if not cfg.facing.front else {"front_used": dm.front is not None}),
+        **by_object,
     }
     poses = PoseSet(list(cache.files), labels, mirror, confidence, azimuth, record, Path(out))
     model = PoseModel(

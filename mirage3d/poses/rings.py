@@ -1,0 +1,180 @@
+"""Poses from objects seen all the way round: when ``objects.json`` says which images show one object (one
+turntable of photos, one video orbit, a render group), each object's images lie on a ring of viewpoints, and
+the ring can be found from the images alone. Used by ``poses discover --by-object`` (docs/poses.md, docs/photos.md).
+
+Within one object only the viewpoint changes, so neighbouring views look alike (the identity of the car, which
+defeats clustering across cars on real photos, is the same for all of them):
+
+1. **Descriptor**: OpenCV HOG of the cut-out on white, grey, over a 4 x 4 grid of cells of the whole image (blocks
+   of 2 x 2 cells), and of its mirror image. Coarse on purpose: the object's layout, not its texture.
+2. **Ring per object**: the shortest closed tour through the object's descriptors (``fast_tsp``, a maintained
+   travelling-salesman solver: exact up to 20 images, a local search run to convergence beyond), its images
+   spaced evenly along the tour (an orbit covers the circle about evenly).
+3. **Mirror axis per object**: the flip maps azimuth φ to −φ, so the flip of image i looks like the object's image
+   j at the mirrored angle, and φ_i + φ_j = 2α for the axis α. α is the mode of that sum over the object's images;
+   angles are measured from it (θ = φ − α, front or back at 0).
+4. **One frame for all objects**: what one object cannot tell (which end of its axis is the front, which way its
+   tour runs) is chosen per object among the four choices so that its object-centred descriptors, binned by θ,
+   best match the mean of the other objects' (a few passes until no object changes).
+5. **Poses**: K bins of θ of 360/K degrees centred on 0; the mirror of bin k is bin −k.
+
+What stays unknown, as with discovery from single images: whether θ = 0 is the front or the back, and which way
+round the azimuth runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mirage3d.errors import InputError
+
+CELLS = 4
+"""HOG cells across the image (and down it)"""
+MIN_VIEWS = 8
+"""an object needs at least this many images to make a ring"""
+PROFILE_BINS = 36
+"""angle bins of the per-object descriptor profiles the objects are aligned by"""
+ALIGN_PASSES = 10
+
+
+@dataclass
+class RingPoses:
+    angle_deg: np.ndarray  # (N,) every image's angle in the common frame, degrees in [0, 360)
+    labels: np.ndarray  # (N,) pose 0..K-1
+    mirror: np.ndarray  # (K,) the pose of the mirrored image of each pose
+    azimuth_deg: np.ndarray  # (K,) the angle of each pose's camera
+    choices: dict[int, tuple[int, int]]  # object id → (direction ±1, 0 or 180): how its ring joined the frame
+
+
+def view_descriptors(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) HOG descriptors of RGBA (or RGB) uint8 images and (N, D) of their mirror images."""
+    import cv2
+
+    ds, fs, hog, size = [], [], None, None
+    for im in images:
+        im = np.asarray(im)
+        rgb = im[..., :3].astype(np.float32)
+        a = im[..., 3:4].astype(np.float32) / 255.0 if im.shape[-1] == 4 else np.ones_like(rgb[..., :1])
+        grey = ((rgb.mean(-1, keepdims=True) * a + 255.0 * (1.0 - a))[..., 0]).round().astype(np.uint8)
+        if hog is None:
+            cell = max(2, min(grey.shape) // CELLS)
+            size = cell * CELLS
+            hog = cv2.HOGDescriptor((size, size), (2 * cell, 2 * cell), (cell, cell), (cell, cell), 9)
+        if grey.shape != (size, size):
+            grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+        ds.append(hog.compute(grey).ravel())
+        fs.append(hog.compute(np.ascontiguousarray(grey[:, ::-1])).ravel())
+    return np.stack(ds).astype(np.float64), np.stack(fs).astype(np.float64)
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def object_ring(desc: np.ndarray) -> np.ndarray:
+    """Ring angle (radians, [0, 2π)) of each of one object's images: their order on the shortest closed tour
+    through ``desc`` (n, D), evenly spaced; the tour starts at image 0."""
+    import fast_tsp
+
+    n = len(desc)
+    x = desc - desc.mean(0)
+    dist = _distances(x, x)
+    dist = np.round(dist / max(float(dist.max()), 1e-12) * 60000).astype(np.int64)  # fast_tsp takes 16-bit integers
+    np.fill_diagonal(dist, 0)
+    order = fast_tsp.find_tour(dist.tolist(), float("inf"), stop_when_converged=True)
+    start = order.index(0)
+    order = order[start:] + order[:start]
+    if n > 2 and order[1] > order[-1]:  # a canonical direction, so equal tours give equal angles
+        order = [order[0], *order[1:][::-1]]
+    phi = np.empty(n)
+    phi[np.asarray(order)] = np.arange(n) * (2 * np.pi / n)
+    return phi
+
+
+def mirror_axis(phi: np.ndarray, desc: np.ndarray, flip: np.ndarray) -> float:
+    """The axis α (radians) of one object's ring: 2α is the mode of φ_i + φ_j over its images i, j the image
+    nearest to the mirror image of i (each descriptor centred on the object's mean)."""
+    mean = desc.mean(0)
+    j = _distances(flip - mean, desc - mean).argmin(1)
+    s = np.mod(phi + phi[j], 2 * np.pi)
+    grid = np.linspace(0.0, 2 * np.pi, 720, endpoint=False)
+    score = (np.cos(grid[:, None] - s[None]).clip(0.0) ** 8).sum(1)  # a smooth circular histogram
+    return float(grid[int(np.argmax(score))]) / 2.0
+
+
+def _profile(desc: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """(PROFILE_BINS, D): the object-centred descriptors averaged per bin of θ; an empty bin takes its nearest
+    filled neighbours' mean."""
+    x = desc - desc.mean(0)
+    b = np.floor(np.mod(theta, 2 * np.pi) / (2 * np.pi) * PROFILE_BINS).astype(np.int64) % PROFILE_BINS
+    prof = np.zeros((PROFILE_BINS, x.shape[1]))
+    count = np.zeros(PROFILE_BINS)
+    np.add.at(prof, b, x)
+    np.add.at(count, b, 1.0)
+    filled = count > 0
+    prof[filled] /= count[filled, None]
+    idx = np.flatnonzero(filled)
+    for e in np.flatnonzero(~filled):
+        gap = np.abs((idx - e + PROFILE_BINS // 2) % PROFILE_BINS - PROFILE_BINS // 2)
+        prof[e] = prof[idx[gap == gap.min()]].mean(0)
+    return prof
+
+
+CHOICES = ((1, 0), (-1, 0), (1, 180), (-1, 180))
+
+
+def align_objects(theta: np.ndarray, desc: np.ndarray, obj: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Per object, the direction and half-turn (``CHOICES``) that put its θ in one frame with the others."""
+    ids = [int(o) for o in np.unique(obj)]
+    rows = {o: np.flatnonzero(obj == o) for o in ids}
+    choice = dict.fromkeys(ids, 0)
+
+    def turned(o: int, c: int) -> np.ndarray:
+        s, half = CHOICES[c]
+        return s * theta[rows[o]] + np.radians(half)
+
+    profiles = {o: _profile(desc[rows[o]], turned(o, 0)) for o in ids}
+    for _ in range(ALIGN_PASSES):
+        changed = False
+        for o in ids:
+            others = [profiles[p] for p in ids if p != o]
+            if not others:
+                break
+            ref = np.mean(others, 0)
+            cand = [_profile(desc[rows[o]], turned(o, c)) for c in range(len(CHOICES))]
+            best = int(np.argmin([((p - ref) ** 2).sum() for p in cand]))
+            if best != choice[o]:
+                choice[o], profiles[o], changed = best, cand[best], True
+        if not changed:
+            break
+    return {o: CHOICES[c] for o, c in choice.items()}
+
+
+def ring_poses(desc: np.ndarray, flip: np.ndarray, obj: np.ndarray, num_poses: int) -> RingPoses:
+    """K poses of images grouped into objects (``obj``: object id per image) from their view descriptors."""
+    ids, counts = np.unique(obj, return_counts=True)
+    if counts.min() < MIN_VIEWS:
+        o = int(ids[np.argmin(counts)])
+        raise InputError(f"object {o} has {int(counts.min())} images; pose discovery by object needs at least {MIN_VIEWS} views of each object")
+    theta = np.zeros(len(obj))
+    for o in ids:
+        r = np.flatnonzero(obj == o)
+        phi = object_ring(desc[r])
+        theta[r] = phi - mirror_axis(phi, desc[r], flip[r])
+    choices = align_objects(theta, desc, obj)
+    angle = np.zeros(len(obj))
+    for o, (s, half) in choices.items():
+        r = obj == o
+        angle[r] = s * theta[r] + np.radians(half)
+    deg = np.mod(np.degrees(angle), 360.0)
+    width = 360.0 / num_poses
+    labels = (np.floor(np.mod(deg + width / 2, 360.0) / width).astype(np.int64)) % num_poses
+    empty = np.flatnonzero(np.bincount(labels, minlength=num_poses) == 0)
+    if len(empty):
+        raise InputError(f"no image fell in pose {int(empty[0])} of {num_poses}; use fewer poses (--poses) or add views of each object")
+    mirror = (-np.arange(num_poses)) % num_poses
+    return RingPoses(deg, labels, mirror, np.arange(num_poses) * width, choices)
