@@ -26,9 +26,9 @@ Methods (``--methods``, comma-separated):
   and mirror image alike) before parts: an image-wide offset (colour, identity) cancels;
 - ``hog-silhouette``: HOG of the silhouettes only (a derived collection: one grey over the object, alpha kept);
 - ``hog-layout``, ``unet-layout``: ``hog`` and ``unet`` with the layout block in the descriptor (``--w-layout 1``);
-- ``hog-by-object``, ``unet-by-object``: ``poses discover --by-object``: the poses of each car's ring of views
-  (``mirage3d.poses.rings``), from ``objects.json`` (one object per turntable sequence, written beside the
-  ground truth; no pose information); the backbone only makes the pose model, so the two differ only in it.
+- ``hog-by-object``: ``poses discover --by-object``: the poses of each car's ring of views (``mirage3d.poses.rings``,
+  its own HOG descriptors), from ``objects.json`` (one object per turntable sequence, written beside the ground
+  truth; no pose information); the backbone (here HOG) only makes the pose model that labels new images.
 The background is already out of every method: the cut-outs carry alpha, and discovery takes foreground
 patches from alpha. ``--probe`` (on by default) adds, per method, the ARI of a leave-one-car-out linear probe on
 the same features (``probe``; true labels used, an upper bound on the features, not a method), and the ARI / NMI
@@ -74,7 +74,6 @@ METHODS = {
     "hog-layout": ("cutout", "hog", None, ["--w-layout", "1"]),
     "unet-layout": ("cutout", "model", None, ["--w-layout", "1"]),
     "hog-by-object": ("cutout", "hog", None, ["--by-object"]),
-    "unet-by-object": ("cutout", "model", None, ["--by-object"]),
 }
 
 

@@ -79,6 +79,11 @@ def import_(
         "--boxes",
         help="CSV with the header file,x0,y0,x1,y1: the object's box per photo (pixels). Photos without a row are found automatically.",
     ),
+    objects: Path = typer.Option(
+        None,
+        "--objects",
+        help="CSV with the header file,object: which photos show one object (a turntable, a video). Writes objects.json for `poses discover --by-object`.",
+    ),
     res: int = typer.Option(128, "--res", help="Image side in pixels."),
     fill: float = typer.Option(0.71, "--fill", help="Longer side of the object's box / image side (0.71: as the default car model's renders)."),
     workers: int = typer.Option(min(os.cpu_count() or 1, 16), help="Processes cutting out photos; default: one per CPU."),
@@ -95,7 +100,13 @@ def import_(
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("import", total=None)
         result = import_photos(
-            photos, output, cfg, boxes=boxes, overwrite=overwrite, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            photos,
+            output,
+            cfg,
+            boxes=boxes,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            objects=objects,
         )
     how = ", ".join(f"{n} {src}" for src, n in sorted(result.sources.items()))
     console.print(f"imported {result.n_images} photos to {result.output}/images in {result.seconds:.1f} s (cut-outs: {how})")

@@ -112,6 +112,33 @@ def test_bad_box_rows_are_one_line_errors(tmp_path: Path, row: str, message: str
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".coll")]
 
 
+def test_import_with_objects_writes_objects_json(tmp_path: Path) -> None:
+    from mirage3d.data.objects import read_objects
+
+    photos = tmp_path / "photos"
+    write_photos(photos, tmp_path)
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")  # skipped: not in objects.json
+    objects = tmp_path / "objects.csv"
+    objects.write_text("file,object\ncar_a.jpg,turntable 1\ncar_b.png,turntable 1\nIMG 0003.jpeg,turntable 2\nbroken.jpg,turntable 2\n")
+    out = tmp_path / "coll"
+    r = runner.invoke(app, ["data", "import", str(photos), "-o", str(out), "--objects", str(objects), "--res", "32", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    groups = json.loads((out / "objects.json").read_text())["objects"]
+    assert sorted(groups) == [["images/IMG 0003.png"], ["images/car_a.png", "images/car_b.png"]]
+    with pytest.raises(InputError, match="has 1 image"):  # checked where it is read
+        read_objects(out, ["images/IMG 0003.png", "images/car_a.png", "images/car_b.png"])
+    for text, message in (
+        ("file,object\ncar_a.jpg,1\n", "gives no object for 3 photos"),
+        ("file,object\nnope.jpg,1\n", "line 2: photo 'nope.jpg' is not one of the photos"),
+        ("file,object\ncar_a.jpg,1\ncar_a.jpg,2\n", "line 3: a second row for car_a.jpg"),
+        ("file,group\ncar_a.jpg,1\n", "header file,object"),
+    ):
+        objects.write_text(text)
+        r = runner.invoke(app, ["data", "import", str(photos), "-o", str(tmp_path / "bad"), "--objects", str(objects), "--workers", "1"])
+        assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "bad").exists()
+
+
 def test_import_input_errors(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from mirage3d.config import save_config
+from mirage3d.data.objects import write_objects
 from mirage3d.errors import InputError
 from mirage3d.foreground import Box, ForegroundConfig, check_box, find_object, mask_box
 from mirage3d.io import IMAGE_SUFFIXES, atomic_dir, atomic_write_json, load_image, rgba_to_array
@@ -142,6 +143,35 @@ def read_boxes(path: str | Path, photos: list[Path]) -> dict[str, Box]:
     return out
 
 
+def read_object_rows(path: str | Path, photos: list[Path]) -> dict[str, str]:
+    """Which photos show one object, from a CSV with the header ``file,object`` (``file``: a name in the photo
+    folder; ``object``: any name, e.g. the turntable or video the photo comes from). Every photo needs a row;
+    a bad row or a missing photo is a one-line error before any work."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"objects file {path} does not exist")
+    names = {p.name for p in photos}
+    out: dict[str, str] = {}
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or any(c not in reader.fieldnames for c in ("file", "object")):
+            raise InputError(f"{path} must be a CSV with the header file,object (got {','.join(reader.fieldnames or [])})")
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            name, obj = (row["file"] or "").strip(), (row["object"] or "").strip()
+            if name not in names:
+                raise InputError(f"{where}: photo {name!r} is not one of the photos to import; fix the file name or remove the row")
+            if name in out:
+                raise InputError(f"{where}: a second row for {name}; give one object per photo")
+            if not obj:
+                raise InputError(f"{where}: the object of {name} is empty")
+            out[name] = obj
+    missing = sorted(names - set(out))
+    if missing:
+        raise InputError(f"{path} gives no object for {len(missing)} photos (e.g. {missing[0]}); give every photo a row")
+    return out
+
+
 def square_crop(box: Box, fill: float) -> tuple[int, int, int]:
     """(left, top, side) of the square, centred on ``box``, in which the box's longer side is ``fill`` of the side."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -217,12 +247,15 @@ def import_photos(
     boxes: str | Path | None = None,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    objects: str | Path | None = None,
 ) -> ImportResult:
-    """Import the photos of ``photos`` into the collection folder ``output`` (module docstring)."""
+    """Import the photos of ``photos`` into the collection folder ``output`` (module docstring); with ``objects``
+    (a ``file,object`` CSV, :func:`read_object_rows`) also ``objects.json``, the imported images of each object."""
     cfg = config or ImportConfig()
     t0 = time.perf_counter()
     files = find_photos(photos)
     box_of = read_boxes(boxes, files) if boxes is not None else {}
+    object_of = read_object_rows(objects, files) if objects is not None else None
     skipped: list[dict[str, str]] = []
     by_stem: dict[str, Path] = {}
     todo = []
@@ -255,6 +288,11 @@ def import_photos(
         for r in records:
             sources[r["mask_source"]] = sources.get(r["mask_source"], 0) + 1
         atomic_write_json(tmp / "import.json", {"images": records, "skipped": skipped, "mask_sources": sources})
+        if object_of is not None:
+            groups: dict[str, list[str]] = {}
+            for r in sorted(records, key=lambda r: r["file"]):
+                groups.setdefault(object_of[Path(r["source"]).name], []).append(r["file"])
+            write_objects(tmp, list(groups.values()))
         n_sheet = min(cfg.contact_sheet, len(records))
         pick = np.linspace(0, len(records) - 1, n_sheet).round().astype(int) if n_sheet else []
         contact_sheet([tmp / records[i]["file"] for i in pick], cfg.res).save(tmp / "contact_sheet.png")
@@ -263,6 +301,7 @@ def import_photos(
             tmp / "config.json",
             photos_source=str(Path(photos).resolve()),
             boxes=None if boxes is None else str(Path(boxes).resolve()),
+            objects=None if objects is None else str(Path(objects).resolve()),
             n_images=len(records),
             n_skipped=len(skipped),
         )
