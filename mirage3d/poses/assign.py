@@ -174,8 +174,12 @@ def label_collection(
     result = PoseSet(names, labels, source.mirror.copy(), np.array([r["confidence"] for r in rows]), source.azimuth_deg, record=record)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for p in sorted(poses_dir.iterdir()):
-            if p.is_file() and p.suffix in (".json", ".safetensors") and p.name not in ("poses.json", "pose_model.json", "pose_model.safetensors"):
-                shutil.copy(p, tmp / p.name)
+            if (
+                p.is_file()
+                and p.suffix in (".json", ".safetensors")
+                and p.name not in ("poses.json", "pose_model.json", "pose_model.safetensors", "eval.json")
+            ):
+                shutil.copy(p, tmp / p.name)  # (eval.json scored the source's collection, not this one)
         # Saved again rather than copied: loading resolves a backbone path relative to the source folder (a model's
         # own UNet, ".."), and saving it elsewhere keeps it absolute, so the copy still reads the source model.
         PoseModel.load(poses_dir).save(tmp)
