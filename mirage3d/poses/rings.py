@@ -103,7 +103,7 @@ def mirror_partners(desc: np.ndarray, flip: np.ndarray) -> np.ndarray:
     return _distances(flip - mean, desc - mean).argmin(1)
 
 
-def mirror_axis(phi: np.ndarray, partner: np.ndarray) -> float:
+def object_axis(phi: np.ndarray, partner: np.ndarray) -> float:
     """The axis α (radians) of one object's ring: 2α is the mode of φ_i + φ_j over its images i and their mirror
     partners j."""
     s = np.mod(phi + phi[partner], 2 * np.pi)
@@ -186,7 +186,7 @@ def ring_poses(desc: np.ndarray, flip: np.ndarray, obj: np.ndarray, num_poses: i
         r = np.flatnonzero(obj == o)
         phi = object_ring(desc[r])
         partner = mirror_partners(desc[r], flip[r])
-        theta[r] = symmetrise(phi - mirror_axis(phi, partner), partner)
+        theta[r] = symmetrise(phi - object_axis(phi, partner), partner)
     choices = align_objects(theta, desc, obj)
     angle = np.zeros(len(obj))
     for o, (s, half) in choices.items():
