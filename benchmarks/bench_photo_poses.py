@@ -82,31 +82,28 @@ def cli(*args: str) -> tuple[int, str]:
     return r.exit_code, r.output
 
 
-def write_boxes(data: Path, scratch: Path) -> tuple[Path, dict[str, float]]:
-    """``boxes.csv`` for ``data import --boxes`` and the true azimuth of each photo stem (evaluation only); fills
-    ``SEQUENCE`` (stem → turntable sequence: which photos show one car, for ``objects.json``)."""
-    boxes, azimuth = scratch / "boxes.csv", {}
+def write_boxes(data: Path, scratch: Path) -> tuple[Path, dict[str, float], dict[str, int]]:
+    """``boxes.csv`` for ``data import --boxes``, the true azimuth of each photo stem (evaluation only) and its
+    turntable sequence (which photos show one car, for ``objects.json``)."""
+    boxes, azimuth, sequence = scratch / "boxes.csv", {}, {}
     with (data / "azimuth_per_image.csv").open(newline="") as fh, boxes.open("w", newline="") as out:
         w = csv.writer(out)
         w.writerow(["file", "x0", "y0", "x1", "y1"])
         for r in csv.DictReader(fh):
             w.writerow([r["file"], *r["bbox"].split(",")])
             azimuth[Path(r["file"]).stem] = float(r["azimuth_deg"])
-            SEQUENCE[Path(r["file"]).stem] = int(r["seq"])
-    return boxes, azimuth
+            sequence[Path(r["file"]).stem] = int(r["seq"])
+    return boxes, azimuth, sequence
 
 
-SEQUENCE: dict[str, int] = {}
-
-
-def write_truth(folder: Path, images: list[Path], azimuth: dict[str, float]) -> None:
+def write_truth(folder: Path, images: list[Path], azimuth: dict[str, float], sequence: dict[str, int]) -> None:
     """``ground_truth.jsonl`` (evaluation only) and ``objects.json`` (one object per turntable: no pose information,
     what ``poses discover --by-object`` reads) of a collection holding ``images``."""
     lines = [json.dumps({"file": f"images/{p.name}", "azimuth_deg": azimuth[p.stem]}) + "\n" for p in images]
     atomic_write_text(folder / "ground_truth.jsonl", "".join(lines))
     groups: dict[int, list[str]] = {}
     for p in images:
-        groups.setdefault(SEQUENCE[p.stem], []).append(f"images/{p.name}")
+        groups.setdefault(sequence[p.stem], []).append(f"images/{p.name}")
     write_objects(folder, list(groups.values()))
 
 
@@ -121,11 +118,11 @@ def imported(data: Path, scratch: Path, res: int, boxes: Path) -> Path:
     return out
 
 
-def derived(base: Path, scratch: Path, variant: str, every: int, azimuth: dict[str, float]) -> Path:
+def derived(base: Path, scratch: Path, variant: str, every: int, azimuth: dict[str, float], sequence: dict[str, int]) -> Path:
     """The collection of one input variant: cut-outs as imported, grayscale or silhouettes; every N-th image."""
     images = sorted((base / "images").glob("*.png"))[::every]
     if variant == "cutout" and every == 1:  # the import itself (its feature caches live in it)
-        write_truth(base, images, azimuth)
+        write_truth(base, images, azimuth, sequence)
         return base
     out = scratch / f"{variant}-{base.name}-every{every}"
     if not (out / "ground_truth.jsonl").exists():
@@ -145,7 +142,7 @@ def derived(base: Path, scratch: Path, variant: str, every: int, azimuth: dict[s
                 grey = np.full(rgb.shape[:2], 96.0, dtype=np.float32)
             rgb = np.repeat(grey[..., None], 3, -1).round().astype(np.uint8)
             Image.fromarray(np.concatenate([rgb, rgba[..., 3:]], -1), "RGBA").save(dst)
-        write_truth(tmp, images, azimuth)
+        write_truth(tmp, images, azimuth, sequence)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out
@@ -196,13 +193,13 @@ def main() -> None:
         ap.error("--scratch must lie outside the repository (the photos are research-licensed)")
     scratch.mkdir(parents=True, exist_ok=True)
 
-    boxes, azimuth = write_boxes(args.data, scratch)
+    boxes, azimuth, sequence = write_boxes(args.data, scratch)
     base = imported(args.data, scratch, args.res, boxes)
     rows = []
     layouts: dict[str, list[tuple[float, float]]] = {}
     for name in methods:
         variant, spec, transform, extra = METHODS[name]
-        coll = derived(base, scratch, variant, args.every, azimuth)
+        coll = derived(base, scratch, variant, args.every, azimuth, sequence)
         spec = args.model if spec == "model" else spec
         bb = load_backbone(spec)
         feats = default_cache_dir(coll, bb, "image")

@@ -79,11 +79,12 @@ def discover(
         device=device,
         seed=seed,
     )
-    check_discovery_input(len(list_images(collection)), cfg, flip)
+    images = list_images(collection)
+    check_discovery_input(len(images), cfg, flip)
     if by_object:  # objects.json read and checked before any work
         from mirage3d.data.objects import read_objects
 
-        read_objects(collection, [p.relative_to(collection).as_posix() for p in list_images(collection)])
+        read_objects(collection, [p.relative_to(collection).as_posix() for p in images])
     with claim_output(output, overwrite, kind="dir"):
         result, cache = _discover(
             collection,

@@ -24,16 +24,20 @@ def read_objects(folder: Path, names: list[str]) -> np.ndarray:
     """Object id per image of ``names`` (relative paths, the collection's order) from ``folder/objects.json``.
 
     Every image must be in exactly one object of at least two images; otherwise :class:`InputError` naming the
-    problem (a missing file says the collection has none: render it with ``--views-per-object``).
+    problem (a missing file says how to make one: ``data render --views-per-object`` or ``data import --objects``).
     """
     path = Path(folder) / OBJECTS_FILE
     if not path.exists():
-        raise InputError(f"{folder} has no {OBJECTS_FILE} (which images show the same object); render it with `data render --views-per-object 8`")
+        raise InputError(
+            f"{folder} has no {OBJECTS_FILE} (which images show the same object); make it with `data render --views-per-object 8` "
+            "or `data import --objects objects.csv`"
+        )
     try:
         groups = json.loads(path.read_text())["objects"]
-        assert isinstance(groups, list) and all(isinstance(g, list) for g in groups)
-    except Exception:
-        raise InputError(f"{path} is not an objects file ({{'objects': [[file, ...], ...]}}); render the collection again") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        groups = None
+    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+        raise InputError(f"{path} is not an objects file ({{'objects': [[file, ...], ...]}}); make the collection again")
     where = {n: k for k, n in enumerate(names)}
     ids = np.full(len(names), -1, dtype=np.int64)
     for g, files in enumerate(groups):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from diffusers import UNet2DModel
 
 from mirage3d.diffusion.labels import DEFAULT_MAX_POSES
+from mirage3d.diffusion.reference import is_reference_unet
 from mirage3d.errors import InputError
 
 
@@ -124,7 +125,7 @@ def unet_config_of(unet: UNet2DModel) -> UNetConfig:
         attention_head_dim=int(c.attention_head_dim or 8),
         norm_num_groups=int(c.norm_num_groups),
         channels=int(c.out_channels),
-        reference=int(c.in_channels) == 2 * int(c.out_channels),
+        reference=is_reference_unet(unet),
         max_poses=int(c.num_class_embeds or 1) - 1,
         time_scale_shift=str(c.resnet_time_scale_shift),
         dropout=float(c.dropout),

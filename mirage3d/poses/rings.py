@@ -158,17 +158,18 @@ def align_objects(theta: np.ndarray, desc: np.ndarray, obj: np.ndarray) -> dict[
         s, half = CHOICES[c]
         return s * theta[rows[o]] + np.radians(half)
 
+    if len(ids) < 2:
+        return {o: CHOICES[0] for o in ids}
     profiles = {o: _profile(desc[rows[o]], turned(o, 0)) for o in ids}
+    total = sum(profiles.values())
     for _ in range(ALIGN_PASSES):
         changed = False
         for o in ids:
-            others = [profiles[p] for p in ids if p != o]
-            if not others:
-                break
-            ref = np.mean(others, 0)
+            ref = (total - profiles[o]) / (len(ids) - 1)  # the mean of the other objects' profiles
             cand = [_profile(desc[rows[o]], turned(o, c)) for c in range(len(CHOICES))]
             best = int(np.argmin([((p - ref) ** 2).sum() for p in cand]))
             if best != choice[o]:
+                total = total - profiles[o] + cand[best]
                 choice[o], profiles[o], changed = best, cand[best], True
         if not changed:
             break
