@@ -111,6 +111,14 @@ app()
 """
 
 
+def _default_sigint() -> None:
+    """SIGINT back to its default in the child: a shell's background job (a test run started with ``&``)
+    ignores it, and Python then would too."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_swallowed_signal_still_stops_the_run_and_its_output(tmp_path):
     # The CI machine once saw SIGINT during a render exit 0 with its output written: the handler's exception
     # was dropped inside the renderer, and only SIGTERM's flag was checked afterwards.
@@ -122,6 +130,7 @@ def test_a_swallowed_signal_still_stops_the_run_and_its_output(tmp_path):
             text=True,
             timeout=120,
             env={**__import__("os").environ, "MIRAGE3D_DEBUG": "0"},
+            preexec_fn=_default_sigint,
         )
         assert r.returncode == code, r.stderr
         assert not out.exists() and "partial ones were removed" in r.stderr
@@ -136,6 +145,7 @@ def test_a_signal_inside_a_ctypes_call_still_exits_as_that_signal():
             text=True,
             timeout=120,
             env={**__import__("os").environ, "MIRAGE3D_DEBUG": "0"},
+            preexec_fn=_default_sigint,
         )
         assert out.returncode == code, out.stderr
         assert "Traceback" not in out.stderr and word in out.stderr
