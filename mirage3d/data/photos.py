@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,46 +100,45 @@ def find_photos(folder: str | Path) -> list[Path]:
     return files
 
 
+def _csv_rows(path: str | Path, what: str, columns: list[str]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(where, file name, row) of each row of a photo CSV with the header ``columns`` (the first is ``file``);
+    a missing file or header is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file {path} does not exist")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or any(c not in reader.fieldnames for c in columns):
+            raise InputError(f"{path} must be a CSV with the header {','.join(columns)} (got {','.join(reader.fieldnames or [])})")
+        for row in reader:
+            yield f"{path} line {reader.line_num}", (row["file"] or "").strip(), row
+
+
 def read_boxes(path: str | Path, photos: list[Path]) -> dict[str, Box]:
     """Boxes from a CSV with the header ``file,x0,y0,x1,y1`` (pixels, x1/y1 exclusive; ``file`` is a name in
     the photo folder). Every row is checked against its photo before any work; a bad row is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"boxes file {path} does not exist")
     by_name = {p.name: p for p in photos}
     out: dict[str, Box] = {}
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        need = ["file", "x0", "y0", "x1", "y1"]
-        if reader.fieldnames is None or any(c not in reader.fieldnames for c in need):
-            raise InputError(f"{path} must be a CSV with the header file,x0,y0,x1,y1 (got {','.join(reader.fieldnames or [])})")
-        for row in reader:
-            where = f"{path} line {reader.line_num}"
-            name = (row["file"] or "").strip()
-            if name not in by_name:
-                hint = (
-                    " (the photo exists but is not a PNG/JPEG/WebP/BMP)"
-                    if (by_name and (next(iter(by_name.values())).parent / name).exists())
-                    else ""
-                )
-                raise InputError(
-                    f"{where}: photo {name!r} is not in {next(iter(by_name.values())).parent}{hint}; fix the file name or remove the row"
-                )
-            if name in out:
-                raise InputError(f"{where}: a second box for {name}; give one row per photo")
-            try:
-                box = tuple(float(row[c]) for c in need[1:])
-            except (TypeError, ValueError):
-                raise InputError(f"{where}: x0,y0,x1,y1 must be numbers, got {','.join(str(row[c]) for c in need[1:])}") from None
-            with Image.open(by_name[name]) as im:
-                w, h = im.size
-            # Boxes from other tools may overshoot the image by a fraction of a pixel: allow up to 1 px, clip.
-            if box[0] < -1 or box[1] < -1 or box[2] > w + 1 or box[3] > h + 1:
-                raise InputError(
-                    f"{where}: box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo {name}; give pixel coordinates inside it"
-                )
-            clipped = (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
-            out[name] = check_box(clipped, w, h, where)
+    need = ["file", "x0", "y0", "x1", "y1"]
+    for where, name, row in _csv_rows(path, "boxes", need):
+        if name not in by_name:
+            hint = " (the photo exists but is not a PNG/JPEG/WebP/BMP)" if (by_name and (next(iter(by_name.values())).parent / name).exists()) else ""
+            raise InputError(f"{where}: photo {name!r} is not in {next(iter(by_name.values())).parent}{hint}; fix the file name or remove the row")
+        if name in out:
+            raise InputError(f"{where}: a second box for {name}; give one row per photo")
+        try:
+            box = tuple(float(row[c]) for c in need[1:])
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: x0,y0,x1,y1 must be numbers, got {','.join(str(row[c]) for c in need[1:])}") from None
+        with Image.open(by_name[name]) as im:
+            w, h = im.size
+        # Boxes from other tools may overshoot the image by a fraction of a pixel: allow up to 1 px, clip.
+        if box[0] < -1 or box[1] < -1 or box[2] > w + 1 or box[3] > h + 1:
+            raise InputError(
+                f"{where}: box {','.join(f'{v:g}' for v in box)} lies outside the {w}x{h} photo {name}; give pixel coordinates inside it"
+            )
+        clipped = (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
+        out[name] = check_box(clipped, w, h, where)
     return out
 
 
@@ -147,25 +146,17 @@ def read_object_rows(path: str | Path, photos: list[Path]) -> dict[str, str]:
     """Which photos show one object, from a CSV with the header ``file,object`` (``file``: a name in the photo
     folder; ``object``: any name, e.g. the turntable or video the photo comes from). Every photo needs a row;
     a bad row or a missing photo is a one-line error before any work."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"objects file {path} does not exist")
     names = {p.name for p in photos}
     out: dict[str, str] = {}
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or any(c not in reader.fieldnames for c in ("file", "object")):
-            raise InputError(f"{path} must be a CSV with the header file,object (got {','.join(reader.fieldnames or [])})")
-        for row in reader:
-            where = f"{path} line {reader.line_num}"
-            name, obj = (row["file"] or "").strip(), (row["object"] or "").strip()
-            if name not in names:
-                raise InputError(f"{where}: photo {name!r} is not one of the photos to import; fix the file name or remove the row")
-            if name in out:
-                raise InputError(f"{where}: a second row for {name}; give one object per photo")
-            if not obj:
-                raise InputError(f"{where}: the object of {name} is empty")
-            out[name] = obj
+    for where, name, row in _csv_rows(path, "objects", ["file", "object"]):
+        obj = (row["object"] or "").strip()
+        if name not in names:
+            raise InputError(f"{where}: photo {name!r} is not one of the photos to import; fix the file name or remove the row")
+        if name in out:
+            raise InputError(f"{where}: a second row for {name}; give one object per photo")
+        if not obj:
+            raise InputError(f"{where}: the object of {name} is empty")
+        out[name] = obj
     missing = sorted(names - set(out))
     if missing:
         raise InputError(f"{path} gives no object for {len(missing)} photos (e.g. {missing[0]}); give every photo a row")

@@ -55,12 +55,13 @@ def view_descriptors(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     """(N, D) HOG descriptors of RGBA (or RGB) uint8 images and (N, D) of their mirror images."""
     import cv2
 
+    from mirage3d.io import composite_on_white
+
     ds, fs, hog, size = [], [], None, None
     for im in images:
-        im = np.asarray(im)
-        rgb = im[..., :3].astype(np.float32)
-        a = im[..., 3:4].astype(np.float32) / 255.0 if im.shape[-1] == 4 else np.ones_like(rgb[..., :1])
-        grey = ((rgb.mean(-1, keepdims=True) * a + 255.0 * (1.0 - a))[..., 0]).round().astype(np.uint8)
+        im = np.asarray(im, dtype=np.float32) / 255.0
+        rgb = composite_on_white(im) if im.shape[-1] == 4 else im[..., :3]
+        grey = (rgb.mean(-1) * 255.0).round().astype(np.uint8)
         if hog is None:
             cell = max(2, min(grey.shape) // CELLS)
             size = cell * CELLS
