@@ -15,7 +15,7 @@ from mirage3d.cameras import circular_difference
 from mirage3d.cli.main import app
 from mirage3d.errors import InputError
 from mirage3d.poses.evaluate import azimuth_bins, best_alignment
-from mirage3d.poses.rings import MIN_VIEWS, object_ring, ring_poses, unfold
+from mirage3d.poses.rings import MIN_VIEWS, near_side_motion, object_ring, ring_direction, ring_poses, unfold
 
 
 def _views(theta_deg: np.ndarray, identity: np.ndarray, rng: np.random.Generator, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,6 +89,33 @@ def test_ring_poses_put_every_object_in_one_frame() -> None:
     assert adjusted_rand_score(azimuth_bins(true, 8), km) < 0.2
 
 
+def _textured_object(shift: int, size: int = 64) -> np.ndarray:
+    """An RGBA image: a smooth random texture in a box (the object) on transparent, its content moved ``shift``
+    pixels to the right."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    tex = cv2.GaussianBlur(rng.uniform(0, 255, (size, 2 * size)).astype(np.float32), (0, 0), 2.0)
+    im = np.zeros((size, size, 4), dtype=np.uint8)
+    im[16:48, 12:52, :3] = tex[16:48, 12 + size // 2 - shift : 52 + size // 2 - shift, None].clip(0, 255).astype(np.uint8)
+    im[16:48, 12:52, 3] = 255
+    return im
+
+
+def test_motion_sets_the_direction_of_a_ring() -> None:
+    assert (
+        near_side_motion(_textured_object(0), _textured_object(-2)) < -0.5
+    )  # the texture moved left (measured -1.1: the still edges of the box pull)
+    assert near_side_motion(_textured_object(0), _textured_object(2)) > 0.5
+    empty = np.zeros((64, 64, 4), dtype=np.uint8)
+    assert near_side_motion(empty, empty) == 0.0  # nothing in common: no vote
+    views = [_textured_object(-2 * k) for k in range(10)]  # turning: the near side moves left view by view
+    theta = np.radians(np.arange(10) * 36.0)
+    shuffled = np.random.default_rng(1).permutation(10)
+    assert ring_direction(theta[shuffled], lambda i: views[shuffled[i]]) == 1  # θ grows as the near side moves left
+    assert ring_direction(-theta[shuffled], lambda i: views[shuffled[i]]) == -1
+
+
 def test_ring_poses_refuse_small_objects_and_empty_poses() -> None:
     d, f, obj, _ = _category(2, MIN_VIEWS)
     with pytest.raises(InputError, match=f"at least {MIN_VIEWS} views"):
@@ -158,7 +185,9 @@ def test_discover_by_object_on_rendered_turntables(tmp_path: Path) -> None:
     # look alike in HOG, rings.unfold) 10.6 deg and ARI 0.70
     truth = {json.loads(line)["file"]: json.loads(line)["azimuth_deg"] for line in (coll / "ground_truth.jsonl").read_text().splitlines()}
     true = np.array([truth[f] for f in poses["files"]])
-    assert best_alignment(np.array(poses["by_object"]["angle_deg"]), true)[0] < 5.0
+    err, _, reflected = best_alignment(np.array(poses["by_object"]["angle_deg"]), true)
+    assert err < 5.0
+    assert not reflected  # the azimuth runs the renderer's way round: set by each object's motion (rings.ring_direction)
     # the same images clustered from their descriptors alone (the default discovery) do not find the viewpoint
     r = runner.invoke(app, ["poses", "discover", str(coll), "-o", str(tmp_path / "plain"), "--backbone", "hog", "--poses", "8"])
     assert r.exit_code == 0, r.output

@@ -269,12 +269,11 @@ def poses_by_object(
 
     obj = read_objects(collection, list(cache.files))
 
-    def images():
-        for name in cache.files:
-            with Image.open(collection / name) as im:
-                yield np.asarray(im.convert("RGBA"))
+    def image(i: int) -> np.ndarray:
+        with Image.open(collection / cache.files[i]) as im:
+            return np.asarray(im.convert("RGBA"))
 
-    rp = ring_poses(*view_descriptors(images()), obj, cfg.num_poses)
+    rp = ring_poses(*view_descriptors(map(image, range(len(cache.files)))), obj, cfg.num_poses, image)
     fit_normalisation(dm, d_raw, f_raw, cfg)
     d = dm.normalise(d_raw)
     mc = clusters_from_labels(d, dm.normalise(f_raw) if f_raw is not None else d, rp.labels, rp.mirror)

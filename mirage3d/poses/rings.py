@@ -15,18 +15,24 @@ defeats clustering across cars on real photos, is the same for all of them):
    j at the mirrored angle, and φ_i + φ_j = 2α for the axis α. α is the mode of that sum over the object's images;
    angles are measured from it (θ = φ − α, front or back at 0), and each θ_i is averaged with −θ_j where they
    agree within 45°.
-4. **One frame for all objects**: what one object cannot tell (which end of its axis is the front, which way its
-   tour runs) is chosen per object among the four choices so that its object-centred descriptors, binned by θ,
-   best match the mean of the other objects' (a few passes until no object changes).
-5. **Poses**: K bins of θ of 360/K degrees centred on 0; the mirror of bin k is bin −k.
+4. **Which way round, from motion**: between neighbouring views of a turntable or an orbit the object turns, and
+   the side nearest the camera (the lower half of the object in the image, the camera being above it) moves
+   sideways the same way for every object. The median horizontal optical flow (OpenCV Farneback) of that half,
+   averaged along the ring, sets each object's direction: θ grows as the near side moves left, the renderer's
+   azimuth (``mirage3d.cameras.orbit_c2w``). The HOG descriptors cannot tell this reliably: the views a quarter
+   turn either side of the front are each other's mirror images, and a car whose front looks like its back
+   takes either direction.
+5. **One frame for all objects**: which end of its axis is the front, which one object cannot tell, is chosen per
+   object so that its object-centred descriptors, binned by θ, best match the mean of the other objects' (a few
+   passes until no object changes). Without images (descriptors only) the direction is chosen there too.
+6. **Poses**: K bins of θ of 360/K degrees centred on 0; the mirror of bin k is bin −k.
 
-What stays unknown, as with discovery from single images: whether θ = 0 is the front or the back, and which way
-round the azimuth runs.
+What stays unknown, as with discovery from single images: whether θ = 0 is the front or the back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,17 +57,22 @@ class RingPoses:
     choices: dict[int, tuple[int, int]]  # object id → (direction ±1, 0 or 180): how its ring joined the frame
 
 
+def _grey(im: np.ndarray) -> np.ndarray:
+    """An RGBA (or RGB) uint8 image as grey uint8, the cut-out on white."""
+    from mirage3d.io import composite_on_white
+
+    im = np.asarray(im, dtype=np.float32) / 255.0
+    rgb = composite_on_white(im) if im.shape[-1] == 4 else im[..., :3]
+    return (rgb.mean(-1) * 255.0).round().astype(np.uint8)
+
+
 def view_descriptors(images: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) HOG descriptors of RGBA (or RGB) uint8 images and (N, D) of their mirror images."""
     import cv2
 
-    from mirage3d.io import composite_on_white
-
     ds, fs, hog, size = [], [], None, None
     for im in images:
-        im = np.asarray(im, dtype=np.float32) / 255.0
-        rgb = composite_on_white(im) if im.shape[-1] == 4 else im[..., :3]
-        grey = (rgb.mean(-1) * 255.0).round().astype(np.uint8)
+        grey = _grey(im)
         if hog is None:
             cell = max(2, min(grey.shape) // CELLS)
             size = cell * CELLS
@@ -179,13 +190,43 @@ def symmetrise(theta: np.ndarray, partner: np.ndarray) -> np.ndarray:
     """θ measured from the mirror axis, each image's angle averaged with the negated angle of its mirror partner
     (the mirror relation θ_j = −θ_i as a second estimate of θ_i) where the two agree within 45°; a partner
     further off is a wrong match (a view that looks like its own mirror image), and averaging with it would
-    pull the angle towards the axis. Measured (2026-11-30, tours unfolded): ARI on the 10 dev cars / the 9 without
-    car 2 / the test's rendered turntables of 48 and 36 views: no averaging 0.451 / 0.423 / 0.790 / 0.683, within
-    45° 0.497 / 0.468 / 0.817 / 0.683, always 0.527 / 0.442 / 0.817 / 0.665 (one dev car's direction choice flips
-    with the set: not a real gain)."""
+    pull the angle towards the axis. Measured (2026-11-30, tours unfolded, directions from motion): ARI on the 10
+    dev cars / the 9 without car 2 / the test's rendered turntables of 48 and 36 views: no averaging 0.501 / 0.483 /
+    0.790 / 0.683, within 45° 0.548 / 0.527 / 0.817 / 0.683, always 0.527 / 0.505 / 0.817 / 0.665.
+    """
     other = -theta[partner]
     close = np.abs(np.angle(np.exp(1j * (theta - other)))) < np.radians(SYMMETRISE_WITHIN_DEG)
     return np.where(close, np.angle(np.exp(1j * theta) + np.exp(1j * other)), theta)
+
+
+def near_side_motion(a: np.ndarray, b: np.ndarray) -> float:
+    """The median horizontal optical flow (pixels, + to the right) from RGBA image ``a`` to ``b`` over the lower half
+    of the object (rows of the pixels that are foreground in both at or below their median row); 0 when they share
+    under 20 foreground pixels. Images without alpha count every pixel as foreground."""
+    import cv2
+
+    flow = cv2.calcOpticalFlowFarneback(_grey(a), _grey(b), None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    fg = np.ones(flow.shape[:2], dtype=bool)
+    for im in (a, b):
+        if im.shape[-1] == 4:
+            fg &= im[..., 3] > 127
+    rows, cols = np.nonzero(fg)
+    if len(rows) < 20:
+        return 0.0
+    lower = rows >= np.median(rows)
+    return float(np.median(flow[rows[lower], cols[lower], 0]))
+
+
+def ring_direction(theta: np.ndarray, image: Callable[[int], np.ndarray]) -> int:
+    """+1 when the object's near side moves left as θ grows (the renderer's azimuth), −1 when it moves right:
+    the sign of the near side's motion (``near_side_motion``) averaged over neighbouring views along the ring.
+    ``image(i)`` is the RGBA image of the object's i-th view. Measured (2026-11-30): right on every object of the
+    dev photos (10 cars, including the dark-blue one whose HOG alignment took the wrong direction) and of the
+    test's rendered turntables."""
+    order = np.argsort(np.mod(theta, 2 * np.pi), kind="stable")
+    images = [image(int(i)) for i in order]
+    motion = [near_side_motion(a, b) for a, b in zip(images, images[1:] + images[:1], strict=True)]
+    return 1 if float(np.mean(motion)) <= 0.0 else -1
 
 
 def _profile(desc: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -209,26 +250,28 @@ def _profile(desc: np.ndarray, theta: np.ndarray) -> np.ndarray:
 CHOICES = ((1, 0), (-1, 0), (1, 180), (-1, 180))
 
 
-def align_objects(theta: np.ndarray, desc: np.ndarray, obj: np.ndarray) -> dict[int, tuple[int, int]]:
-    """Per object, the direction and half-turn (``CHOICES``) that put its θ in one frame with the others."""
+def align_objects(theta: np.ndarray, desc: np.ndarray, obj: np.ndarray, directions: dict[int, int] | None = None) -> dict[int, tuple[int, int]]:
+    """Per object, the direction and half-turn (``CHOICES``) that put its θ in one frame with the others; with
+    ``directions`` (object id → ±1, from motion) only the half-turn is chosen."""
     ids = [int(o) for o in np.unique(obj)]
     rows = {o: np.flatnonzero(obj == o) for o in ids}
-    choice = dict.fromkeys(ids, 0)
+    allowed = {o: [c for c, (s, _) in enumerate(CHOICES) if directions is None or s == directions[o]] for o in ids}
+    choice = {o: allowed[o][0] for o in ids}
 
     def turned(o: int, c: int) -> np.ndarray:
         s, half = CHOICES[c]
         return s * theta[rows[o]] + np.radians(half)
 
     if len(ids) < 2:
-        return {o: CHOICES[0] for o in ids}
-    profiles = {o: _profile(desc[rows[o]], turned(o, 0)) for o in ids}
+        return {o: CHOICES[choice[o]] for o in ids}
+    profiles = {o: _profile(desc[rows[o]], turned(o, choice[o])) for o in ids}
     total = sum(profiles.values())
     for _ in range(ALIGN_PASSES):
         changed = False
         for o in ids:
             ref = (total - profiles[o]) / (len(ids) - 1)  # the mean of the other objects' profiles
-            cand = [_profile(desc[rows[o]], turned(o, c)) for c in range(len(CHOICES))]
-            best = int(np.argmin([((p - ref) ** 2).sum() for p in cand]))
+            cand = {c: _profile(desc[rows[o]], turned(o, c)) for c in allowed[o]}
+            best = min(cand, key=lambda c: float(((cand[c] - ref) ** 2).sum()))
             if best != choice[o]:
                 total = total - profiles[o] + cand[best]
                 choice[o], profiles[o], changed = best, cand[best], True
@@ -237,19 +280,23 @@ def align_objects(theta: np.ndarray, desc: np.ndarray, obj: np.ndarray) -> dict[
     return {o: CHOICES[c] for o, c in choice.items()}
 
 
-def ring_poses(desc: np.ndarray, flip: np.ndarray, obj: np.ndarray, num_poses: int) -> RingPoses:
-    """K poses of images grouped into objects (``obj``: object id per image) from their view descriptors."""
+def ring_poses(desc: np.ndarray, flip: np.ndarray, obj: np.ndarray, num_poses: int, image: Callable[[int], np.ndarray] | None = None) -> RingPoses:
+    """K poses of images grouped into objects (``obj``: object id per image) from their view descriptors;
+    ``image(i)`` (the RGBA uint8 image i) lets motion set each object's direction (``ring_direction``)."""
     ids, counts = np.unique(obj, return_counts=True)
     if counts.min() < MIN_VIEWS:
         o = int(ids[np.argmin(counts)])
         raise InputError(f"object {o} has {int(counts.min())} images; pose discovery by object needs at least {MIN_VIEWS} views of each object")
     theta = np.zeros(len(obj))
+    directions: dict[int, int] = {}
     for o in ids:
         r = np.flatnonzero(obj == o)
         partner = mirror_partners(desc[r], flip[r])
         phi = object_ring(desc[r], partner)
         theta[r] = symmetrise(phi - object_axis(phi, partner), partner)
-    choices = align_objects(theta, desc, obj)
+        if image is not None:
+            directions[int(o)] = ring_direction(theta[r], lambda i, r=r: image(int(r[i])))
+    choices = align_objects(theta, desc, obj, directions if image is not None else None)
     angle = np.zeros(len(obj))
     for o, (s, half) in choices.items():
         r = obj == o
