@@ -199,33 +199,39 @@ def symmetrise(theta: np.ndarray, partner: np.ndarray) -> np.ndarray:
     return np.where(close, np.angle(np.exp(1j * theta) + np.exp(1j * other)), theta)
 
 
-def near_side_motion(a: np.ndarray, b: np.ndarray) -> float:
-    """The median horizontal optical flow (pixels, + to the right) from RGBA image ``a`` to ``b`` over the lower half
-    of the object (rows of the pixels that are foreground in both at or below their median row); 0 when they share
-    under 20 foreground pixels. Images without alpha count every pixel as foreground."""
+def _grey_and_foreground(im: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_grey`` of an RGBA (or RGB) uint8 image and its foreground (alpha > 127; every pixel without alpha)."""
+    fg = im[..., 3] > 127 if im.shape[-1] == 4 else np.ones(im.shape[:2], dtype=bool)
+    return _grey(im), fg
+
+
+def _lower_half_flow(grey_a: np.ndarray, fg_a: np.ndarray, grey_b: np.ndarray, fg_b: np.ndarray) -> float:
     import cv2
 
-    flow = cv2.calcOpticalFlowFarneback(_grey(a), _grey(b), None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    fg = np.ones(flow.shape[:2], dtype=bool)
-    for im in (a, b):
-        if im.shape[-1] == 4:
-            fg &= im[..., 3] > 127
-    rows, cols = np.nonzero(fg)
+    flow = cv2.calcOpticalFlowFarneback(grey_a, grey_b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    rows, cols = np.nonzero(fg_a & fg_b)
     if len(rows) < 20:
         return 0.0
     lower = rows >= np.median(rows)
     return float(np.median(flow[rows[lower], cols[lower], 0]))
 
 
+def near_side_motion(a: np.ndarray, b: np.ndarray) -> float:
+    """The median horizontal optical flow (pixels, + to the right) from RGBA image ``a`` to ``b`` over the lower half
+    of the object (rows of the pixels that are foreground in both at or below their median row); 0 when they share
+    under 20 foreground pixels. Images without alpha count every pixel as foreground."""
+    return _lower_half_flow(*_grey_and_foreground(a), *_grey_and_foreground(b))
+
+
 def ring_direction(theta: np.ndarray, image: Callable[[int], np.ndarray]) -> int:
     """+1 when the object's near side moves left as θ grows (the renderer's azimuth), −1 when it moves right:
     the sign of the near side's motion (``near_side_motion``) averaged over neighbouring views along the ring.
-    ``image(i)`` is the RGBA image of the object's i-th view. Measured (2026-11-30): right on every object of the
-    dev photos (10 cars, including the dark-blue one whose HOG alignment took the wrong direction) and of the
-    test's rendered turntables."""
+    ``image(i)`` is the RGBA image of the object's i-th view; each is made grey once (it takes part in two pairs).
+    Measured (2026-11-30): right on every object of the dev photos (10 cars, including the dark-blue one whose HOG
+    alignment took the wrong direction) and of the test's rendered turntables."""
     order = np.argsort(np.mod(theta, 2 * np.pi), kind="stable")
-    images = [image(int(i)) for i in order]
-    motion = [near_side_motion(a, b) for a, b in zip(images, images[1:] + images[:1], strict=True)]
+    views = [_grey_and_foreground(image(int(i))) for i in order]
+    motion = [_lower_half_flow(*p, *q) for p, q in zip(views, views[1:] + views[:1], strict=True)]
     return 1 if float(np.mean(motion)) <= 0.0 else -1
 
 
